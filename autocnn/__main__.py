@@ -1,0 +1,3 @@
+from autocnn.cli import app
+
+app()

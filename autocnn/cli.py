@@ -1,0 +1,178 @@
+"""The `autocnn` command: a thin layer that parses options, calls the library, prints results.
+
+It is the only place where errors become exit codes: an AutocnnError (the user's to fix) is one
+line per problem on stderr and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="Search CNN architectures and training settings with Optuna; every trial tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SpecPath = Annotated[Path, typer.Argument(help="The study spec (YAML).", show_default=False)]
+Storage = Annotated[
+    str | None, typer.Option(help="Optuna storage URL or journal file (default: <spec dir>/<name>.optuna.db).")
+]
+TrackingUri = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: sqlite in ./mlruns).")]
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """AutocnnError -> `error: ...` lines on stderr, exit code 2."""
+    from autocnn.errors import AutocnnError
+
+    try:
+        yield
+    except AutocnnError as exc:
+        console = _console(stderr=True)
+        for line in exc.lines():
+            console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _load(spec_path: Path) -> Any:
+    from autocnn.spec import load_spec
+
+    return load_spec(spec_path)
+
+
+@app.command()
+def study(
+    spec: SpecPath,
+    trials: Annotated[int | None, typer.Option(min=1, help="Total trials the study should reach.")] = None,
+    timeout: Annotated[str | None, typer.Option(help="Stop starting trials after this long: 600, 90s, 45m, 3h.")] = None,
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Run a study, or resume it: only the missing trials run.
+
+    Example: autocnn study studies/digits.yaml --trials 20
+    """
+    from autocnn.console import RichReporter, leaderboard_table
+    from autocnn.study import StudyOptions, run_study
+
+    with user_errors():
+        loaded = _load(spec)
+        seconds = _duration(timeout)
+        console = _console()
+        options = StudyOptions(trials=trials, timeout=seconds, storage=storage, tracking_uri=tracking_uri)
+        try:
+            with RichReporter(console) as reporter:
+                result = run_study(loaded, options, reporter)
+        except KeyboardInterrupt:
+            console.print(f"\n[yellow]interrupted.[/] resume with: autocnn study {spec}")
+            raise typer.Exit(130) from None
+        console.print(leaderboard_table(result, loaded.study.metric))
+        if result.best_number is not None:
+            console.print(f"best trial {result.best_number}: {loaded.study.metric} = {result.best_value:.4f}")
+        console.print(f"results: {result.tracking_uri} (browse with `autocnn ui`); study: {result.storage}")
+        if result.stopped_reason:
+            console.print(f"[red]stopped:[/] {result.stopped_reason}")
+            raise typer.Exit(1)
+
+
+def _duration(value: str | None) -> float | None:
+    from pydantic_core import PydanticCustomError
+
+    from autocnn.errors import SpecError
+    from autocnn.spec import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return float(parse_duration(value))
+    except PydanticCustomError:
+        raise SpecError([f"--timeout: expected seconds or 90s / 45m / 3h, got {value!r}"]) from None
+
+
+@app.command()
+def validate(spec: SpecPath) -> None:
+    """Check a spec and its data, print the search space; trains nothing, writes nothing.
+
+    Example: autocnn validate studies/20classes.yaml
+    """
+    from autocnn.checks import check_spec
+    from autocnn.console import check_tables
+
+    with user_errors():
+        report = check_spec(_load(spec))
+    console = _console()
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    for table in check_tables(report):
+        console.print(table)
+    console.print(f"[green]ok:[/] {spec} is valid ({len(report.params)} searched parameters)")
+
+
+@app.command()
+def status(spec: SpecPath, storage: Storage = None) -> None:
+    """Trials by state, the best trial and its value, how many remain.
+
+    Example: autocnn status studies/digits.yaml
+    """
+    from autocnn.console import counts_table, leaderboard_table
+    from autocnn.study import load_study, storage_url, summarize
+
+    with user_errors():
+        loaded = _load(spec)
+        url = storage_url(loaded, storage)
+        result = summarize(loaded, load_study(loaded, url, create=False), url, "")
+    console = _console()
+    console.print(counts_table(result, loaded.study.trials))
+    if result.best_number is not None:
+        console.print(f"best trial {result.best_number}: {loaded.study.metric} = {result.best_value:.4f}")
+    console.print(leaderboard_table(result, loaded.study.metric))
+
+
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Interface to bind; only this machine by default.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Open the MLflow UI over this project's runs (./mlruns).
+
+    Example: autocnn ui --port 5001
+    """
+    from autocnn.tracking import default_tracking_uri, enable_wal, sqlite_path
+
+    uri = tracking_uri or default_tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        _console(stderr=True).print(f"[bold red]error:[/] {db}: no MLflow store yet; run `autocnn study SPEC` first")
+        raise typer.Exit(2)
+    if db is not None:
+        enable_wal(db)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    _console().print(f"MLflow UI on http://{host}:{port} over {uri} (Ctrl-C stops it)")
+    _run_foreground(command)
+
+
+def _run_foreground(command: list[str], run: Callable[..., Any] = subprocess.run) -> None:
+    try:
+        raise typer.Exit(run(command, check=False).returncode)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+if __name__ == "__main__":
+    app()

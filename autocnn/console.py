@@ -1,0 +1,121 @@
+"""What people see in the terminal: rich progress while a study runs, tables after."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from autocnn.checks import CheckReport
+    from autocnn.space import TrialConfig
+    from autocnn.study import StudyResult
+    from autocnn.train import EpochMetrics
+
+STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "blue"}
+
+
+class RichReporter:
+    """Trial i/N and the running trial's epoch, model and current metric, on one live display."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.trials_task: Any = None
+        self.epoch_task: Any = None
+        self.data_task: Any = None
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text, style="yellow" if text.startswith("warning") else None, markup=False)
+
+    def data_progress(self, done: int, total: int) -> None:
+        if self.data_task is None:
+            self.data_task = self.progress.add_task("decoding images", total=total, info="")
+        self.progress.update(self.data_task, completed=done, total=total)
+
+    def study_started(self, *, name: str, done: int, target: int, to_run: int) -> None:
+        if done:
+            self.message(f"resuming study '{name}': {done} of {target} trials done, {to_run} to run")
+        self.trials_task = self.progress.add_task(f"study {name}", total=target, completed=done, info="")
+
+    def trial_started(self, number: int, config: TrialConfig, epochs: int) -> None:
+        description = f"trial {number} · {config.model}"
+        if self.epoch_task is None:
+            self.epoch_task = self.progress.add_task(description, total=epochs, info="")
+        self.progress.reset(self.epoch_task, total=epochs, description=description, info="")
+
+    def epoch_done(self, number: int, metrics: EpochMetrics, metric: str) -> None:
+        value = getattr(metrics, metric)
+        self.progress.update(self.epoch_task, completed=metrics.epoch, info=f"{metric} {value:.4f}")
+
+    def trial_finished(self, number: int, state: str, value: float | None) -> None:
+        if state in ("COMPLETE", "PRUNED") and self.trials_task is not None:
+            self.progress.advance(self.trials_task)
+        shown = f" {value:.4f}" if value is not None else ""
+        self.progress.update(self.trials_task, info=f"last: trial {number} {state.lower()}{shown}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def leaderboard_table(result: StudyResult, metric: str) -> Table:
+    table = Table(title=f"{result.name}: top trials", title_justify="left")
+    for column in ("trial", "model", "key params", metric, "state", "epochs", "seconds"):
+        table.add_column(column, justify="right" if column in ("trial", metric, "epochs", "seconds") else "left")
+    for row in result.leaderboard:
+        params = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in row["params"].items())
+        table.add_row(
+            str(row["number"]),
+            row["model"],
+            params,
+            "" if row["value"] is None else f"{row['value']:.4f}",
+            f"[{STATE_STYLE.get(row['state'], '')}]{row['state']}[/]",
+            str(row["epochs"]),
+            "" if row["seconds"] is None else f"{row['seconds']:.1f}",
+        )
+    return table
+
+
+def counts_table(result: StudyResult, target: int) -> Table:
+    table = Table(title=f"{result.name}: trials by state", title_justify="left")
+    table.add_column("state")
+    table.add_column("trials", justify="right")
+    for state, n in result.counts.items():
+        table.add_row(f"[{STATE_STYLE.get(state, '')}]{state.lower()}[/]", str(n))
+    done = result.counts.get("COMPLETE", 0) + result.counts.get("PRUNED", 0)
+    table.add_row("remaining", str(max(0, target - done)))
+    return table
+
+
+def check_tables(report: CheckReport) -> list[Table]:
+    data = Table(title="data", title_justify="left", show_header=False)
+    data.add_column("key")
+    data.add_column("value")
+    for key, value in report.data.items():
+        data.add_row(key, value)
+    space = Table(title="search space", title_justify="left")
+    for column in ("parameter", "distribution", "range / choices"):
+        space.add_column(column)
+    for param in report.params:
+        space.add_row(param.name, param.distribution, param.domain)
+    return [data, space]

@@ -1,0 +1,443 @@
+"""The Optuna side: storage, sampler, pruner, the objective, and the study run end to end."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from autocnn.checks import check_spec
+from autocnn.data import DataCache, Dataset
+from autocnn.errors import StudyError
+from autocnn.space import TrialConfig, sample_config
+from autocnn.spec import Choices, Range, Spec
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autocnn.tracking import Tracker
+    from autocnn.train import EpochMetrics
+
+MAX_FAILS_IN_A_ROW = 5
+DONE_STATES = ("COMPLETE", "PRUNED")
+
+
+class Reporter(Protocol):
+    """What the study tells whoever is watching (the CLI shows it with rich; tests ignore it)."""
+
+    def message(self, text: str) -> None: ...
+    def data_progress(self, done: int, total: int) -> None: ...
+    def study_started(self, *, name: str, done: int, target: int, to_run: int) -> None: ...
+    def trial_started(self, number: int, config: TrialConfig, epochs: int) -> None: ...
+    def epoch_done(self, number: int, metrics: EpochMetrics, metric: str) -> None: ...
+    def trial_finished(self, number: int, state: str, value: float | None) -> None: ...
+
+
+class SilentReporter:
+    def message(self, text: str) -> None:
+        pass
+
+    def data_progress(self, done: int, total: int) -> None:
+        pass
+
+    def study_started(self, *, name: str, done: int, target: int, to_run: int) -> None:
+        pass
+
+    def trial_started(self, number: int, config: TrialConfig, epochs: int) -> None:
+        pass
+
+    def epoch_done(self, number: int, metrics: EpochMetrics, metric: str) -> None:
+        pass
+
+    def trial_finished(self, number: int, state: str, value: float | None) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Command-line overrides of the spec."""
+
+    trials: int | None = None
+    timeout: float | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+
+
+@dataclass
+class StudyResult:
+    name: str
+    storage: str
+    tracking_uri: str
+    counts: dict[str, int]
+    best_number: int | None
+    best_value: float | None
+    ran: int
+    stopped_reason: str | None = None
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- storage & samplers
+
+
+def storage_url(spec: Spec, override: str | None = None) -> str:
+    """An Optuna URL, or a journal file path; default: `<spec dir>/<name>.optuna.db`."""
+    value = override or spec.study.storage
+    if value is None:
+        return f"sqlite:///{spec.base_dir / f'{spec.name}.optuna.db'}"
+    if "://" in value:
+        return value
+    return str(spec.resolve_path(value))
+
+
+def open_storage(url: str) -> Any:
+    import optuna
+
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        from autocnn.tracking import enable_wal, sqlite_path
+
+        enable_wal(sqlite_path(url))  # type: ignore[arg-type]
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def max_epochs(spec: Spec) -> int:
+    epochs = spec.train.epochs
+    if isinstance(epochs, Range):
+        return int(epochs.high)
+    if isinstance(epochs, Choices):
+        return int(max(epochs.choices))
+    return int(epochs)
+
+
+def build_pruner(spec: Spec) -> Any:
+    """Pruning needs curves to compare: no cut before a third of the epochs, or the first rung."""
+    import optuna
+
+    epochs = max_epochs(spec)
+    name = spec.study.pruner
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 3))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, epochs // 6), max_resource=epochs, reduction_factor=3)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 6), reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def build_sampler(spec: Spec, *, n_existing: int) -> Any:
+    """Seeded from the spec, offset by the trials already run so a resume never replays them."""
+    import optuna
+
+    seed = spec.seed + n_existing
+    name = spec.study.sampler
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    startup = max(3, min(10, spec.study.trials // 4))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+
+
+def load_study(spec: Spec, storage: str, *, create: bool) -> optuna.Study:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not create and not _storage_exists(storage):
+        raise StudyError(f"{storage}: no study storage yet; run `autocnn study` on this spec first")
+    backend = open_storage(storage)
+    if not create:
+        try:
+            return optuna.load_study(study_name=spec.name, storage=backend)
+        except KeyError:
+            raise StudyError(f"{storage}: no study named '{spec.name}' yet; run `autocnn study` first") from None
+    existing = _n_existing(backend, spec.name)
+    return optuna.create_study(
+        study_name=spec.name,
+        storage=backend,
+        direction=spec.study.direction,
+        sampler=build_sampler(spec, n_existing=existing),
+        pruner=build_pruner(spec),
+        load_if_exists=True,
+    )
+
+
+def _storage_exists(url: str) -> bool:
+    from autocnn.tracking import sqlite_path
+
+    path = sqlite_path(url) if "://" in url else Path(url)
+    return path is None or path.exists()
+
+
+def _n_existing(backend: Any, name: str) -> int:
+    try:
+        study_id = backend.get_study_id_from_name(name)
+    except KeyError:
+        return 0
+    return len(backend.get_all_trials(study_id, deepcopy=False))
+
+
+def count_states(study: optuna.Study) -> dict[str, int]:
+    counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------- one trial
+
+
+@dataclass
+class TrialContext:
+    spec: Spec
+    cache: DataCache
+    tracker: Tracker
+    parent_run_id: str
+    reporter: Reporter
+    class_names: list[str] = field(default_factory=list)
+
+
+def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_id: str) -> float:
+    """Train one configuration; report every epoch to Optuna (pruning) and MLflow."""
+    import optuna
+    import torch
+
+    from autocnn.models import build_model, preprocess_for
+    from autocnn.train import NonFiniteLossError, TensorBatches, Trainer, TrainSettings, pick_device
+
+    spec = ctx.spec
+    torch.manual_seed(spec.seed * 100_003 + trial.number)
+    pre = preprocess_for(config.model, config.model_params, image_size=spec.data.image_size)
+    data = ctx.cache.get(pre.image_size)
+    device = pick_device()
+    model = build_model(config.model, config.model_params, num_classes=data.num_classes, image_size=pre.image_size)
+    ctx.tracker.log_facts(run_id, _model_facts(model))
+    settings = TrainSettings.from_trial(config.train, monitor=spec.study.metric, direction=spec.study.direction)
+    batch_size = int(config.train["batch_size"])
+    train = TensorBatches(data.train, pre, batch_size=batch_size, shuffle=True, seed=spec.seed + trial.number, device=device)
+    val = TensorBatches(data.val, pre, batch_size=max(256, batch_size), shuffle=False, device=device)
+    trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device)
+    ctx.reporter.trial_started(trial.number, config, settings.epochs)
+    try:
+        for metrics in trainer.fit(train, val):
+            value = getattr(metrics, spec.study.metric)
+            ctx.tracker.log_epoch(run_id, metrics.as_dict(), step=metrics.epoch)
+            trial.report(value, metrics.epoch)
+            ctx.reporter.epoch_done(trial.number, metrics, spec.study.metric)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch}: {spec.study.metric} = {value:.4f}")
+    except NonFiniteLossError as exc:
+        raise optuna.TrialPruned(f"diverged: {exc}") from None
+    trainer.restore_best()
+    _log_evaluation(ctx, run_id, trainer.evaluate(val), data)
+    if _is_new_best(trial, trainer.best_value):
+        ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
+    return float(trainer.best_value)  # type: ignore[arg-type]
+
+
+def _model_facts(model: Any) -> dict[str, float]:
+    params = list(model.parameters())
+    return {
+        "params_total": sum(p.numel() for p in params),
+        "params_trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
+
+
+def _is_new_best(trial: optuna.Trial, value: float | None) -> bool:
+    if value is None:
+        return False
+    try:
+        best = trial.study.best_value
+    except ValueError:  # no completed trial yet
+        return True
+    return value > best if trial.study.direction.name == "MAXIMIZE" else value < best
+
+
+def _log_evaluation(ctx: TrialContext, run_id: str, ev: Any, data: Dataset) -> None:
+    """Confusion matrix picture and per-class precision/recall/F1 for a completed trial."""
+    from autocnn.figures import confusion_matrix_figure, per_class_table
+
+    figure = confusion_matrix_figure(ev.labels, ev.preds, data.classes)
+    ctx.tracker.log_figure(run_id, figure, "confusion_matrix.png")
+    table, text = per_class_table(ev.labels, ev.preds, data.classes)
+    ctx.tracker.log_dict(run_id, table, "per_class_metrics.json")
+    ctx.tracker.log_text(run_id, text, "per_class_metrics.txt")
+
+
+def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
+    import optuna
+
+    def objective(trial: optuna.Trial) -> float:
+        config = sample_config(trial, ctx.spec)
+        run_id = ctx.tracker.start_trial(ctx.parent_run_id, trial.number, config.flat(), config.as_yaml_dict())
+        trial.set_user_attr("mlflow_run_id", run_id)
+        try:
+            value = run_trial(ctx, trial, config, run_id)
+            if not math.isfinite(value):
+                raise ValueError(f"objective value is {value}")
+        except optuna.TrialPruned as exc:
+            ctx.tracker.end_trial(run_id, "PRUNED", reason=str(exc) or None)
+            ctx.reporter.trial_finished(trial.number, "PRUNED", None)
+            raise
+        except KeyboardInterrupt:
+            ctx.tracker.end_trial(run_id, "INTERRUPTED", reason="interrupted by the user (Ctrl-C)")
+            raise
+        except Exception as exc:
+            reason = f"{exc.__class__.__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason)
+            ctx.tracker.end_trial(run_id, "FAIL", reason=reason)
+            ctx.reporter.trial_finished(trial.number, "FAIL", None)
+            raise
+        ctx.tracker.end_trial(run_id, "COMPLETE")
+        ctx.reporter.trial_finished(trial.number, "COMPLETE", value)
+        return value
+
+    return objective
+
+
+class FailStreak:
+    """Stop the study when the last MAX_FAILS_IN_A_ROW trials all failed: something is broken."""
+
+    def __init__(self) -> None:
+        self.streak = 0
+        self.last_error: str | None = None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state.name != "FAIL":
+            self.streak = 0
+            return
+        self.streak += 1
+        self.last_error = trial.user_attrs.get("fail_reason") or self.last_error
+        if self.streak >= MAX_FAILS_IN_A_ROW:
+            study.stop()
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporter | None = None) -> StudyResult:
+    """Check everything, then run (or resume) the study until it holds `trials` done trials."""
+    from autocnn.tracking import Tracker, default_tracking_uri
+
+    options = options or StudyOptions()
+    reporter = reporter or SilentReporter()
+    cache = DataCache(spec, progress=reporter.data_progress)
+    for warning in check_spec(spec, cache).warnings:
+        reporter.message(f"warning: {warning}")
+    data = cache.get()  # decode before any store is written: bad data leaves nothing behind
+    for path, reason in data.skipped:
+        reporter.message(f"warning: skipped unreadable image {path} ({reason})")
+    if data.skipped:
+        reporter.message(f"warning: skipped {len(data.skipped)} unreadable image(s)")
+
+    target = options.trials or spec.study.trials
+    storage = storage_url(spec, options.storage)
+    tracking_uri = options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri()
+    study = load_study(spec, storage, create=True)
+    tracker = Tracker(tracking_uri, spec.experiment_name)
+    parent = tracker.open_study_run(spec.name, spec_text=spec.path.read_text() if spec.path.exists() else "", storage=storage)
+    counts = count_states(study)
+    to_run = max(0, target - counts["COMPLETE"] - counts["PRUNED"])
+    reporter.study_started(name=spec.name, done=counts["COMPLETE"] + counts["PRUNED"], target=target, to_run=to_run)
+
+    ctx = TrialContext(spec, cache, tracker, parent, reporter, data.classes)
+    streak = FailStreak()
+    status = "KILLED"
+    started = time.perf_counter()
+    try:
+        if to_run:
+            import optuna
+
+            study.optimize(
+                make_objective(ctx),
+                n_trials=to_run,
+                timeout=options.timeout or spec.study.timeout,
+                catch=(Exception,),
+                callbacks=[streak],
+            )
+        status = "FINISHED"
+    finally:
+        result = summarize(spec, study, storage, tracking_uri, ran=len(study.trials) - sum(counts.values()))
+        if streak.streak >= MAX_FAILS_IN_A_ROW:
+            result.stopped_reason = f"the last {MAX_FAILS_IN_A_ROW} trials all failed; last error: {streak.last_error}"
+            status = "FAILED"
+        summary = {"best_trial": result.best_number, "best_value": result.best_value, "seconds": time.perf_counter() - started}
+        summary.update({f"n_{k.lower()}": v for k, v in result.counts.items()})
+        tracker.close_study_run(parent, {k: v for k, v in summary.items() if v is not None}, status=status)
+    if result.best_number is not None:
+        log_best_model(spec, study, tracker, parent, data)
+    return result
+
+
+def log_best_model(spec: Spec, study: optuna.Study, tracker: Tracker, parent: str, data: Dataset) -> None:
+    """Log the best trial's weights as an MLflow model once per new best."""
+    from autocnn.models import build_model, preprocess_for
+    from autocnn.space import config_from_params
+
+    best = study.best_trial
+    run_id = best.user_attrs.get("mlflow_run_id")
+    parent_run = tracker.client.get_run(parent)
+    if not run_id or parent_run.data.tags.get("autocnn.best_model_trial") == str(best.number):
+        return
+    config = config_from_params(spec, best.params)
+    pre = preprocess_for(config.model, config.model_params, image_size=spec.data.image_size)
+    model = build_model(config.model, config.model_params, num_classes=data.num_classes, image_size=pre.image_size)
+    model.load_state_dict(tracker.load_state_dict(run_id))
+    uri = tracker.log_model(run_id, model)
+    tracker.client.set_tag(parent, "autocnn.best_model_trial", str(best.number))
+    tracker.client.set_tag(parent, "autocnn.best_model_uri", uri)
+
+
+def summarize(spec: Spec, study: optuna.Study, storage: str, tracking_uri: str, *, ran: int = 0) -> StudyResult:
+    counts = count_states(study)
+    best_number = best_value = None
+    try:
+        best_number, best_value = study.best_trial.number, study.best_value
+    except ValueError:
+        pass
+    return StudyResult(
+        name=spec.name,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        counts=counts,
+        best_number=best_number,
+        best_value=best_value,
+        ran=ran,
+        leaderboard=leaderboard(study),
+    )
+
+
+def leaderboard(study: optuna.Study, top: int = 10) -> list[dict[str, Any]]:
+    """Best finished trials first, then pruned and failed ones by number."""
+    sign = -1 if study.direction.name == "MAXIMIZE" else 1
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        seconds = None
+        if t.datetime_complete and t.datetime_start:
+            seconds = (t.datetime_complete - t.datetime_start).total_seconds()
+        curve = t.intermediate_values
+        value = t.value if t.value is not None else (curve[max(curve)] if curve else None)
+        rows.append(
+            {
+                "number": t.number,
+                "model": t.params.get("model", ""),
+                "params": {k: v for k, v in t.params.items() if k != "model"},
+                "value": value,
+                "state": t.state.name,
+                "epochs": len(t.intermediate_values),
+                "seconds": seconds,
+            }
+        )
+    order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
+    rows.sort(key=lambda r: (order.get(r["state"], 5), sign * r["value"] if r["value"] is not None else math.inf, r["number"]))
+    return rows[:top]

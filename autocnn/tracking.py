@@ -1,0 +1,200 @@
+"""MLflow: one parent run per study, one nested run per Optuna trial, through MlflowClient.
+
+The client API is explicit about which run it writes to, so nothing depends on MLflow's
+thread-local "active run" stack, and a resumed study finds its parent run again by tag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+# The study is the unit a user browses: its parent run is found again on resume by these tags.
+ROLE_TAG = "autocnn.role"
+STUDY_TAG = "autocnn.study"
+TRIAL_TAG = "optuna.trial_number"
+STATE_TAG = "optuna.trial_state"
+REASON_TAG = "autocnn.fail_reason"
+
+# Optuna trial state -> MLflow run status.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
+
+
+def default_tracking_uri(root: Path | None = None) -> str:
+    """An embedded SQLite store inside ./mlruns (MLflow 3 refuses the plain file store)."""
+    folder = (root or Path.cwd() / "mlruns").resolve()
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return None
+
+
+def enable_wal(db: Path) -> None:
+    """WAL lets `autocnn status` / `autocnn ui` read while a study writes: no 'database is locked'."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(db, timeout=30) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
+def quiet_mlflow() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "alembic", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Tracker:
+    """Writes a study and its trials to one MLflow experiment."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        quiet_mlflow()
+        import mlflow
+
+        db = sqlite_path(tracking_uri)
+        if db is not None:
+            enable_wal(db)
+        self.tracking_uri = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client: MlflowClient = mlflow.MlflowClient(tracking_uri)
+        self.experiment_id = self._experiment_id(experiment, db)
+
+    def _experiment_id(self, name: str, db: Path | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        location = (db.parent / "artifacts").as_uri() if db is not None else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    # ---------------------------------------------------------------- the study's parent run
+
+    def find_study_run(self, study: str) -> Any | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def open_study_run(self, study: str, *, spec_text: str, storage: str) -> str:
+        """Reuse the study's parent run (resume) or create it; the spec is its artifact."""
+        run = self.find_study_run(study)
+        if run is not None:
+            self.client.update_run(run.info.run_id, status="RUNNING")
+            run_id = run.info.run_id
+        else:
+            tags = {ROLE_TAG: "study", STUDY_TAG: study, "mlflow.runName": study, "optuna.storage": storage}
+            run_id = self.client.create_run(self.experiment_id, run_name=study, tags=tags).info.run_id
+        self.client.log_text(run_id, spec_text, "spec.yaml")
+        return run_id
+
+    def close_study_run(self, run_id: str, summary: dict[str, Any], *, status: str = "FINISHED") -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if isinstance(v, (int, float))]
+        self.client.log_batch(run_id, metrics=metrics)
+        for key, value in summary.items():
+            if not isinstance(value, (int, float)):
+                self.client.set_tag(run_id, f"autocnn.{key}", str(value))
+        self.client.set_terminated(run_id, status=status)
+
+    # ---------------------------------------------------------------- trial runs
+
+    def start_trial(self, parent_id: str, number: int, params: dict[str, Any], config: dict[str, Any]) -> str:
+        from mlflow.entities import Param
+
+        tags = {
+            "mlflow.parentRunId": parent_id,
+            "mlflow.runName": f"trial-{number}",
+            TRIAL_TAG: str(number),
+            STATE_TAG: "RUNNING",
+            ROLE_TAG: "trial",
+            "autocnn.model": str(params.get("model", "")),
+        }
+        run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=tags).info.run_id
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+        return run_id
+
+    def log_epoch(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_facts(self, run_id: str, facts: dict[str, Any]) -> None:
+        """One-off numbers about a trial (parameter counts, sizes), as step-0 metrics."""
+        self.log_epoch(run_id, {k: float(v) for k, v in facts.items()}, step=0)
+
+    def end_trial(self, run_id: str, state: str, *, reason: str | None = None) -> None:
+        """Close a trial run with the tag and status matching its Optuna state."""
+        self.client.set_tag(run_id, STATE_TAG, "FAIL" if state == "INTERRUPTED" else state)
+        if reason:
+            self.client.set_tag(run_id, REASON_TAG, reason[:5000])
+            self.client.log_text(run_id, reason, "failure.txt")
+        self.client.set_terminated(run_id, status=RUN_STATUS[state])
+
+    def log_figure(self, run_id: str, figure: Any, path: str) -> None:
+        self.client.log_figure(run_id, figure, path)
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def log_dict(self, run_id: str, data: dict[str, Any], path: str) -> None:
+        self.client.log_dict(run_id, data, path)
+
+    def log_state_dict(self, run_id: str, state: dict[str, Any], path: str = "weights") -> None:
+        """Weights as a plain state_dict artifact: milliseconds, loadable with weights_only=True."""
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / "state_dict.pt"
+            torch.save(state, file)
+            self.client.log_artifact(run_id, str(file), path)
+
+    def load_state_dict(self, run_id: str, path: str = "weights/state_dict.pt") -> dict[str, Any]:
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client.download_artifacts(run_id, path, tmp)
+            return torch.load(local, map_location="cpu", weights_only=True)
+
+    def log_model(self, run_id: str, model: Any, *, name: str = "model") -> str:
+        """The study's best weights as an MLflow model (pickle keeps the class; no pip inference)."""
+        import warnings
+
+        import mlflow
+        import mlflow.pytorch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pytorch.log_model(
+                    model.cpu().eval(),
+                    name=name,
+                    serialization_format="pickle",
+                    pip_requirements=["torch", "timm", "autocnn"],
+                )
+        return info.model_uri
+
+    def trial_runs(self, parent_id: str) -> list[Any]:
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+            max_results=50000,
+        )

@@ -1,0 +1,319 @@
+"""The training loop: knows nothing of Optuna or MLflow, it yields one EpochMetrics per epoch.
+
+The caller reports, logs and prunes; the loop only trains, evaluates and keeps the best weights.
+"""
+
+from __future__ import annotations
+
+
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocnn.data import Split
+from autocnn.models import Preprocess
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: training has diverged (usually a too-high learning rate)."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    lr: float
+    weight_decay: float
+    scheduler: str = "cosine"
+    early_stopping: int = 0
+    label_smoothing: float = 0.0
+    monitor: str = "val_accuracy"
+    mode: str = "max"
+
+    @classmethod
+    def from_trial(cls, train: dict[str, Any], *, monitor: str, direction: str) -> TrainSettings:
+        keys = {"epochs", "lr", "weight_decay", "scheduler", "early_stopping", "label_smoothing"}
+        return cls(
+            **{k: v for k, v in train.items() if k in keys},
+            monitor=monitor,
+            mode="max" if direction == "maximize" else "min",
+        )
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int  # 1-based; the Optuna step and the MLflow step
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+    lr: float
+    epoch_seconds: float
+    train_images_per_s: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items() if k != "epoch"}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    labels: np.ndarray
+    preds: np.ndarray
+    probs: np.ndarray
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class TensorBatches:
+    """Normalised NCHW float batches from an in-memory NHWC uint8 split.
+
+    NHWC uint8 viewed as NCHW is already channels_last, so batches need no layout copy; the
+    permutation is drawn from a generator seeded per epoch, so a trial is reproducible.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        pre: Preprocess,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        device: torch.device | None = None,
+    ) -> None:
+        self.images = torch.from_numpy(split.images).permute(0, 3, 1, 2)
+        self.labels = torch.from_numpy(split.labels)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.device = device or torch.device("cpu")
+        self.epoch = 0
+        mean = torch.tensor(pre.mean).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(pre.std).view(1, 3, 1, 1) * 255.0
+        self.shift, self.scale = mean.to(self.device), (1.0 / std).to(self.device)
+        # A last batch of 1 breaks BatchNorm in training; drop a short tail when shuffling.
+        self.drop_last = shuffle and len(self.labels) > batch_size
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+            order = torch.randperm(n, generator=gen)
+        else:
+            order = torch.arange(n)
+        self.epoch += 1
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            x = self.images[idx].to(self.device, non_blocking=True).float()
+            yield (x - self.shift) * self.scale, self.labels[idx].to(self.device, non_blocking=True)
+
+
+class Trainer:
+    """AdamW + scheduler + early stopping over one model; its state can be saved and resumed."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: TrainSettings,
+        *,
+        steps_per_epoch: int,
+        device: torch.device,
+        param_groups: list[dict[str, Any]] | None = None,
+        channels_last: bool = True,
+        amp: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.device = device
+        self.channels_last = channels_last
+        self.model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        self.amp_dtype = _amp_dtype(device, amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        self.optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.scheduler, self.step_per_batch = _build_scheduler(self.optimizer, settings, steps_per_epoch)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+        self.epoch = 0
+        self.best_value: float | None = None
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stale_epochs = 0
+
+    # ---------------------------------------------------------------- one epoch each way
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
+    def train_one_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
+        self.model.train()
+        total, seen = torch.zeros((), device=self.device), 0
+        for x, y in batches:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                loss = self.criterion(self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.step_per_batch and self.scheduler is not None:
+                self.scheduler.step()
+            total += loss.detach() * len(y)
+            seen += len(y)
+        mean_loss = float(total) / max(seen, 1)
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"training loss became {mean_loss} at epoch {self.epoch + 1}")
+        return mean_loss, seen
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Evaluation:
+        self.model.eval()
+        losses, labels, probs = [], [], []
+        for x, y in batches:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                logits = self.model(x).float()
+            losses.append(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            probs.append(logits.softmax(dim=1).cpu())
+            labels.append(y.cpu())
+        n = sum(len(y) for y in labels)
+        prob = torch.cat(probs).numpy()
+        return Evaluation(
+            loss=float(torch.stack(losses).sum()) / max(n, 1),
+            labels=torch.cat(labels).numpy(),
+            preds=prob.argmax(axis=1),
+            probs=prob,
+        )
+
+    # ---------------------------------------------------------------- the loop
+
+    def fit(self, train: Iterable, val: Iterable) -> Iterator[EpochMetrics]:
+        """Train from the current epoch to `epochs`, yielding metrics; stops early on a plateau."""
+        from sklearn.metrics import accuracy_score, f1_score
+
+        while self.epoch < self.settings.epochs:
+            start = time.perf_counter()
+            lr = self.optimizer.param_groups[-1]["lr"]
+            train_loss, seen = self.train_one_epoch(train)
+            train_seconds = time.perf_counter() - start
+            ev = self.evaluate(val)
+            self.epoch += 1
+            metrics = EpochMetrics(
+                epoch=self.epoch,
+                train_loss=train_loss,
+                val_loss=ev.loss,
+                val_accuracy=float(accuracy_score(ev.labels, ev.preds)),
+                val_macro_f1=float(f1_score(ev.labels, ev.preds, average="macro", zero_division=0)),
+                lr=lr,
+                epoch_seconds=time.perf_counter() - start,
+                train_images_per_s=seen / max(train_seconds, 1e-9),
+            )
+            self._end_epoch(metrics)
+            yield metrics
+            if self.settings.early_stopping and self.stale_epochs >= self.settings.early_stopping:
+                return
+
+    def _end_epoch(self, metrics: EpochMetrics) -> None:
+        value = getattr(metrics, self.settings.monitor)
+        if not math.isfinite(metrics.val_loss):
+            raise NonFiniteLossError(f"validation loss became {metrics.val_loss} at epoch {metrics.epoch}")
+        if self.scheduler is not None and not self.step_per_batch:
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(value)
+            else:
+                self.scheduler.step()
+        if self.is_better(value):
+            self.best_value, self.best_epoch, self.stale_epochs = value, metrics.epoch, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        else:
+            self.stale_epochs += 1
+
+    def is_better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.settings.mode == "max" else value < self.best_value
+
+    def restore_best(self) -> None:
+        """Load the best epoch's weights back, for the final artifacts and the logged model."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    # ---------------------------------------------------------------- resumable state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "stale_epochs": self.stale_epochs,
+            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.best_value = state["best_value"]
+        self.best_epoch = int(state["best_epoch"])
+        self.best_state = state["best_state"]
+        self.stale_epochs = int(state["stale_epochs"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(_numpy_rng_tuple(state["rng"]["numpy"]))
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "gauss": [has_gauss, cached]}
+
+
+def _numpy_rng_tuple(state: dict[str, Any]) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return (state["name"], keys, int(state["pos"]), int(state["gauss"][0]), float(state["gauss"][1]))
+
+
+def _amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
+    """Mixed precision on CUDA by default (bf16 where supported); on CPU only when asked."""
+    if amp is False or (amp is None and device.type != "cuda"):
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def _build_scheduler(
+    optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int
+) -> tuple[Any, bool]:
+    """(scheduler or None, whether it steps per batch)."""
+    sched = torch.optim.lr_scheduler
+    total = max(settings.epochs * steps_per_epoch, 1)
+    if settings.scheduler == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=total), True
+    if settings.scheduler == "onecycle":
+        max_lr = [g["lr"] for g in optimizer.param_groups]
+        return sched.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total), True
+    if settings.scheduler == "plateau":
+        patience = max(1, settings.early_stopping // 2) if settings.early_stopping else 2
+        return sched.ReduceLROnPlateau(optimizer, mode=settings.mode, factor=0.3, patience=patience), False
+    return None, False
+
+
