@@ -24,7 +24,7 @@ ROLE_TAG = "autocnn.role"
 STUDY_TAG = "autocnn.study"
 TRIAL_TAG = "optuna.trial_number"
 STATE_TAG = "optuna.trial_state"
-REASON_TAG = "autocnn.fail_reason"
+REASON_TAG = "autocnn.reason"  # why a trial was pruned, failed or interrupted
 
 # Optuna trial state -> MLflow run status.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
@@ -146,7 +146,7 @@ class Tracker:
         self.client.set_tag(run_id, STATE_TAG, "FAIL" if state == "INTERRUPTED" else state)
         if reason:
             self.client.set_tag(run_id, REASON_TAG, reason[:5000])
-            self.client.log_text(run_id, reason, "failure.txt")
+            self.client.log_text(run_id, reason, "reason.txt")
         self.client.set_terminated(run_id, status=RUN_STATUS[state])
 
     def log_figure(self, run_id: str, figure: Any, path: str) -> None:
