@@ -106,6 +106,10 @@ class TensorBatches:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The shuffle order depends on the epoch only, so a resumed trial sees the same batches."""
+        self.epoch = epoch
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         if self.shuffle:
@@ -113,7 +117,6 @@ class TensorBatches:
             order = torch.randperm(n, generator=gen)
         else:
             order = torch.arange(n)
-        self.epoch += 1
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.images[idx].to(self.device, non_blocking=True).float()
@@ -206,6 +209,8 @@ class Trainer:
         while self.epoch < self.settings.epochs:
             start = time.perf_counter()
             lr = self.optimizer.param_groups[-1]["lr"]
+            if hasattr(train, "set_epoch"):
+                train.set_epoch(self.epoch)
             train_loss, seen = self.train_one_epoch(train)
             train_seconds = time.perf_counter() - start
             ev = self.evaluate(val)

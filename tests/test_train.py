@@ -1,0 +1,94 @@
+"""The custom CNN and the training loop, on tiny generated data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from autocnn.data import DataCache
+from autocnn.models import Preprocess, build_model
+from autocnn.models.custom_cnn import CustomCNN, ModelTooDeepError
+from autocnn.spec import load_spec
+from autocnn.train import TensorBatches, Trainer, TrainSettings
+from tests.conftest import digits_spec_dict, write_spec
+
+
+@pytest.mark.parametrize(("size", "depth"), [(8, 3), (16, 4), (32, 2), (33, 5), (96, 6)])
+def test_custom_cnn_fits_any_size_its_depth_allows(size: int, depth: int) -> None:
+    model = build_model("custom_cnn", {"depth": depth, "width": 8}, num_classes=5, image_size=size)
+    assert model(torch.zeros(2, 3, size, size)).shape == (2, 5)
+
+
+def test_custom_cnn_channels_double_and_cap() -> None:
+    model = CustomCNN(num_classes=2, image_size=256, depth=7, width=16)
+    convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [16, 32, 64, 128, 256, 512, 512]
+
+
+def test_too_deep_says_so() -> None:
+    with pytest.raises(ModelTooDeepError, match="depth 5 is too deep for 16 px images.*at most 4"):
+        build_model("custom_cnn", {"depth": 5}, num_classes=2, image_size=16)
+
+
+def _batches(tmp_path: Path, image_folder: Path, batch_size: int = 8) -> tuple[TensorBatches, TensorBatches]:
+    spec = load_spec(write_spec(tmp_path, digits_spec_dict(data={"source": "imagefolder", "root": "images"})))
+    data = DataCache(spec).get()
+    pre = Preprocess(image_size=16)
+    train = TensorBatches(data.train, pre, batch_size=batch_size, shuffle=True, seed=0)
+    val = TensorBatches(data.val, pre, batch_size=64, shuffle=False)
+    return train, val
+
+
+def _trainer(train: TensorBatches, settings: TrainSettings) -> Trainer:
+    torch.manual_seed(0)
+    model = build_model("custom_cnn", {"depth": 2, "width": 8, "dropout": 0.0}, num_classes=3, image_size=16)
+    return Trainer(model, settings, steps_per_epoch=len(train), device=torch.device("cpu"))
+
+
+def test_batches_are_normalised_channels_last_and_reproducible(tmp_path: Path, image_folder: Path) -> None:
+    train, _ = _batches(tmp_path, image_folder)
+    x, y = next(iter(train))
+    assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert len(train) == 21 // 8  # the short tail is dropped when shuffling (BatchNorm)
+    again, _ = _batches(tmp_path, image_folder)
+    assert torch.equal(next(iter(again))[1], y)
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle", "plateau", "none"])
+def test_trainer_learns_and_yields_every_epoch(tmp_path: Path, image_folder: Path, scheduler: str) -> None:
+    train, val = _batches(tmp_path, image_folder)
+    trainer = _trainer(train, TrainSettings(epochs=8, lr=1e-2, weight_decay=0.0, scheduler=scheduler))
+    history = list(trainer.fit(train, val))
+    assert [m.epoch for m in history] == list(range(1, 9))
+    assert history[-1].train_loss < history[0].train_loss
+    assert trainer.best_value == max(m.val_accuracy for m in history) >= 0.8
+    assert all(m.train_images_per_s > 0 and m.lr > 0 for m in history)
+
+
+def test_early_stopping_stops_after_patience(tmp_path: Path, image_folder: Path) -> None:
+    train, val = _batches(tmp_path, image_folder)
+    # lr 0: nothing improves after epoch 1, so patience 2 stops at epoch 3
+    trainer = _trainer(train, TrainSettings(epochs=10, lr=1e-12, weight_decay=0.0, scheduler="none", early_stopping=2))
+    assert [m.epoch for m in trainer.fit(train, val)] == [1, 2, 3]
+
+
+def test_state_dict_resumes_the_same_run(tmp_path: Path, image_folder: Path) -> None:
+    train, val = _batches(tmp_path, image_folder)
+    settings = TrainSettings(epochs=4, lr=5e-3, weight_decay=1e-4)
+    straight = _trainer(train, settings)
+    full = [m.val_loss for m in straight.fit(train, val)]
+
+    train2, val2 = _batches(tmp_path, image_folder)
+    first = _trainer(train2, settings)
+    part = [m.val_loss for _, m in zip(range(2), first.fit(train2, val2), strict=False)]
+    saved = first.state_dict()
+    train3, val3 = _batches(tmp_path, image_folder)  # a new process: fresh batch sources
+    resumed = _trainer(train3, settings)
+    resumed.load_state_dict(saved)
+    rest = [m.val_loss for m in resumed.fit(train3, val3)]
+    assert resumed.epoch == 4
+    assert part + rest == pytest.approx(full, rel=1e-4)
