@@ -27,3 +27,7 @@ class DataError(AutocnnError):
 
 class StudyError(AutocnnError):
     """The study cannot run as asked (storage, trial count, nothing to report)."""
+
+
+class ExportError(AutocnnError):
+    """A model cannot be finalized, exported or loaded for prediction (missing files, failed checks)."""
