@@ -1,6 +1,7 @@
 """Every check `autocnn study` runs before trial 1, shared with `autocnn validate`.
 
-Nothing here trains, writes or imports torch: a spec that passes here reaches trial 1.
+Nothing here trains or writes, and torch (with timm) is imported only for specs that name
+timm backbones: a spec that passes here reaches trial 1.
 """
 
 from __future__ import annotations
@@ -32,25 +33,25 @@ def _values(value: object) -> list[int]:
 
 
 def check_models(spec: Spec) -> list[str]:
-    """Depths that cannot fit the image size: all too deep is an error, some a warning."""
-    warnings: list[str] = []
+    """A custom CNN depth that pools the image away is a spec error, caught before trial 1.
+
+    Failed trials teach the sampler nothing, so a range with impossible depths would keep
+    producing failures; better to say so once, with the limit.
+    """
     space = spec.models.custom_cnn
     if space is not None:
         limit = max_depth(spec.data.image_size)
-        depths = _values(space.depth)
-        if min(depths) > limit:
+        deepest = max(_values(space.depth))
+        if deepest > limit:
+            key = "high" if isinstance(space.depth, Range) else ("choices" if isinstance(space.depth, Choices) else "")
+            path = ".".join(filter(None, [f"models.{CUSTOM_CNN}.depth", key]))
             raise SpecError(
                 [
-                    f"models.{CUSTOM_CNN}.depth: at most {limit} blocks fit {spec.data.image_size} px images "
-                    f"(each block halves the size), got {min(depths)}"
+                    f"{path}: at most {limit} blocks fit {spec.data.image_size} px images "
+                    f"(each block halves the size), got {deepest}"
                 ]
             )
-        if max(depths) > limit:
-            warnings.append(
-                f"models.{CUSTOM_CNN}.depth: depths above {limit} are too deep for "
-                f"{spec.data.image_size} px images; those trials will fail with that reason"
-            )
-    return warnings
+    return []
 
 
 def check_data(spec: Spec, cache: DataCache) -> dict[str, str]:
@@ -77,5 +78,9 @@ def check_spec(spec: Spec, cache: DataCache | None = None) -> CheckReport:
     """Raise the first blocking problem as an AutocnnError; return what validate shows."""
     cache = cache or DataCache(spec)
     warnings = check_models(spec)
+    if set(spec.models.spaces()) - {CUSTOM_CNN}:
+        from autocnn.models.backbones import check_backbones
+
+        warnings += check_backbones(spec)
     data = check_data(spec, cache)
     return CheckReport(data=data, params=searched_params(spec), warnings=warnings)

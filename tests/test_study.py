@@ -1,0 +1,105 @@
+"""End to end on digits: Optuna and MLflow agree one to one, and a study resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from autocnn.spec import load_spec
+from autocnn.study import StudyOptions, load_study, run_study, storage_url
+from autocnn.tracking import RUN_STATUS, STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
+from tests.conftest import digits_spec_dict, write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def trial_runs(spec_name: str) -> list[mlflow.entities.Run]:
+    tracker = Tracker(default_tracking_uri(), spec_name)
+    parent = tracker.find_study_run(spec_name)
+    assert parent is not None
+    return tracker.trial_runs(parent.info.run_id)
+
+
+def assert_one_to_one(study: optuna.Study, runs: list[mlflow.entities.Run]) -> None:
+    by_number = {int(r.data.tags[TRIAL_TAG]): r for r in runs}
+    assert len(by_number) == len(runs) == len(study.trials)
+    for trial in study.trials:
+        run = by_number[trial.number]
+        assert run.info.run_name == f"trial-{trial.number}"
+        assert run.data.tags[STATE_TAG] == trial.state.name
+        assert run.info.status == RUN_STATUS[trial.state.name]
+        assert {k: str(v) for k, v in trial.params.items()} == {k: run.data.params[k] for k in trial.params}
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_study_runs_then_resumes_only_missing_trials(in_tmp: Path) -> None:
+    spec_path = write_spec(in_tmp / "studies", digits_spec_dict(study={"trials": 3, "pruner": "none"}))
+    spec = load_spec(spec_path)
+    first = run_study(spec)
+    assert first.ran == 3 and first.counts["COMPLETE"] == 3
+    assert (in_tmp / "studies" / "digits-test.optuna.db").exists()
+    assert (in_tmp / "mlruns" / "mlflow.db").exists()
+
+    second = run_study(spec, StudyOptions(trials=5))
+    assert second.ran == 2
+    study = load_study(spec, storage_url(spec), create=False)
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    runs = trial_runs(spec.name)
+    assert_one_to_one(study, runs)
+    # Resumed params are new points, not a replay of the first trials (sampler seed moved on).
+    assert study.trials[3].params != study.trials[0].params
+
+    third = run_study(spec, StudyOptions(trials=5))
+    assert third.ran == 0 and len(trial_runs(spec.name)) == 5
+
+    best = study.best_trial
+    client = mlflow.MlflowClient(default_tracking_uri())
+    best_run = client.get_run(best.user_attrs["mlflow_run_id"])
+    history = client.get_metric_history(best_run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2]
+    assert best_run.data.metrics["val_accuracy"] == pytest.approx(history[-1].value)
+    for metric in ("train_loss", "val_loss", "val_macro_f1", "lr", "epoch_seconds", "train_images_per_s"):
+        assert len(client.get_metric_history(best_run.info.run_id, metric)) == 2
+    artifacts = {a.path for a in client.list_artifacts(best_run.info.run_id)}
+    assert {"config.yaml", "confusion_matrix.png", "per_class_metrics.json", "weights"} <= artifacts
+    parent = Tracker(default_tracking_uri(), spec.name).find_study_run(spec.name)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["autocnn.best_model_trial"] == str(best.number)
+    model = mlflow.pytorch.load_model(parent.data.tags["autocnn.best_model_uri"])
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert parent.data.metrics["n_complete"] == 5
+
+
+def test_pruned_and_failed_trials_match_too(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import autocnn.models
+
+    real_build = autocnn.models.build_model
+
+    def flaky_build(name: str, params: dict, **kwargs: object):  # a model that cannot be built
+        if params["width"] == 8:
+            raise RuntimeError("simulated: cannot build width 8")
+        return real_build(name, params, **kwargs)
+
+    monkeypatch.setattr(autocnn.models, "build_model", flaky_build)
+    spec_dict = digits_spec_dict(
+        study={"trials": 5, "pruner": "median", "sampler": "random"},
+        train={"epochs": 4, "lr": {"low": 1e-5, "high": 1e-2, "log": True}},
+        models={"custom_cnn": {"depth": 3, "width": {"choices": [8, 16]}}},
+    )
+    spec = load_spec(write_spec(in_tmp, spec_dict))
+    result = run_study(spec)
+    study = load_study(spec, storage_url(spec), create=False)
+    runs = trial_runs(spec.name)
+    assert_one_to_one(study, runs)
+    failed = [r for r in runs if r.data.tags[STATE_TAG] == "FAIL"]
+    assert failed, "the width-8 trials fail"
+    for run in failed:
+        assert run.data.tags["autocnn.reason"] == "RuntimeError: simulated: cannot build width 8"
+    for run in runs:
+        if run.data.tags[STATE_TAG] == "PRUNED":
+            assert run.data.tags["autocnn.reason"].startswith("pruned at epoch")
+    # failed trials do not count toward the target
+    assert result.counts["COMPLETE"] + result.counts["PRUNED"] == 5
