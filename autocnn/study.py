@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,13 +147,16 @@ def build_sampler(spec: Spec, *, n_existing: int) -> Any:
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     startup = max(3, min(10, spec.study.trials // 4))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # group=True: a conditional space (one sub-space per model) is modelled per group.
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
 
 
 def load_study(spec: Spec, storage: str, *, create: bool) -> optuna.Study:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial outcomes are reported by autocnn itself
     if not create and not _storage_exists(storage):
         raise StudyError(f"{storage}: no study storage yet; run `autocnn study` on this spec first")
     backend = open_storage(storage)
@@ -212,21 +216,25 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     import optuna
     import torch
 
-    from autocnn.models import build_model, preprocess_for
+    from autocnn.models import build_model, freeze_mode, model_facts, optimizer_groups, preprocess_for
     from autocnn.train import NonFiniteLossError, TensorBatches, Trainer, TrainSettings, pick_device
 
     spec = ctx.spec
     torch.manual_seed(spec.seed * 100_003 + trial.number)
-    pre = preprocess_for(config.model, config.model_params, image_size=spec.data.image_size)
+    pre = preprocess_for(config.model, config.model_params, image_size=spec.data.image_size, native_size=native_size(spec))
     data = ctx.cache.get(pre.image_size)
     device = pick_device()
-    model = build_model(config.model, config.model_params, num_classes=data.num_classes, image_size=pre.image_size)
-    ctx.tracker.log_facts(run_id, _model_facts(model))
+    model = build_model(
+        config.model, config.model_params, num_classes=data.num_classes, image_size=pre.image_size, base_dir=spec.base_dir
+    )
     settings = TrainSettings.from_trial(config.train, monitor=spec.study.metric, direction=spec.study.direction)
     batch_size = int(config.train["batch_size"])
     train = TensorBatches(data.train, pre, batch_size=batch_size, shuffle=True, seed=spec.seed + trial.number, device=device)
     val = TensorBatches(data.val, pre, batch_size=max(256, batch_size), shuffle=False, device=device)
-    trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device)
+    groups = optimizer_groups(config.model, model, config.model_params, lr=settings.lr)
+    trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
+    ctx.tracker.log_facts(run_id, model_facts(trainer.model, image_size=pre.image_size, device=device))
+    ctx.tracker.client.set_tag(run_id, "autocnn.freeze", freeze_mode(model))
     ctx.reporter.trial_started(trial.number, config, settings.epochs)
     try:
         for metrics in trainer.fit(train, val):
@@ -245,12 +253,9 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     return float(trainer.best_value)  # type: ignore[arg-type]
 
 
-def _model_facts(model: Any) -> dict[str, float]:
-    params = list(model.parameters())
-    return {
-        "params_total": sum(p.numel() for p in params),
-        "params_trainable": sum(p.numel() for p in params if p.requires_grad),
-    }
+def native_size(spec: Spec) -> bool:
+    """Backbones take timm's pretrained input size only when the spec sets no data.image_size."""
+    return "image_size" not in spec.data.model_fields_set
 
 
 def _is_new_best(trial: optuna.Trial, value: float | None) -> bool:
@@ -357,13 +362,15 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
     try:
         if to_run:
             import optuna
+            from optuna.trial import TrialState
 
+            # Failed trials do not count: run until `target` trials are complete or pruned.
+            done = optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))
             study.optimize(
                 make_objective(ctx),
-                n_trials=to_run,
                 timeout=options.timeout or spec.study.timeout,
                 catch=(Exception,),
-                callbacks=[streak],
+                callbacks=[done, streak],
             )
         status = "FINISHED"
     finally:
@@ -390,8 +397,10 @@ def log_best_model(spec: Spec, study: optuna.Study, tracker: Tracker, parent: st
     if not run_id or parent_run.data.tags.get("autocnn.best_model_trial") == str(best.number):
         return
     config = config_from_params(spec, best.params)
-    pre = preprocess_for(config.model, config.model_params, image_size=spec.data.image_size)
-    model = build_model(config.model, config.model_params, num_classes=data.num_classes, image_size=pre.image_size)
+    pre = preprocess_for(config.model, config.model_params, image_size=spec.data.image_size, native_size=native_size(spec))
+    model = build_model(
+        config.model, config.model_params, num_classes=data.num_classes, image_size=pre.image_size, load_weights=False
+    )
     model.load_state_dict(tracker.load_state_dict(run_id))
     uri = tracker.log_model(run_id, model)
     tracker.client.set_tag(parent, "autocnn.best_model_trial", str(best.number))

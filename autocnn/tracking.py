@@ -181,15 +181,20 @@ class Tracker:
         import mlflow
         import mlflow.pytorch
 
-        with warnings.catch_warnings():
+        pickle_notice = logging.getLogger("mlflow.pytorch")
+        level = pickle_notice.level
+        pickle_notice.setLevel(logging.ERROR)  # the model is ours; the pickle caution is noise here
+        with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):
             warnings.simplefilter("ignore")
-            with mlflow.start_run(run_id=run_id):
+            try:
                 info = mlflow.pytorch.log_model(
                     model.cpu().eval(),
                     name=name,
                     serialization_format="pickle",
                     pip_requirements=["torch", "timm", "autocnn"],
                 )
+            finally:
+                pickle_notice.setLevel(level)
         return info.model_uri
 
     def trial_runs(self, parent_id: str) -> list[Any]:
@@ -198,3 +203,14 @@ class Tracker:
             filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
             max_results=50000,
         )
+
+    def register_model(self, model_uri: str, name: str, *, tags: dict[str, str] | None = None) -> str:
+        """Register a logged model in the Model Registry; returns its new version number."""
+        import contextlib
+        import io
+
+        import mlflow
+
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints 'Created version ...' lines
+            version = mlflow.register_model(model_uri, name, tags=tags)
+        return str(version.version)
