@@ -144,6 +144,90 @@ def status(spec: SpecPath, storage: Storage = None) -> None:
 
 
 @app.command()
+def report(
+    spec: SpecPath,
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default: reports/<name>.html).")] = None,
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Write one self-contained HTML report of a study and log it to the study's MLflow run.
+
+    Example: autocnn report studies/digits.yaml
+    """
+    from autocnn.report import build_report
+
+    with user_errors():
+        result = build_report(_load(spec), storage=storage, tracking_uri=tracking_uri, out=out)
+    console = _console()
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    logged = f"; logged to MLflow run {result.parent_run_id}" if result.parent_run_id else ""
+    console.print(f"report: {result.path} ({result.size_bytes / 1e6:.1f} MB, {result.n_trials} trials){logged}")
+
+
+@app.command()
+def finalize(
+    spec: SpecPath,
+    trial: Annotated[int | None, typer.Option(help="Trial number to finalize (default: the best).")] = None,
+    retrain: Annotated[bool, typer.Option(help="Train the trial's config again on train.")] = False,
+    refit: Annotated[bool, typer.Option(help="Train again on train + val, for the trial's best epoch count.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Export folder (default: models/<name>/).")] = None,
+    storage: Storage = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Evaluate the best trial once on the test split, register it, export ONNX and int8 ONNX.
+
+    Example: autocnn finalize studies/digits.yaml --refit
+    """
+    from autocnn.console import finalize_tables
+    from autocnn.export import FinalizeOptions
+    from autocnn.export import finalize as run_finalize
+
+    options = FinalizeOptions(
+        trial=trial, retrain=retrain, refit=refit, storage=storage, tracking_uri=tracking_uri, out_dir=out
+    )
+    console = _console()
+    with user_errors():
+        result = run_finalize(_load(spec), options, say=lambda text: console.print(text, style="dim", markup=False))
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    for table in finalize_tables(result):
+        console.print(table)
+    console.print(f"exported to {result.out_dir}; MLflow run {result.run_id}; registered as {result.registered}")
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Folder written by `autocnn finalize`.", show_default=False)],
+    paths: Annotated[list[Path], typer.Argument(help="Image files and folders.", show_default=False)],
+    top: Annotated[int, typer.Option(min=1, help="How many labels to show per image.")] = 3,
+    torch: Annotated[bool, typer.Option("--torch", help="Run the PyTorch weights instead of ONNX.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Top-k labels with probabilities for images; unreadable files are reported and skipped.
+
+    Example: autocnn predict models/digits/ img1.png photos/ --top 3
+    """
+    import json
+
+    from autocnn.console import predictions_table
+    from autocnn.predict import Predictor, predict_files
+
+    with user_errors():
+        predictor = Predictor(model_dir, backend="torch" if torch else "onnx")
+        result = predict_files(predictor, paths, top=top)
+    errors = _console(stderr=True)
+    for path, reason in result.skipped:
+        errors.print(f"[yellow]skipped:[/] {path}: {reason}", highlight=False)
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+    elif result.predictions:
+        _console().print(predictions_table(result))
+    if not result.predictions:
+        raise typer.Exit(1)
+
+
+@app.command()
 def ui(
     host: Annotated[str, typer.Option(help="Interface to bind; only this machine by default.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,

@@ -10,6 +10,8 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from autocnn.checks import CheckReport
+    from autocnn.export import FinalizeResult
+    from autocnn.predict import PredictResult
     from autocnn.space import TrialConfig
     from autocnn.study import StudyResult
     from autocnn.train import EpochMetrics
@@ -119,3 +121,43 @@ def check_tables(report: CheckReport) -> list[Table]:
     for param in report.params:
         space.add_row(param.name, param.distribution, param.domain)
     return [data, space]
+
+
+def finalize_tables(result: FinalizeResult) -> list[Table]:
+    """The one evaluation of the finalized model, then float vs int8 side by side."""
+    s = result.scores
+    title = f"{result.study}: trial {result.trial} ({result.model}, {result.weights_from}) on {s.split}"
+    scores = Table(title=title, title_justify="left")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        scores.add_column(column, justify="left" if column == "class" else "right")
+    for name in s.classes:
+        row = s.per_class[name]
+        scores.add_row(name, *(f"{row[k]:.4f}" for k in ("precision", "recall", "f1-score")), str(int(row["support"])))
+    scores.add_section()
+    scores.add_row(f"accuracy ({s.n_images} images)", "", "", f"{s.accuracy:.4f}", "")
+    scores.add_row("macro-F1", "", "", f"{s.macro_f1:.4f}", "")
+    exports = Table(title="exported models", title_justify="left")
+    for column in ("file", f"{s.split} accuracy", "size MB", "check"):
+        exports.add_column(column, justify="left" if column in ("file", "check") else "right")
+    exports.add_row(
+        "model.onnx (float32)",
+        f"{result.onnx_accuracy:.4f}",
+        f"{result.onnx_size_mb:.3f}",
+        f"max |ONNX - PyTorch| = {result.onnx_max_abs_diff:.1e}",
+    )
+    if result.int8_accuracy is not None and result.int8_size_mb is not None:
+        exports.add_row(
+            "model.int8.onnx (int8 QDQ)", f"{result.int8_accuracy:.4f}", f"{result.int8_size_mb:.3f}", "static, calibrated"
+        )
+    else:
+        exports.add_row("model.int8.onnx (int8 QDQ)", "—", "—", "[red]not exported[/]")
+    return [scores, exports]
+
+
+def predictions_table(result: PredictResult) -> Table:
+    table = Table(title="predictions", title_justify="left")
+    table.add_column("file")
+    table.add_column("top labels (probability)")
+    for p in result.predictions:
+        table.add_row(p.path, ", ".join(f"{label} ({prob:.3f})" for label, prob in p.top))
+    return table
