@@ -85,3 +85,13 @@ def test_study_then_status_from_the_command_line(in_tmp: Path) -> None:
     assert "complete" in result.output and "remaining" in result.output
     result = runner.invoke(app, ["study", str(path), "--trials", "3"])
     assert result.exit_code == 0 and "resuming study 'digits-test': 2 of 3 trials done, 1 to run" in result.output
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv .venv")]
+    assert len(commands) == 2, "the README has exactly two install-and-run commands"
+    quickstart, tests = commands
+    assert quickstart.endswith("autocnn study studies/digits.yaml")
+    assert tests in ci.splitlines()
