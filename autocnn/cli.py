@@ -258,5 +258,50 @@ def _run_foreground(command: list[str], run: Callable[..., Any] = subprocess.run
         raise typer.Exit(0) from None
 
 
+weights_app = typer.Typer(
+    help="Pretrained backbone weights on this machine (the Hugging Face hub cache timm uses).",
+    no_args_is_help=True,
+)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    names: Annotated[list[str], typer.Argument(help="timm model names, as keys under `models`.", show_default=False)],
+) -> None:
+    """Download timm's pretrained weights into the local cache; the only command that goes online.
+
+    Example: autocnn weights fetch resnet50 efficientnet_b0 mobilenetv2_035
+    """
+    from autocnn.models.backbones import fetch_weights
+
+    with user_errors():
+        fetched = fetch_weights(names)
+    for name, path in fetched:
+        _console().print(f"[green]cached:[/] {name} -> {path}", highlight=False)
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """Show the timm weights in the local cache, which studies use without a network.
+
+    Example: autocnn weights list
+    """
+    from rich.table import Table
+
+    from autocnn.models.backbones import hub_cache_dir, list_cached_weights
+
+    with user_errors():
+        rows = list_cached_weights()
+    console = _console()
+    if not rows:
+        console.print(f"no timm weights cached in {hub_cache_dir()}; fetch some with `autocnn weights fetch NAME`")
+        return
+    table = Table("weights", "MB", "path", title=f"cached weights ({hub_cache_dir()})")
+    for row in rows:
+        table.add_row(row.model, f"{row.size_mb:.1f}", str(row.path))
+    console.print(table)
+
+
 if __name__ == "__main__":
     app()

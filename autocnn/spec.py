@@ -206,8 +206,58 @@ class CustomCNNSpace(StrictModel):
     activation: choosable(Literal["relu", "leaky_relu", "gelu", "silu"]) = "relu"
 
 
+class HeadSpace(StrictModel):
+    """A new head on a backbone's pooled features: [Linear(hidden) + activation + dropout] + Linear."""
+
+    hidden: searchable(Annotated[int, Field(ge=0, le=8192)]) = 0  # 0: no hidden layer
+    activation: choosable(Literal["relu", "leaky_relu", "gelu", "silu"]) = "relu"
+    dropout: searchable(Probability) = 0.0
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+class TimmSpace(StrictModel):
+    """A timm backbone (the key under `models` is the timm name); names are checked in models.backbones."""
+
+    pretrained: bool | str = True
+    freeze: choosable(Literal["none", "backbone", "partial"]) = "none"
+    unfreeze_last: searchable(PositiveInt) = 1
+    backbone_lr_mult: searchable(NonNegativeFloat) = 1.0
+    head: HeadSpace | None = None
+    dropout: searchable(Probability) = 0.0
+    image_size: Annotated[int, Field(ge=8, le=1024)] | None = None
+
+    @field_validator("head", mode="before")
+    @classmethod
+    def _bare_head_means_defaults(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("pretrained")
+    @classmethod
+    def _weight_file(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and not value.lower().endswith(WEIGHT_SUFFIXES):
+            raise PydanticCustomError(
+                "spec",
+                "expected true, false or a path to a {suffixes} state dict, got {value}",
+                {"suffixes": " / ".join(WEIGHT_SUFFIXES), "value": repr(value)},
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_dropout(self) -> TimmSpace:
+        if self.head is not None and "dropout" in self.model_fields_set:
+            raise _sub_error("dropout", "with a head, set head.dropout instead (dropout is for timm's own classifier)")
+        return self
+
+
 class ModelsSpec(StrictModel):
+    """`custom_cnn` and any number of timm backbones, each key a timm model name."""
+
+    model_config = ConfigDict(extra="allow")
+
     custom_cnn: CustomCNNSpace | None = None
+    __pydantic_extra__: dict[str, TimmSpace] = Field(init=False)  # type: ignore[assignment]
 
     @model_validator(mode="before")
     @classmethod
@@ -365,6 +415,9 @@ def _suggest(loc: list[str]) -> str:
     model: Any = Spec
     for part in loc[:-1]:
         field = getattr(model, "model_fields", {}).get(part)
+        if field is None and model is ModelsSpec:  # any other key is a timm backbone
+            model = TimmSpace
+            continue
         if field is None:
             return ""
         model = _model_in(field.annotation)

@@ -1,0 +1,121 @@
+"""Model name + sampled params -> nn.Module, with the preprocessing the model expects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+CUSTOM_CNN = "custom_cnn"
+
+
+def max_depth(image_size: int) -> int:
+    """Each custom CNN block halves the feature map; the last one must keep at least 1 pixel."""
+    return max(image_size.bit_length() - 1, 0)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What a model expects of its input: square size and per-channel mean/std on 0..1 pixels."""
+
+    image_size: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+def build_model(
+    name: str,
+    params: dict[str, Any],
+    *,
+    num_classes: int,
+    image_size: int,
+    base_dir: Path | None = None,
+    load_weights: bool = True,
+) -> nn.Module:
+    """Build the trial's model; keyword-only so a swapped count and size cannot slip through.
+
+    Any name but custom_cnn is a timm backbone. `base_dir` anchors a relative weight file (the
+    spec's folder); `load_weights=False` skips pretrained weights when a trained state dict follows.
+    """
+    if name == CUSTOM_CNN:
+        from autocnn.models.custom_cnn import CustomCNN
+
+        return CustomCNN(num_classes=num_classes, image_size=image_size, **params)
+    from autocnn.models.backbones import build_backbone
+
+    return build_backbone(name, params, num_classes=num_classes, base_dir=base_dir, load_weights=load_weights)
+
+
+def preprocess_for(name: str, params: dict[str, Any], *, image_size: int, native_size: bool = False) -> Preprocess:
+    """The custom CNN keeps the spec's size and a symmetric [-1, 1] scaling; backbones follow timm.
+
+    A backbone's size is its own `image_size` key, else the spec's `image_size`, else (with
+    `native_size`, when the spec does not set data.image_size) timm's pretrained input size.
+    """
+    if name == CUSTOM_CNN:
+        return Preprocess(image_size=image_size)
+    from autocnn.models.backbones import backbone_preprocess
+
+    return backbone_preprocess(name, params, image_size=None if native_size else image_size)
+
+
+def optimizer_groups(name: str, model: nn.Module, params: dict[str, Any], *, lr: float) -> list[dict[str, Any]] | None:
+    """Per-group learning rates (a backbone's `backbone_lr_mult`); None: one group of all trainable."""
+    if name == CUSTOM_CNN:
+        return None
+    from autocnn.models.backbones import param_groups
+
+    return param_groups(model, lr=lr, backbone_lr_mult=float(params.get("backbone_lr_mult", 1.0)))  # type: ignore[arg-type]
+
+
+def freeze_mode(model: nn.Module) -> str:
+    """What trains: none (everything), backbone (the head only) or partial."""
+    return str(getattr(model, "freeze", "none"))
+
+
+def model_facts(model: nn.Module, *, image_size: int, device: Any) -> dict[str, float]:
+    """Parameter counts, weight file size and batch-1 forward latency, logged once per trial."""
+    import io
+
+    import torch
+
+    params = list(model.parameters())
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return {
+        "params_total": sum(p.numel() for p in params),
+        "params_trainable": sum(p.numel() for p in params if p.requires_grad),
+        "weights_mb": buffer.tell() / 1e6,
+        "latency_ms": forward_latency_ms(model, image_size=image_size, device=device),
+    }
+
+
+def forward_latency_ms(model: nn.Module, *, image_size: int, device: Any, budget_s: float = 1.0) -> float:
+    """Median eval-mode forward time of one image on `device`, after two warm-up passes."""
+    import statistics
+    import time
+
+    import torch
+
+    device = torch.device(device)
+    x = torch.zeros(1, 3, image_size, image_size, device=device).contiguous(memory_format=torch.channels_last)
+    was_training = model.training
+    model.eval()
+    times: list[float] = []
+    try:
+        with torch.inference_mode():
+            for i in range(22):
+                start = time.perf_counter()
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= 2:
+                    times.append(time.perf_counter() - start)
+                    if sum(times) > budget_s and len(times) >= 3:
+                        break
+    finally:
+        model.train(was_training)
+    return statistics.median(times) * 1000.0
