@@ -79,7 +79,9 @@ def test_local_weight_file_loads_with_a_new_classifier(tmp_path: Path, suffix: s
 
     # A relative path is read from the spec's folder (base_dir), not from the working directory.
     params = {"pretrained": f"weights/resnet18{suffix}", "freeze": "none"}
-    model = build_model("resnet18", params, num_classes=N_CLASSES, image_size=32, base_dir=tmp_path)
+    model = build_model(
+        "resnet18", params, num_classes=N_CLASSES, image_size=32, base_dir=tmp_path
+    )
     random = build_model("resnet18", {"pretrained": False}, num_classes=N_CLASSES, image_size=32)
 
     assert torch.equal(model.body.conv1.weight, state["conv1.weight"])
@@ -105,7 +107,9 @@ def test_pth_is_loaded_with_weights_only(tmp_path: Path) -> None:
 def test_missing_weight_file_is_a_spec_error_naming_the_path(tmp_path: Path) -> None:
     raw = digits_spec_dict(models={"resnet18": {"pretrained": "nowhere/resnet18.safetensors"}})
     spec = parse_spec(raw)
-    with pytest.raises(SpecError, match=r"models\.resnet18\.pretrained: weight file not found: .*nowhere"):
+    with pytest.raises(
+        SpecError, match=r"models\.resnet18\.pretrained: weight file not found: .*nowhere"
+    ):
         check_backbones(spec)
 
 
@@ -140,7 +144,9 @@ def _one_step(model: torch.nn.Module, params: dict[str, Any], lr: float = 1e-2) 
 
     settings = TrainSettings(epochs=1, lr=lr, weight_decay=0.0, scheduler="none")
     groups = optimizer_groups("resnet18", model, params, lr=lr)
-    trainer = Trainer(model, settings, steps_per_epoch=1, device=torch.device("cpu"), param_groups=groups)
+    trainer = Trainer(
+        model, settings, steps_per_epoch=1, device=torch.device("cpu"), param_groups=groups
+    )
     gen = torch.Generator().manual_seed(0)
     batch = (torch.randn(8, 3, 32, 32, generator=gen), torch.arange(8) % N_CLASSES)
     trainer.train_one_epoch([batch])
@@ -155,7 +161,9 @@ def test_freeze_modes_train_exactly_the_expected_parameters(
     assert freeze_mode(model) == mode
     assert _n_trainable(model) == _expected_resnet18(mode, unfreeze_last)
 
-    with torch.no_grad():  # timm zero-inits each block's last BN gamma, which zeroes some gradients
+    with (
+        torch.no_grad()
+    ):  # timm zero-inits each block's last BN gamma, which zeroes some gradients
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.weight.uniform_(0.5, 1.5)
@@ -174,7 +182,12 @@ def test_freeze_modes_train_exactly_the_expected_parameters(
 
 
 def test_frozen_batchnorm_stays_in_eval_mode_after_train() -> None:
-    model = build_model("efficientnet_b0", {"pretrained": False, "freeze": "backbone"}, num_classes=3, image_size=32)
+    model = build_model(
+        "efficientnet_b0",
+        {"pretrained": False, "freeze": "backbone"},
+        num_classes=3,
+        image_size=32,
+    )
     model.train()
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms and not any(m.training for m in norms)
@@ -201,7 +214,7 @@ def test_head_and_backbone_lr_mult_make_two_optimizer_groups() -> None:
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, N_CLASSES)
 
 
-# --------------------------------------------------------------------------- preprocessing and facts
+# ------------------------------------------------------------------------- preprocessing and facts
 
 
 def test_preprocessing_follows_the_backbone() -> None:
@@ -216,11 +229,20 @@ def test_preprocessing_follows_the_backbone() -> None:
 
 
 def test_model_facts_measure_size_and_latency() -> None:
-    model = build_model("mobilenetv2_035", {"pretrained": False, "freeze": "backbone"}, num_classes=3, image_size=16)
+    model = build_model(
+        "mobilenetv2_035",
+        {"pretrained": False, "freeze": "backbone"},
+        num_classes=3,
+        image_size=16,
+    )
     facts = model_facts(model, image_size=16, device="cpu")
     assert facts["params_total"] == _numel(model)
     assert facts["params_trainable"] == 1280 * 3 + 3
-    assert 4 * facts["params_total"] / 1e6 < facts["weights_mb"] < 4 * facts["params_total"] / 1e6 * 1.3
+    assert (
+        4 * facts["params_total"] / 1e6
+        < facts["weights_mb"]
+        < 4 * facts["params_total"] / 1e6 * 1.3
+    )
     assert facts["latency_ms"] > 0
     assert model.training  # measuring left the mode as it was
 
@@ -232,7 +254,9 @@ def _study_spec(tmp: Path, models: dict[str, Any], **overrides: Any) -> Path:
     return write_spec(tmp, digits_spec_dict(models=models, **overrides))
 
 
-def test_pretrained_true_with_empty_cache_stops_before_trial_1(in_tmp: Path, hub_cache: Path) -> None:
+def test_pretrained_true_with_empty_cache_stops_before_trial_1(
+    in_tmp: Path, hub_cache: Path
+) -> None:
     import timm  # noqa: F401 - imported up front: the limit is on the check, not on Python's imports
 
     models = {"custom_cnn": {"depth": 2}, "resnet18": {"pretrained": True}, "efficientnet_b0": {}}
@@ -252,7 +276,7 @@ def test_pretrained_true_with_empty_cache_stops_before_trial_1(in_tmp: Path, hub
 
 
 def test_cached_weights_are_found_and_loaded_offline(hub_cache: Path) -> None:
-    """The positive side of the check: weights in the hub cache pass it and load with no network."""
+    """The other side of the check: weights in the hub cache pass it and load with no network."""
     import timm
     from timm.models import get_pretrained_cfg
 
@@ -270,7 +294,10 @@ def test_cached_weights_are_found_and_loaded_offline(hub_cache: Path) -> None:
 
 def test_model_without_pretrained_weights_names_relatives(hub_cache: Path) -> None:
     spec = parse_spec(digits_spec_dict(models={"mobilenetv2_035": {"pretrained": True}}))
-    with pytest.raises(SpecError, match=r"models\.mobilenetv2_035\.pretrained: timm has no pretrained .*mobilenetv2_050"):
+    with pytest.raises(
+        SpecError,
+        match=r"models\.mobilenetv2_035\.pretrained: timm has no pretrained .*mobilenetv2_050",
+    ):
         check_backbones(spec)
 
 
@@ -286,9 +313,13 @@ def test_validate_suggests_the_timm_name_for_a_typo(tmp_path: Path) -> None:
 
 
 def test_unknown_key_inside_a_backbone_names_its_path() -> None:
-    with pytest.raises(SpecError, match=r"models\.resnet50\.head\.hiden: unknown key.*did you mean 'hidden'"):
+    with pytest.raises(
+        SpecError, match=r"models\.resnet50\.head\.hiden: unknown key.*did you mean 'hidden'"
+    ):
         parse_spec(digits_spec_dict(models={"resnet50": {"head": {"hiden": 64}}}))
-    with pytest.raises(SpecError, match=r"models\.resnet50\.dropout: with a head, set head\.dropout"):
+    with pytest.raises(
+        SpecError, match=r"models\.resnet50\.dropout: with a head, set head\.dropout"
+    ):
         parse_spec(digits_spec_dict(models={"resnet50": {"head": {"hidden": 64}, "dropout": 0.2}}))
 
 
@@ -296,10 +327,25 @@ def test_issue_example_validates_with_pretrained_false(tmp_path: Path) -> None:
     from autocnn.checks import check_spec
 
     models = {
-        "custom_cnn": {"depth": {"low": 2, "high": 3}, "width": {"choices": [16, 32]}, "dropout": {"low": 0.1, "high": 0.5}},
-        "resnet50": {"pretrained": False, "freeze": {"choices": ["backbone", "none"]}, "head": {"hidden": 256, "dropout": {"low": 0.2, "high": 0.6}}},
-        "efficientnet_b0": {"pretrained": False, "freeze": {"choices": ["backbone", "partial", "none"]}, "unfreeze_last": {"low": 1, "high": 3}},
-        "mobilenetv2_035": {"pretrained": False, "backbone_lr_mult": {"low": 0.01, "high": 1.0, "log": True}},
+        "custom_cnn": {
+            "depth": {"low": 2, "high": 3},
+            "width": {"choices": [16, 32]},
+            "dropout": {"low": 0.1, "high": 0.5},
+        },
+        "resnet50": {
+            "pretrained": False,
+            "freeze": {"choices": ["backbone", "none"]},
+            "head": {"hidden": 256, "dropout": {"low": 0.2, "high": 0.6}},
+        },
+        "efficientnet_b0": {
+            "pretrained": False,
+            "freeze": {"choices": ["backbone", "partial", "none"]},
+            "unfreeze_last": {"low": 1, "high": 3},
+        },
+        "mobilenetv2_035": {
+            "pretrained": False,
+            "backbone_lr_mult": {"low": 0.01, "high": 1.0, "log": True},
+        },
     }
     report = check_spec(parse_spec(digits_spec_dict(models=models)))
     names = {row.name: row.distribution for row in report.params}
@@ -325,10 +371,14 @@ def test_study_mixing_custom_cnn_and_two_backbones_logs_their_facts(in_tmp: Path
         "resnet18": {"pretrained": False, "freeze": "none", "backbone_lr_mult": 0.5},
         "mobilenetv2_035": {"pretrained": False, "freeze": "backbone", "head": {"hidden": 16}},
     }
-    path = _study_spec(in_tmp, models, train={"epochs": 1, "batch_size": 128, "lr": 1e-3}, study={"trials": 3})
+    path = _study_spec(
+        in_tmp, models, train={"epochs": 1, "batch_size": 128, "lr": 1e-3}, study={"trials": 3}
+    )
     spec = load_spec(path)
     # Each model gets one trial: queue them so the test does not depend on the sampler's luck.
-    study = optuna.create_study(study_name=spec.name, storage=storage_url(spec), direction="maximize")
+    study = optuna.create_study(
+        study_name=spec.name, storage=storage_url(spec), direction="maximize"
+    )
     for name in models:
         study.enqueue_trial({"model": name})
 
@@ -357,5 +407,7 @@ def test_20classes_backbones_exist_and_only_lack_cached_weights(hub_cache: Path)
     from autocnn.spec import load_spec
     from tests.conftest import REPO
 
-    with pytest.raises(WeightsError, match=r"autocnn weights fetch resnet50 efficientnet_b0 mobilenetv2_050`"):
+    with pytest.raises(
+        WeightsError, match=r"autocnn weights fetch resnet50 efficientnet_b0 mobilenetv2_050`"
+    ):
         check_backbones(load_spec(REPO / "studies" / "20classes.yaml"))

@@ -38,7 +38,8 @@ def build_model(
     """Build the trial's model; keyword-only so a swapped count and size cannot slip through.
 
     Any name but custom_cnn is a timm backbone. `base_dir` anchors a relative weight file (the
-    spec's folder); `load_weights=False` skips pretrained weights when a trained state dict follows.
+    spec's folder); `load_weights=False` skips pretrained weights when a trained state dict
+    follows.
     """
     if name == CUSTOM_CNN:
         from autocnn.models.custom_cnn import CustomCNN
@@ -46,10 +47,14 @@ def build_model(
         return CustomCNN(num_classes=num_classes, image_size=image_size, **params)
     from autocnn.models.backbones import build_backbone
 
-    return build_backbone(name, params, num_classes=num_classes, base_dir=base_dir, load_weights=load_weights)
+    return build_backbone(
+        name, params, num_classes=num_classes, base_dir=base_dir, load_weights=load_weights
+    )
 
 
-def preprocess_for(name: str, params: dict[str, Any], *, image_size: int, native_size: bool = False) -> Preprocess:
+def preprocess_for(
+    name: str, params: dict[str, Any], *, image_size: int, native_size: bool = False
+) -> Preprocess:
     """The custom CNN keeps the spec's size and a symmetric [-1, 1] scaling; backbones follow timm.
 
     A backbone's size is its own `image_size` key, else the spec's `image_size`, else (with
@@ -62,8 +67,10 @@ def preprocess_for(name: str, params: dict[str, Any], *, image_size: int, native
     return backbone_preprocess(name, params, image_size=None if native_size else image_size)
 
 
-def optimizer_groups(name: str, model: nn.Module, params: dict[str, Any], *, lr: float) -> list[dict[str, Any]] | None:
-    """Per-group learning rates (a backbone's `backbone_lr_mult`); None: one group of all trainable."""
+def optimizer_groups(
+    name: str, model: nn.Module, params: dict[str, Any], *, lr: float
+) -> list[dict[str, Any]] | None:
+    """Per-group learning rates (a backbone's `backbone_lr_mult`); None: one group for all."""
     if name == CUSTOM_CNN:
         return None
     from autocnn.models.backbones import param_groups
@@ -93,7 +100,9 @@ def model_facts(model: nn.Module, *, image_size: int, device: Any) -> dict[str, 
     }
 
 
-def forward_latency_ms(model: nn.Module, *, image_size: int, device: Any, budget_s: float = 1.0) -> float:
+def forward_latency_ms(
+    model: nn.Module, *, image_size: int, device: Any, budget_s: float = 1.0
+) -> float:
     """Median eval-mode forward time of one image on `device`, after two warm-up passes."""
     import statistics
     import time
@@ -101,7 +110,9 @@ def forward_latency_ms(model: nn.Module, *, image_size: int, device: Any, budget
     import torch
 
     device = torch.device(device)
-    x = torch.zeros(1, 3, image_size, image_size, device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.zeros(1, 3, image_size, image_size, device=device).contiguous(
+        memory_format=torch.channels_last
+    )
     was_training = model.training
     model.eval()
     times: list[float] = []

@@ -31,7 +31,7 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
 class WeightsError(AutocnnError):
-    """Pretrained weights that are not on this machine: not in the cache, or not at the path given."""
+    """Pretrained weights not on this machine: not in the cache, or not at the path given."""
 
 
 # --------------------------------------------------------------------------- the hub, offline
@@ -120,7 +120,10 @@ def no_weights_problem(name: str, *, path: str) -> str | None:
     archs = sorted({n.split(".")[0] for n in timm.list_models(pretrained=True)} - {arch})
     close = difflib.get_close_matches(arch, archs, n=3)
     hint = f"; pretrained relatives: {', '.join(close)}" if close else ""
-    return f"{path}.pretrained: timm has no pretrained weights for '{name}'{hint}; use false or a local file"
+    return (
+        f"{path}.pretrained: timm has no pretrained weights for '{name}'{hint}; "
+        "use false or a local file"
+    )
 
 
 # --------------------------------------------------------------------------- the weight cache
@@ -178,17 +181,23 @@ def list_cached_weights() -> list[CachedWeights]:
         repos = frozenset()
     for repo in sorted(repos, key=lambda r: r.repo_id):
         if repo.repo_type == "model" and repo.repo_id.startswith("timm/"):
-            rows.append(CachedWeights(repo.repo_id.removeprefix("timm/"), repo.size_on_disk / 1e6, repo.repo_path))
+            rows.append(
+                CachedWeights(
+                    repo.repo_id.removeprefix("timm/"), repo.size_on_disk / 1e6, repo.repo_path
+                )
+            )
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
     if checkpoints.is_dir():
         for file in sorted(checkpoints.iterdir()):
             if file.is_file():
-                rows.append(CachedWeights(f"(torch hub) {file.name}", file.stat().st_size / 1e6, file))
+                rows.append(
+                    CachedWeights(f"(torch hub) {file.name}", file.stat().st_size / 1e6, file)
+                )
     return rows
 
 
 def fetch_weights(names: list[str]) -> list[tuple[str, Path]]:
-    """Download timm's weights for each name into the hub cache: the one command that goes online."""
+    """Download timm's weights for each name into the hub cache: the only step that goes online."""
     import timm
 
     for name in names:
@@ -202,7 +211,9 @@ def fetch_weights(names: list[str]) -> list[tuple[str, Path]]:
             with _online_hub():
                 timm.create_model(name, pretrained=True)
         except Exception as exc:  # noqa: BLE001 - network and hub errors all mean "not fetched"
-            raise WeightsError(f"{name}: download failed ({exc.__class__.__name__}: {exc})") from None
+            raise WeightsError(
+                f"{name}: download failed ({exc.__class__.__name__}: {exc})"
+            ) from None
         fetched.append((name, cached_weights(name) or hub_cache_dir()))
     return fetched
 
@@ -217,7 +228,8 @@ def timm_spaces(spec: Spec) -> dict[str, TimmSpace]:
 def missing_weights_message(missing: list[str]) -> str:
     names = " ".join(missing)
     return (
-        f"pretrained weights for {', '.join(missing)} are not in the local cache ({hub_cache_dir()}) "
+        f"pretrained weights for {', '.join(missing)} are not in the local cache "
+        f"({hub_cache_dir()}) "
         f"and studies never download. Either run `autocnn weights fetch {names}` on a connected "
         "machine (it fills that same cache; copy it here or share HF_HOME), or set "
         "`models.<name>.pretrained` to a local .safetensors / .pth file (or false for random init)"
@@ -240,7 +252,10 @@ def check_backbones(spec: Spec) -> list[str]:
         if isinstance(space.pretrained, str):
             file = spec.resolve_path(space.pretrained)
             if not file.is_file():
-                problems.append(f"{path}.pretrained: weight file not found: {file} (paths are relative to the spec)")
+                problems.append(
+                    f"{path}.pretrained: weight file not found: {file} "
+                    "(paths are relative to the spec)"
+                )
         elif space.pretrained and (problem := no_weights_problem(name, path=path)):
             problems.append(problem)
         elif space.pretrained and cached_weights(name) is None:
@@ -257,7 +272,9 @@ def _unused_keys(path: str, space: TimmSpace) -> list[str]:
     freeze = space.freeze
     modes = set(getattr(freeze, "choices", [freeze]))
     if "unfreeze_last" in space.model_fields_set and "partial" not in modes:
-        return [f"{path}.unfreeze_last: only used with freeze: partial, which this model never gets"]
+        return [
+            f"{path}.unfreeze_last: only used with freeze: partial, which this model never gets"
+        ]
     return []
 
 
@@ -295,7 +312,9 @@ class TimmClassifier(nn.Module):
         return list(module.parameters())
 
 
-def build_head(in_features: int, *, num_classes: int, hidden: int, activation: str, dropout: float) -> nn.Sequential:
+def build_head(
+    in_features: int, *, num_classes: int, hidden: int, activation: str, dropout: float
+) -> nn.Sequential:
     """[Linear(hidden) + activation] + dropout + Linear(classes), on pooled features."""
     from autocnn.models.custom_cnn import ACTIVATIONS
 
@@ -310,11 +329,15 @@ def build_head(in_features: int, *, num_classes: int, hidden: int, activation: s
 def create_body(
     name: str, pretrained: bool | str, *, num_classes: int, drop_rate: float, base_dir: Path | None
 ) -> nn.Module:
-    """timm.create_model; a file is loaded through pretrained_cfg_overlay (weights_only, new classifier)."""
+    """timm.create_model; a file loads via pretrained_cfg_overlay (weights_only, new head)."""
     import timm
 
     use_offline_hub()
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": drop_rate, "pretrained": bool(pretrained)}
+    kwargs: dict[str, Any] = {
+        "num_classes": num_classes,
+        "drop_rate": drop_rate,
+        "pretrained": bool(pretrained),
+    }
     where = "timm's cache"
     if isinstance(pretrained, str):
         file = Path(pretrained).expanduser()
@@ -326,12 +349,16 @@ def create_body(
     try:
         return timm.create_model(name, **kwargs)
     except OSError as exc:
-        raise WeightsError(f"{name}: {missing_weights_message([name])} ({exc.__class__.__name__})") from None
+        raise WeightsError(
+            f"{name}: {missing_weights_message([name])} ({exc.__class__.__name__})"
+        ) from None
     except (RuntimeError, KeyError, ValueError) as exc:
         if not pretrained:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise WeightsError(f"models.{name}.pretrained: {where} does not load into {name}: {first}") from None
+        raise WeightsError(
+            f"models.{name}.pretrained: {where} does not load into {name}: {first}"
+        ) from None
 
 
 def build_backbone(
@@ -365,7 +392,9 @@ def build_backbone(
             dropout=float(head_params.get("dropout", 0.0)),
         )
     model = TimmClassifier(body, head, name=name)
-    apply_freeze(model, effective_freeze(params), unfreeze_last=int(params.get("unfreeze_last", 1)))
+    apply_freeze(
+        model, effective_freeze(params), unfreeze_last=int(params.get("unfreeze_last", 1))
+    )
     return model
 
 
@@ -417,8 +446,10 @@ def apply_freeze(model: TimmClassifier, mode: str, *, unfreeze_last: int = 1) ->
     model.train(model.training)
 
 
-def param_groups(model: TimmClassifier, *, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
-    """Optimizer groups: backbone at lr * backbone_lr_mult, head at lr (last: the lr that is logged)."""
+def param_groups(
+    model: TimmClassifier, *, lr: float, backbone_lr_mult: float
+) -> list[dict[str, Any]]:
+    """Optimizer groups: backbone at lr * backbone_lr_mult, then head at lr (the logged lr)."""
     head = [p for p in model.head_parameters() if p.requires_grad]
     head_ids = {id(p) for p in head}
     backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
@@ -432,12 +463,18 @@ def param_groups(model: TimmClassifier, *, lr: float, backbone_lr_mult: float) -
 # --------------------------------------------------------------------------- preprocessing
 
 
-def backbone_preprocess(name: str, params: dict[str, Any], *, image_size: int | None) -> Preprocess:
-    """mean/std from timm's pretrained config; size: the model's key, else `image_size`, else timm's."""
+def backbone_preprocess(
+    name: str, params: dict[str, Any], *, image_size: int | None
+) -> Preprocess:
+    """mean/std from timm's pretrained config; size: own key, else `image_size`, else timm's."""
     from timm.data import resolve_data_config
 
     cfg = pretrained_cfg(name)
-    data = resolve_data_config({}, pretrained_cfg=cfg) if cfg else resolve_data_config({"input_size": (3, 224, 224)})
+    data = (
+        resolve_data_config({}, pretrained_cfg=cfg)
+        if cfg
+        else resolve_data_config({"input_size": (3, 224, 224)})
+    )
     size = params.get("image_size") or image_size or int(data["input_size"][-1])
     mean, std = tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"])
     return Preprocess(image_size=int(size), mean=mean, std=std)  # type: ignore[arg-type]
