@@ -1,0 +1,35 @@
+"""A short finished digits study in a folder of its own, shared by the report, export and UI tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autocnn.spec import Spec, load_spec
+from autocnn.study import StudyOptions, StudyResult, run_study
+from autocnn.tracking import default_tracking_uri
+from tests.conftest import digits_spec_dict, write_spec
+
+
+@dataclass(frozen=True)
+class FinishedStudy:
+    root: Path
+    spec_path: Path
+    tracking_uri: str
+    result: StudyResult
+
+    @property
+    def spec(self) -> Spec:
+        return load_spec(self.spec_path)
+
+
+def finish_study(root: Path, **overrides: Any) -> FinishedStudy:
+    """Run a small digits study (no pruning: every trial completes) with its stores under `root`."""
+    settings: dict[str, Any] = {"study": {"trials": 2, "pruner": "none"}}
+    settings.update(overrides)
+    spec_path = write_spec(root / "studies", digits_spec_dict(**settings))
+    uri = default_tracking_uri(root / "mlruns")
+    result = run_study(load_spec(spec_path), StudyOptions(tracking_uri=uri))
+    assert result.counts["COMPLETE"] == result.ran, result
+    return FinishedStudy(root, spec_path, uri, result)
