@@ -62,6 +62,9 @@ def study(
     timeout: Annotated[str | None, typer.Option(help="Stop starting trials after this long: 600, 90s, 45m, 3h.")] = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
+    keep_checkpoints: Annotated[
+        bool, typer.Option("--keep-checkpoints", help="Keep per-epoch trial checkpoints after trials end.")
+    ] = False,
 ) -> None:
     """Run a study, or resume it: only the missing trials run.
 
@@ -74,7 +77,9 @@ def study(
         loaded = _load(spec)
         seconds = _duration(timeout)
         console = _console()
-        options = StudyOptions(trials=trials, timeout=seconds, storage=storage, tracking_uri=tracking_uri)
+        options = StudyOptions(
+            trials=trials, timeout=seconds, storage=storage, tracking_uri=tracking_uri, keep_checkpoints=keep_checkpoints
+        )
         try:
             with RichReporter(console) as reporter:
                 result = run_study(loaded, options, reporter)

@@ -13,6 +13,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 from autocnn.checks import check_spec
 from autocnn.data import DataCache, Dataset
 from autocnn.errors import StudyError
+from autocnn.resume import (
+    OWNER_ATTR,
+    REASON_ATTR,
+    RESUME_FROM_ATTR,
+    RETRY_OF_ATTR,
+    Checkpoints,
+    close_orphan_runs,
+    enqueue_retry,
+    graceful_interrupts,
+    owner_id,
+    recover_dead_trials,
+)
 from autocnn.space import TrialConfig, sample_config
 from autocnn.spec import Choices, Range, Spec
 
@@ -65,6 +77,7 @@ class StudyOptions:
     timeout: float | None = None
     storage: str | None = None
     tracking_uri: str | None = None
+    keep_checkpoints: bool = False
 
 
 @dataclass
@@ -107,7 +120,11 @@ def open_storage(url: str) -> Any:
 
         enable_wal(sqlite_path(url))  # type: ignore[arg-type]
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    from autocnn.resume import heartbeat_kwargs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs())
 
 
 def max_epochs(spec: Spec) -> int:
@@ -208,7 +225,7 @@ class TrialContext:
     tracker: Tracker
     parent_run_id: str
     reporter: Reporter
-    class_names: list[str] = field(default_factory=list)
+    checkpoints: Checkpoints
 
 
 def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_id: str) -> float:
@@ -236,10 +253,13 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     ctx.tracker.log_facts(run_id, model_facts(trainer.model, image_size=pre.image_size, device=device))
     ctx.tracker.client.set_tag(run_id, "autocnn.freeze", freeze_mode(model))
     ctx.reporter.trial_started(trial.number, config, settings.epochs)
+    history = resume_trainer(ctx, trial, trainer)
     try:
         for metrics in trainer.fit(train, val):
             value = getattr(metrics, spec.study.metric)
             ctx.tracker.log_epoch(run_id, metrics.as_dict(), step=metrics.epoch)
+            history.append((metrics.epoch, value))
+            ctx.checkpoints.save(trial.number, {"trainer": trainer.state_dict(), "history": history})
             trial.report(value, metrics.epoch)
             ctx.reporter.epoch_done(trial.number, metrics, spec.study.metric)
             if trial.should_prune():
@@ -251,6 +271,20 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     if _is_new_best(trial, trainer.best_value):
         ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
     return float(trainer.best_value)  # type: ignore[arg-type]
+
+
+def resume_trainer(ctx: TrialContext, trial: optuna.Trial, trainer: Any) -> list[tuple[int, float]]:
+    """A retried trial continues from the last finished epoch of the trial it retries."""
+    source = trial.user_attrs.get(RESUME_FROM_ATTR)
+    state = ctx.checkpoints.load(int(source)) if source is not None else None
+    if state is None:
+        return []
+    trainer.load_state_dict(state["trainer"])
+    history = [(int(epoch), float(value)) for epoch, value in state["history"]]
+    for epoch, value in history:  # the pruner compares whole curves
+        trial.report(value, epoch)
+    ctx.reporter.message(f"trial {trial.number} resumes trial {source} after epoch {trainer.epoch}")
+    return history
 
 
 def native_size(spec: Spec) -> bool:
@@ -283,26 +317,36 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
     import optuna
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(OWNER_ATTR, owner_id())
         config = sample_config(trial, ctx.spec)
         run_id = ctx.tracker.start_trial(ctx.parent_run_id, trial.number, config.flat(), config.as_yaml_dict())
         trial.set_user_attr("mlflow_run_id", run_id)
+        if RETRY_OF_ATTR in trial.user_attrs:
+            ctx.tracker.client.set_tag(run_id, "autocnn.retry_of", str(trial.user_attrs[RETRY_OF_ATTR]))
+        done_with = [trial.number, trial.user_attrs.get(RESUME_FROM_ATTR, trial.number)]
         try:
             value = run_trial(ctx, trial, config, run_id)
             if not math.isfinite(value):
                 raise ValueError(f"objective value is {value}")
         except optuna.TrialPruned as exc:
+            ctx.checkpoints.discard(*done_with)
             ctx.tracker.end_trial(run_id, "PRUNED", reason=str(exc) or None)
             ctx.reporter.trial_finished(trial.number, "PRUNED", None)
             raise
         except KeyboardInterrupt:
+            # Keep the checkpoint: the same parameters are queued and continue from it on resume.
+            trial.set_user_attr(REASON_ATTR, "interrupted by the user (Ctrl-C)")
+            enqueue_retry(trial.study, trial)  # type: ignore[arg-type]
             ctx.tracker.end_trial(run_id, "INTERRUPTED", reason="interrupted by the user (Ctrl-C)")
             raise
         except Exception as exc:
             reason = f"{exc.__class__.__name__}: {exc}"
-            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(REASON_ATTR, reason)
+            ctx.checkpoints.discard(*done_with)
             ctx.tracker.end_trial(run_id, "FAIL", reason=reason)
             ctx.reporter.trial_finished(trial.number, "FAIL", None)
             raise
+        ctx.checkpoints.discard(*done_with)
         ctx.tracker.end_trial(run_id, "COMPLETE")
         ctx.reporter.trial_finished(trial.number, "COMPLETE", value)
         return value
@@ -322,7 +366,7 @@ class FailStreak:
             self.streak = 0
             return
         self.streak += 1
-        self.last_error = trial.user_attrs.get("fail_reason") or self.last_error
+        self.last_error = trial.user_attrs.get(REASON_ATTR) or self.last_error
         if self.streak >= MAX_FAILS_IN_A_ROW:
             study.stop()
 
@@ -351,11 +395,15 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
     study = load_study(spec, storage, create=True)
     tracker = Tracker(tracking_uri, spec.experiment_name)
     parent = tracker.open_study_run(spec.name, spec_text=spec.path.read_text() if spec.path.exists() else "", storage=storage)
+    for number in recover_dead_trials(study):
+        reporter.message(f"trial {number} was running when its process died: marked failed, queued again to resume")
+    close_orphan_runs(study, tracker, parent)
     counts = count_states(study)
     to_run = max(0, target - counts["COMPLETE"] - counts["PRUNED"])
     reporter.study_started(name=spec.name, done=counts["COMPLETE"] + counts["PRUNED"], target=target, to_run=to_run)
 
-    ctx = TrialContext(spec, cache, tracker, parent, reporter, data.classes)
+    checkpoints = Checkpoints(spec.base_dir / ".autocnn" / spec.name / "checkpoints", keep=options.keep_checkpoints)
+    ctx = TrialContext(spec, cache, tracker, parent, reporter, checkpoints)
     streak = FailStreak()
     status = "KILLED"
     started = time.perf_counter()
@@ -366,12 +414,13 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
 
             # Failed trials do not count: run until `target` trials are complete or pruned.
             done = optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))
-            study.optimize(
-                make_objective(ctx),
-                timeout=options.timeout or spec.study.timeout,
-                catch=(Exception,),
-                callbacks=[done, streak],
-            )
+            with graceful_interrupts():
+                study.optimize(
+                    make_objective(ctx),
+                    timeout=options.timeout or spec.study.timeout,
+                    catch=(Exception,),
+                    callbacks=[done, streak],
+                )
         status = "FINISHED"
     finally:
         result = summarize(spec, study, storage, tracking_uri, ran=len(study.trials) - sum(counts.values()))

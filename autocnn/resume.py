@@ -1,0 +1,179 @@
+"""Nothing lost, nothing run twice: trial checkpoints, dead-trial recovery, Ctrl-C handling.
+
+A trial whose process died (kill -9, power loss) is still RUNNING in Optuna. It is found either
+through Optuna's heartbeat (any host, after the grace period) or at once when its owner process
+on this host no longer exists; it is then marked FAIL, its MLflow run KILLED, and its exact
+parameters are queued again as a retry that continues from the trial's last finished epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autocnn.tracking import Tracker
+
+OWNER_ATTR = "owner"  # "<host>:<pid>" of the process running the trial
+RETRY_OF_ATTR = "retry_of"  # the first trial number of a retried configuration
+RESUME_FROM_ATTR = "resume_from"  # the trial number whose checkpoint a retry continues from
+REASON_ATTR = "fail_reason"
+HEARTBEAT_INTERVAL = 10
+GRACE_PERIOD = 30
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """True only when we can tell: the owner ran on this host and its process is gone."""
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, owned by someone else
+        return False
+    return False
+
+
+class Checkpoints:
+    """One file per running trial, replaced atomically after every epoch."""
+
+    def __init__(self, folder: Path, *, keep: bool = False) -> None:
+        self.folder = folder
+        self.keep = keep
+
+    def path(self, number: int) -> Path:
+        return self.folder / f"trial-{number}.pt"
+
+    def save(self, number: int, state: dict[str, Any]) -> None:
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # write then rename: a kill mid-write leaves the previous checkpoint intact
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".trial-{number}-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(state, handle)
+            os.replace(tmp, self.path(number))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self, number: int) -> dict[str, Any] | None:
+        import torch
+
+        path = self.path(number)
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def discard(self, *numbers: int) -> None:
+        if self.keep:
+            return
+        for number in numbers:
+            self.path(number).unlink(missing_ok=True)
+        if self.folder.exists() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
+
+
+def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue the same parameters again, linked to the original and to its checkpoint."""
+    original = trial.user_attrs.get(RETRY_OF_ATTR, trial.number)
+    study.enqueue_trial(
+        trial.params,
+        user_attrs={RETRY_OF_ATTR: original, RESUME_FROM_ATTR: trial.number},
+    )
+
+
+def has_retry(study: optuna.Study, number: int) -> bool:
+    return any(t.user_attrs.get(RESUME_FROM_ATTR) == number for t in study.get_trials(deepcopy=False))
+
+
+def recover_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose process is gone; queue each once more. Returns their numbers."""
+    import optuna
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if owner_is_dead(trial.user_attrs.get(OWNER_ATTR)):
+            study.tell(trial.number, state=TrialState.FAIL)
+            recovered.append(trial.number)
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        fail_stale_trials(study)  # heartbeat: trials of other hosts, after the grace period
+    after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    recovered += sorted(after - before)
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number in recovered and not has_retry(study, trial.number):
+            enqueue_retry(study, trial)
+    return recovered
+
+
+def close_orphan_runs(study: optuna.Study, tracker: Tracker, parent_id: str) -> int:
+    """No MLflow trial run stays RUNNING once its Optuna trial has ended: mark those KILLED."""
+    from autocnn.tracking import TRIAL_TAG
+
+    states = {t.number: t for t in study.get_trials(deepcopy=False)}
+    closed = 0
+    for run in tracker.trial_runs(parent_id):
+        if run.info.status != "RUNNING":
+            continue
+        trial = states.get(int(run.data.tags.get(TRIAL_TAG, -1)))
+        if trial is None or trial.state.name == "RUNNING":
+            continue
+        reason = trial.user_attrs.get(REASON_ATTR, "its process died")
+        tracker.end_trial(run.info.run_id, "INTERRUPTED", reason=f"killed: {reason}")
+        closed += 1
+    return closed
+
+
+def heartbeat_kwargs() -> dict[str, Any]:
+    """RDBStorage arguments: heartbeats, and a retry for every trial found stale."""
+    return {
+        "heartbeat_interval": HEARTBEAT_INTERVAL,
+        "grace_period": GRACE_PERIOD,
+        "heartbeat_stale_trial_callback": enqueue_retry,
+    }
+
+
+@contextmanager
+def graceful_interrupts() -> Iterator[None]:
+    """First Ctrl-C: KeyboardInterrupt (the study closes its runs). Second: exit at once."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def second(signum: int, frame: Any) -> None:
+        os.write(2, b"\nsecond Ctrl-C: exiting now; the study resumes with the same command\n")
+        os._exit(130)
+
+    def first(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, second)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

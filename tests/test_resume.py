@@ -1,0 +1,161 @@
+"""Kill -9, Ctrl-C and diverging trials: the study resumes with nothing lost and nothing run twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from autocnn.resume import RETRY_OF_ATTR, Checkpoints
+from autocnn.spec import load_spec
+from autocnn.study import load_study, run_study, storage_url
+from autocnn.tracking import STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
+from tests.conftest import digits_spec_dict, write_spec
+
+pytestmark = pytest.mark.slow
+
+SPEC = digits_spec_dict(
+    study={"trials": 3, "pruner": "none", "sampler": "random"},
+    data={"image_size": 32},
+    train={"epochs": 4},
+)
+
+
+def start_study(folder: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "autocnn", "study", "spec.yaml"],
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def runs_by_number(name: str) -> dict[int, mlflow.entities.Run]:
+    tracker = Tracker(default_tracking_uri(), name)
+    parent = tracker.find_study_run(name)
+    runs = tracker.trial_runs(parent.info.run_id)
+    by_number = {int(r.data.tags[TRIAL_TAG]): r for r in runs}
+    assert len(by_number) == len(runs), "one MLflow run per Optuna trial"
+    return by_number
+
+
+def assert_consistent(folder: Path) -> tuple:
+    spec = load_spec(folder / "spec.yaml")
+    study = load_study(spec, storage_url(spec), create=False)
+    runs = runs_by_number(spec.name)
+    assert sorted(runs) == [t.number for t in study.trials]
+    allowed = {"COMPLETE": {"FINISHED"}, "PRUNED": {"FINISHED"}, "FAIL": {"FAILED", "KILLED"}}
+    for trial in study.trials:
+        run = runs[trial.number]
+        assert run.data.tags[STATE_TAG] == trial.state.name
+        assert run.info.status in allowed[trial.state.name], (trial.number, run.info.status)
+    parent = Tracker(default_tracking_uri(), spec.name).find_study_run(spec.name)
+    assert parent.info.status != "RUNNING"
+    done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == spec.study.trials
+    assert not list((folder / ".autocnn").rglob("*.pt")), "checkpoints are deleted when trials end"
+    return study, runs
+
+
+def check_retry_resumed(study, runs, interrupted: int) -> None:
+    assert study.trials[interrupted].state.name == "FAIL"
+    assert runs[interrupted].info.status == "KILLED"
+    (retry,) = [t for t in study.trials if t.user_attrs.get(RETRY_OF_ATTR) == interrupted]
+    assert retry.state.name == "COMPLETE"
+    assert retry.params == study.trials[interrupted].params
+    run = runs[retry.number]
+    assert run.data.tags["autocnn.retry_of"] == str(interrupted)
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")]
+    assert steps and steps[0] > 1 and steps[-1] == 4, steps  # continued after the checkpointed epoch(s)
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
+
+
+def test_sigkill_mid_epoch_then_rerun(in_tmp: Path) -> None:
+    write_spec(in_tmp, SPEC)
+    proc = start_study(in_tmp)
+    wait_for(in_tmp / ".autocnn" / "digits-test" / "checkpoints" / "trial-1.pt", proc)
+    time.sleep(0.3)  # now inside trial 1's second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    rerun = subprocess.run(
+        [sys.executable, "-m", "autocnn", "study", "spec.yaml"], cwd=in_tmp, capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "trial 1 was running when its process died" in rerun.stdout
+    study, runs = assert_consistent(in_tmp)
+    check_retry_resumed(study, runs, interrupted=1)
+
+
+def test_sigint_mid_trial_closes_runs_then_resumes(in_tmp: Path) -> None:
+    write_spec(in_tmp, SPEC)
+    proc = start_study(in_tmp)
+    wait_for(in_tmp / ".autocnn" / "digits-test" / "checkpoints" / "trial-0.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "resume with: autocnn study spec.yaml" in out
+    assert "Traceback" not in out
+
+    spec = load_spec(in_tmp / "spec.yaml")
+    runs = runs_by_number(spec.name)
+    assert runs[0].info.status == "KILLED" and runs[0].data.tags[STATE_TAG] == "FAIL"
+    assert "interrupted" in runs[0].data.tags["autocnn.reason"]
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+    assert Tracker(default_tracking_uri(), spec.name).find_study_run(spec.name).info.status == "KILLED"
+
+    rerun = subprocess.run(
+        [sys.executable, "-m", "autocnn", "study", "spec.yaml"], cwd=in_tmp, capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    study, runs = assert_consistent(in_tmp)
+    check_retry_resumed(study, runs, interrupted=0)
+
+
+def test_diverging_trials_are_pruned_with_the_reason(in_tmp: Path) -> None:
+    spec = load_spec(
+        write_spec(
+            in_tmp,
+            digits_spec_dict(
+                study={"trials": 2, "pruner": "none"},
+                train={"epochs": 3, "lr": {"low": 1e30, "high": 1e35, "log": True}},
+            ),
+        )
+    )
+    result = run_study(spec)
+    assert result.counts["PRUNED"] == 2 and result.counts["FAIL"] == 0, result.leaderboard
+    runs = runs_by_number(spec.name)
+    for run in runs.values():
+        assert run.data.tags[STATE_TAG] == "PRUNED" and run.info.status == "FINISHED"
+        assert run.data.tags["autocnn.reason"].startswith("diverged: ")
+
+
+def test_checkpoints_are_atomic_and_load_weights_only(tmp_path: Path) -> None:
+    import torch
+
+    store = Checkpoints(tmp_path / "ck")
+    store.save(3, {"trainer": {"w": torch.ones(2)}, "history": [(1, 0.5)]})
+    assert [p.name for p in (tmp_path / "ck").iterdir()] == ["trial-3.pt"]
+    assert torch.equal(store.load(3)["trainer"]["w"], torch.ones(2))
+    store.discard(3)
+    assert store.load(3) is None and not (tmp_path / "ck").exists()
+    kept = Checkpoints(tmp_path / "keep", keep=True)
+    kept.save(1, {"x": 1})
+    kept.discard(1)
+    assert kept.load(1) == {"x": 1}
