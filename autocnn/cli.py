@@ -143,6 +143,8 @@ def status(spec: SpecPath, storage: Storage = None) -> None:
         result = summarize(loaded, load_study(loaded, url, create=False), url, "")
     console = _console()
     console.print(counts_table(result, loaded.study.trials))
+    for number in result.stale:
+        console.print(f"[yellow]stale:[/] trial {number} is RUNNING but its process is gone; it resumes on the next `autocnn study`")
     if result.best_number is not None:
         console.print(f"best trial {result.best_number}: {loaded.study.metric} = {result.best_value:.4f}")
     console.print(leaderboard_table(result, loaded.study.metric))

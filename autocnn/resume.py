@@ -105,6 +105,14 @@ def has_retry(study: optuna.Study, number: int) -> bool:
     return any(t.user_attrs.get(RESUME_FROM_ATTR) == number for t in study.get_trials(deepcopy=False))
 
 
+def stale_trials(study: optuna.Study) -> list[int]:
+    """RUNNING trials whose process on this host is gone: they resume on the next `study`."""
+    from optuna.trial import TrialState
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return [t.number for t in running if owner_is_dead(t.user_attrs.get(OWNER_ATTR))]
+
+
 def recover_dead_trials(study: optuna.Study) -> list[int]:
     """Fail RUNNING trials whose process is gone; queue each once more. Returns their numbers."""
     import optuna

@@ -24,6 +24,7 @@ from autocnn.resume import (
     graceful_interrupts,
     owner_id,
     recover_dead_trials,
+    stale_trials,
 )
 from autocnn.space import TrialConfig, sample_config
 from autocnn.spec import Choices, Range, Spec
@@ -89,6 +90,7 @@ class StudyResult:
     best_number: int | None
     best_value: float | None
     ran: int
+    stale: list[int] = field(default_factory=list)
     stopped_reason: str | None = None
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
 
@@ -471,6 +473,7 @@ def summarize(spec: Spec, study: optuna.Study, storage: str, tracking_uri: str, 
         best_number=best_number,
         best_value=best_value,
         ran=ran,
+        stale=stale_trials(study),
         leaderboard=leaderboard(study),
     )
 

@@ -12,6 +12,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from typer.testing import CliRunner
+
+from autocnn.cli import app
 from autocnn.resume import RETRY_OF_ATTR, Checkpoints
 from autocnn.spec import load_spec
 from autocnn.study import load_study, run_study, storage_url
@@ -93,6 +96,10 @@ def test_sigkill_mid_epoch_then_rerun(in_tmp: Path) -> None:
     time.sleep(0.3)  # now inside trial 1's second epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+
+    status = CliRunner().invoke(app, ["status", "spec.yaml"], env={"COLUMNS": "200"})
+    assert status.exit_code == 0, status.output
+    assert "stale: trial 1 is RUNNING but its process is gone" in status.output
 
     rerun = subprocess.run(
         [sys.executable, "-m", "autocnn", "study", "spec.yaml"], cwd=in_tmp, capture_output=True, text=True
