@@ -118,9 +118,18 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
     return trials[number]
 
 
-def inference_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Rebuild without fetching pretrained weights: the trained weights replace them anyway."""
-    return {**params, "pretrained": False} if "pretrained" in params else dict(params)
+def model_preprocessing(spec: Spec, config: TrialConfig) -> Preprocessing:
+    """The input size and mean/std the trial trained with (a backbone's own, or the spec's)."""
+    from autocnn.models import preprocess_for
+    from autocnn.study import native_size
+
+    pre = preprocess_for(
+        config.model,
+        config.model_params,
+        image_size=spec.data.image_size,
+        native_size=native_size(spec),
+    )
+    return Preprocessing(pre.image_size, tuple(pre.mean), tuple(pre.std))
 
 
 def load_trial_weights(
@@ -149,18 +158,27 @@ def best_epoch(trial: optuna.trial.FrozenTrial, direction: str) -> int:
 
 
 def retrain(
-    spec: Spec, trial: optuna.trial.FrozenTrial, config: TrialConfig, data: Dataset, *, refit: bool
+    spec: Spec,
+    trial: optuna.trial.FrozenTrial,
+    config: TrialConfig,
+    data: Dataset,
+    pre: Preprocessing,
+    *,
+    refit: bool,
 ) -> nn.Module:
     """Train the trial's exact config again, seeded as the trial was; refit also learns from val."""
     import torch
 
-    from autocnn.models import build_model, preprocess_for
+    from autocnn.models import build_model, optimizer_groups
     from autocnn.train import TensorBatches, Trainer, TrainSettings, pick_device
 
     torch.manual_seed(spec.seed * 100_003 + trial.number)
-    pre = preprocess_for(config.model, config.model_params, image_size=spec.data.image_size)
     model = build_model(
-        config.model, config.model_params, num_classes=data.num_classes, image_size=pre.image_size
+        config.model,
+        config.model_params,
+        num_classes=data.num_classes,
+        image_size=pre.image_size,
+        base_dir=spec.base_dir,
     )
     settings = TrainSettings.from_trial(
         config.train, monitor=spec.study.metric, direction=spec.study.direction
@@ -187,7 +205,10 @@ def retrain(
     val = TensorBatches(
         data.val, pre, batch_size=max(256, batch_size), shuffle=False, device=device
     )
-    trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device)
+    groups = optimizer_groups(config.model, model, config.model_params, lr=settings.lr)
+    trainer = Trainer(
+        model, settings, steps_per_epoch=len(train), device=device, param_groups=groups
+    )
     for _ in trainer.fit(train, val):
         pass
     if not refit:
@@ -367,7 +388,7 @@ def write_bundle(
     (out / PREPROCESS_FILE).write_text(json.dumps(pre.as_dict(), indent=2))
     rebuild = {
         "model": config.model,
-        "model_params": inference_params(config.model_params),
+        "model_params": config.model_params,
         "num_classes": data.num_classes,
         "image_size": pre.image_size,
         "study": spec.name,
@@ -484,6 +505,7 @@ def obtain_model(
     trial: optuna.trial.FrozenTrial,
     config: TrialConfig,
     data: Dataset,
+    pre: Preprocessing,
     tracker: Tracker,
     options: FinalizeOptions,
     say: Say,
@@ -494,10 +516,14 @@ def obtain_model(
     if options.retrain or options.refit:
         how = "refit on train+val" if options.refit else "retrained on train"
         say(f"trial {trial.number} ({config.model}): training its config again ({how})")
-        return retrain(spec, trial, config, data, refit=options.refit), how
-    params = inference_params(config.model_params)
-    size = data.train.images.shape[1]
-    model = build_model(config.model, params, num_classes=data.num_classes, image_size=size)
+        return retrain(spec, trial, config, data, pre, refit=options.refit), how
+    model = build_model(  # no pretrained weights: the trial's own replace them at once
+        config.model,
+        config.model_params,
+        num_classes=data.num_classes,
+        image_size=pre.image_size,
+        load_weights=False,
+    )
     load_trial_weights(tracker, trial, model)
     return model, "trial weights"
 
@@ -506,7 +532,6 @@ def finalize(
     spec: Spec, options: FinalizeOptions | None = None, say: Say | None = None
 ) -> FinalizeResult:
     """Best trial -> weights -> one evaluation -> ONNX + int8 -> `final` MLflow run + registry."""
-    from autocnn.models import preprocess_for
     from autocnn.space import config_from_params
     from autocnn.study import load_study, storage_url
     from autocnn.tracking import Tracker, default_tracking_uri
@@ -516,14 +541,13 @@ def finalize(
     study = load_study(spec, storage_url(spec, options.storage), create=False)
     trial = pick_trial(study, options.trial)
     config = config_from_params(spec, trial.params)
-    expects = preprocess_for(config.model, config.model_params, image_size=spec.data.image_size)
-    pre = Preprocessing(expects.image_size, tuple(expects.mean), tuple(expects.std))
+    pre = model_preprocessing(spec, config)
     data = DataCache(spec).get(pre.image_size)
     tracker = Tracker(
         options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri(),
         spec.experiment_name,
     )
-    model, how = obtain_model(spec, trial, config, data, tracker, options, say)
+    model, how = obtain_model(spec, trial, config, data, pre, tracker, options, say)
 
     split, evaluated = eval_split(data)
     warnings = _split_warnings(split, options)

@@ -124,6 +124,7 @@ class Predictor:
             info["model_params"],
             num_classes=len(self.labels),
             image_size=self.pre.image_size,
+            load_weights=False,  # the exported weights follow; never reach for a hub or a file
         )
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         model.eval()
