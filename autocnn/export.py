@@ -94,7 +94,7 @@ class FinalizeResult:
     warnings: list[str] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- which trial, which weights
+# ------------------------------------------------------------------- which trial, which weights
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
@@ -142,7 +142,8 @@ def load_trial_weights(
         state = tracker.load_state_dict(run_id)
     except Exception:  # noqa: BLE001 - any missing artifact means: no saved weights for this trial
         raise ExportError(
-            f"trial {trial.number} has no saved weights (only trials that were the best so far keep them); "
+            f"trial {trial.number} has no saved weights (only trials that were the best so far "
+            "keep them); "
             "add --retrain to train its config again"
         ) from None
     model.load_state_dict(state)
@@ -166,7 +167,7 @@ def retrain(
     *,
     refit: bool,
 ) -> nn.Module:
-    """Train the trial's exact config again, seeded as the trial was; refit also learns from val."""
+    """Train the trial's config again, seeded as the trial was; refit also learns from val."""
     import torch
 
     from autocnn.models import build_model, optimizer_groups
@@ -267,7 +268,7 @@ def eval_split(data: Dataset) -> tuple[str, Split]:
 
 
 def export_onnx(model: nn.Module, path: Path, example: np.ndarray) -> None:
-    """One self-contained file with a dynamic batch dimension (dynamo exporter, legacy fallback)."""
+    """One self-contained file, dynamic batch dimension (dynamo exporter, legacy fallback)."""
     import warnings
 
     import torch
@@ -430,7 +431,8 @@ def export_and_check(
     except Exception as exc:  # noqa: BLE001 - the float model still ships; say why int8 did not
         int8_path.unlink(missing_ok=True)
         warnings.append(
-            f"int8 quantization failed ({exc.__class__.__name__}: {exc}); only the float model is exported"
+            f"int8 quantization failed ({exc.__class__.__name__}: {exc}); "
+            "only the float model is exported"
         )
         return facts
     facts["int8_accuracy"] = float((int8.argmax(1) == evaluated.labels).mean())

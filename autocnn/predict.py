@@ -30,7 +30,7 @@ BATCH = 64
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What the exported model expects: square RGB input of `image_size`, normalised per channel."""
+    """What the exported model expects: square RGB `image_size` input, normalised per channel."""
 
     image_size: int
     mean: tuple[float, float, float]
@@ -50,7 +50,7 @@ class Preprocessing:
 
 
 def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, the arithmetic `TensorBatches` uses in training."""
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32: the arithmetic `TensorBatches` trains with."""
     shift = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255.0)
     scale = np.float32(1.0) / (
         np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255.0)

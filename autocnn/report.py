@@ -1,4 +1,4 @@
-"""`autocnn report`: one self-contained HTML page that answers "which model, by how much, at what cost".
+"""`autocnn report`: one self-contained HTML page: which model wins, by how much, at what cost.
 
 Everything comes from the two stores a study already wrote: Optuna (trials, params, values,
 intermediate values) and MLflow (per-epoch metric histories, per-trial facts such as parameter
@@ -146,7 +146,7 @@ class Family:
 
 
 def families(trials: Sequence[TrialFacts], metric: str, direction: str) -> list[Family]:
-    """Group by model; each family is described by its best complete trial at that trial's best epoch."""
+    """Group by model; a family is described by its best complete trial, at its best epoch."""
     by_model: dict[str, list[TrialFacts]] = {}
     for t in trials:
         by_model.setdefault(t.model or "?", []).append(t)
@@ -292,7 +292,8 @@ def families_html(rows: Sequence[Family]) -> str:
             ]
         )
     note = (
-        "<p class=note>Each family is described by its best complete trial, at that trial's best epoch. "
+        "<p class=note>Each family is described by its best complete trial, at that trial's "
+        "best epoch. "
         "≈ marks a size estimated from the float32 parameter count where the trial logged none; "
         "— means the trial runs logged no such number.</p>"
     )
@@ -315,7 +316,10 @@ def optuna_plot(kind: str, study: optuna.Study, n_complete: int) -> str:
     from optuna import visualization as vis
 
     if kind == "importance" and n_complete < 2:
-        return f"<p class=note>Parameter importances need at least 2 complete trials; this study has {n_complete}.</p>"
+        return (
+            "<p class=note>Parameter importances need at least 2 complete trials; "
+            f"this study has {n_complete}.</p>"
+        )
     make = {
         "history": vis.plot_optimization_history,
         "importance": vis.plot_param_importances,
@@ -327,7 +331,8 @@ def optuna_plot(kind: str, study: optuna.Study, n_complete: int) -> str:
             warnings.simplefilter("ignore")
             fig = make(study)
     except Exception as exc:  # noqa: BLE001 - a plot Optuna cannot draw is explained, not fatal
-        return f"<p class=note>Optuna could not draw this plot: {html.escape(f'{exc.__class__.__name__}: {exc}')}</p>"
+        reason = html.escape(f"{exc.__class__.__name__}: {exc}")
+        return f"<p class=note>Optuna could not draw this plot: {reason}</p>"
     fig.update_layout(height=420, margin={"l": 60, "r": 20, "t": 40, "b": 40})
     return figure_html(fig, f"plot-{kind}")
 
@@ -389,7 +394,8 @@ def confusion_html(tracker: Tracker | None, best: TrialFacts | None) -> str:
         except Exception:  # noqa: BLE001 - an older or failed run may lack it
             return f"<p class=note>Trial {best.number}'s run holds no confusion_matrix.png.</p>"
         parts.append(
-            f"<img alt='confusion matrix of trial {best.number}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+            f"<img alt='confusion matrix of trial {best.number}' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
         )
         try:
             per_class = json.loads(
@@ -418,7 +424,8 @@ def confusion_html(tracker: Tracker | None, best: TrialFacts | None) -> str:
 # --------------------------------------------------------------------------- the page
 
 STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:0 24px 48px;color:#222}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;
+max-width:1200px;padding:0 24px 48px;color:#222}
 h1{margin:24px 0 4px}h2{margin-top:36px;border-bottom:1px solid #ddd;padding-bottom:4px}
 nav a{margin-right:14px}table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border-bottom:1px solid #e4e4e4;padding:4px 10px;text-align:left;vertical-align:top}
@@ -442,7 +449,8 @@ def page(title: str, summary: list[tuple[str, str]], sections: dict[str, str]) -
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style>"
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
-        f"<h1>{html.escape(title)}</h1><table class=summary>{facts}</table><nav>{nav}</nav>{body}</body></html>"
+        f"<h1>{html.escape(title)}</h1><table class=summary>{facts}</table>"
+        f"<nav>{nav}</nav>{body}</body></html>"
     )
 
 
@@ -468,7 +476,8 @@ def build_report(
     parent_id = parent.info.run_id if parent is not None else None
     if parent_id is None:
         warnings.append(
-            f"no MLflow run for study '{spec.name}' at {tracker.tracking_uri}: curves and facts are missing"
+            f"no MLflow run for study '{spec.name}' at {tracker.tracking_uri}: "
+            "curves and facts are missing"
         )
     trials = gather_trials(study, tracker, parent_id)
     counts = count_states(study)

@@ -1,4 +1,4 @@
-"""A short finished digits study in a folder of its own, shared by the report, export and UI tests."""
+"""A short finished digits study in a folder of its own, for the report, export and UI tests."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class FinishedStudy:
 
 
 def finish_study(root: Path, **overrides: Any) -> FinishedStudy:
-    """Run a small digits study (no pruning: every trial completes) with its stores under `root`."""
+    """Run a small digits study (no pruning: every trial completes), its stores under `root`."""
     settings: dict[str, Any] = {"study": {"trials": 2, "pruner": "none"}}
     settings.update(overrides)
     spec_path = write_spec(root / "studies", digits_spec_dict(**settings))

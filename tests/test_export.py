@@ -195,7 +195,7 @@ def test_final_run_is_nested_under_the_study_and_the_model_registered(done: Fina
 
 @pytest.fixture(scope="module")
 def images(done: Finalized) -> tuple[Path, list[int]]:
-    """20 test-split digits as PNG files (10 at the model's size, 10 upscaled) and one broken file."""
+    """20 test-split digits as PNG files (10 at the model's size, 10 upscaled), 1 broken file."""
     from PIL import Image
 
     folder = done.study.root / "to_predict"
@@ -285,7 +285,7 @@ def test_predict_command_json_and_skipped_files(
     assert missing.exit_code == 2 and missing.output.startswith("error: ")
 
 
-# --------------------------------------------------------------------------- choosing and retraining
+# ------------------------------------------------------------------- choosing and retraining
 
 
 def test_pick_trial_and_missing_weights_are_user_errors(done: Finalized) -> None:
@@ -350,3 +350,26 @@ def test_finalize_command_refit_exports_and_reports_both_models(done: Finalized)
         "model.onnx (float32)" in result.output and "model.int8.onnx (int8 QDQ)" in result.output
     )
     assert "registered as digits-test version 2" in result.output
+
+
+def test_a_timm_backbone_exports_to_onnx_and_int8(tmp_path: Path) -> None:
+    """Not only the custom CNN: a timm model takes the same export, check and quantization."""
+    import torch
+
+    from autocnn.export import export_onnx, onnx_logits, quantize_int8
+    from autocnn.models import build_model
+    from autocnn.predict import normalize
+
+    torch.manual_seed(0)
+    model = build_model(
+        "mobilenetv2_035", {"pretrained": False}, num_classes=3, image_size=32
+    ).eval()
+    images = np.random.default_rng(0).integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
+    x = normalize(images, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    export_onnx(model, tmp_path / "model.onnx", x[:2])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert np.abs(onnx_logits(tmp_path / "model.onnx", x) - expected).max() <= 1e-4
+    quantize_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", x)
+    assert onnx_logits(tmp_path / "model.int8.onnx", x).shape == (12, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.onnx"]

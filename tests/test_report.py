@@ -1,4 +1,4 @@
-"""`autocnn report`: one self-contained HTML file holding every section, logged to the study run."""
+"""`autocnn report`: one self-contained HTML file with every section, logged to the study run."""
 
 from __future__ import annotations
 

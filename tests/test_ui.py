@@ -72,7 +72,8 @@ def wait_until_answering(url: str, server: subprocess.Popen, log: Path) -> None:
             pass
         time.sleep(1)
     pytest.fail(
-        f"autocnn ui did not answer on {url} within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
+        f"autocnn ui did not answer on {url} within {START_TIMEOUT_S} s:\n"
+        f"{log.read_text()[-3000:]}"
     )
 
 
@@ -333,8 +334,10 @@ def test_the_ajax_endpoints_the_pages_load_answer(served: Served, browser: Any) 
     open_page(browser, served, f"/runs?{ML}")
     fetch = """
         const [url, body, done] = arguments;
-        const init = body ? {method: 'POST', headers: {'Content-Type': 'application/json'}, body} : {};
-        fetch(url, init).then(async r => done({status: r.status, type: r.headers.get('content-type'),
+        const headers = {'Content-Type': 'application/json'};
+        const init = body ? {method: 'POST', headers, body} : {};
+        fetch(url, init).then(async r => done({status: r.status,
+                                               type: r.headers.get('content-type'),
                                                text: (await r.text()).slice(0, 200000)}))
                         .catch(e => done({status: 0, text: String(e)}));
     """
