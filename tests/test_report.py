@@ -26,7 +26,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedStudy]:
     root = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        yield finish_study(root, study={"trials": 3, "pruner": "none"})
+        yield finish_study(root)
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +81,12 @@ def test_report_holds_every_section(study: FinishedStudy, report: ReportResult) 
     for plot in ("history", "importance", "parallel", "intermediate", "curves"):
         assert f"plot-{plot}" in ids, (
             plot
-        )  # a plotly figure, not an excuse, with 3 complete trials
+        )  # a plotly figure, not an excuse, with 2 complete trials
     leaderboard = text.split("id='leaderboard'")[1].split("</section>")[0]
     assert [int(n) for n in re.findall(r"<tr><td>(\d+)</td>", leaderboard)] == [
         row["number"] for row in study.result.leaderboard
     ]
-    assert leaderboard.count("COMPLETE") == 3
+    assert leaderboard.count("COMPLETE") == 2
 
 
 def test_model_family_row_uses_the_trial_runs_facts(
@@ -104,7 +104,7 @@ def test_model_family_row_uses_the_trial_runs_facts(
         for r in tracker.trial_runs(tracker.find_study_run("digits-test").info.run_id)
         if r.info.run_name == f"trial-{best}"
     )
-    assert cells[0] == "custom_cnn" and cells[1] == "3 (3)" and cells[2] == str(best)
+    assert cells[0] == "custom_cnn" and cells[1] == "2 (2)" and cells[2] == str(best)
     history = tracker.client.get_metric_history(run.info.run_id, "val_accuracy")
     assert float(cells[3]) == pytest.approx(max(m.value for m in history), abs=1e-4)
     assert cells[5] == f"{int(run.data.metrics['params_total']):,}"
@@ -125,7 +125,7 @@ def test_importance_explains_itself_with_fewer_than_two_complete_trials(
     spec = study.spec
     optuna_study = load_study(spec, storage_url(spec), create=False)
     assert "at least 2 complete trials" in optuna_plot("importance", optuna_study, 1)
-    assert "plot-importance" in optuna_plot("importance", optuna_study, 3)
+    assert "plot-importance" in optuna_plot("importance", optuna_study, 2)
 
 
 def test_families_describe_the_best_trial_at_its_best_epoch() -> None:
