@@ -19,10 +19,9 @@ import numpy as np
 from autocnn.data import DataCache, Dataset, Split
 from autocnn.errors import ExportError, StudyError
 from autocnn.predict import (
-    INT8_FILE,
     LABELS_FILE,
+    METRICS_FILE,
     MODEL_FILE,
-    ONNX_FILE,
     PREPROCESS_FILE,
     WEIGHTS_FILE,
     Preprocessing,
@@ -37,9 +36,6 @@ if TYPE_CHECKING:
     from autocnn.space import TrialConfig
     from autocnn.tracking import Tracker
 
-ONNX_TOLERANCE = 1e-4  # max |logit difference| ONNX Runtime vs PyTorch on the evaluation images
-N_CHECK = 256  # evaluation images used for the ONNX check
-N_CALIBRATION = 256  # training images that calibrate the int8 activation ranges
 Say = Callable[[str], None]
 
 
@@ -143,8 +139,7 @@ def load_trial_weights(
     except Exception:  # noqa: BLE001 - any missing artifact means: no saved weights for this trial
         raise ExportError(
             f"trial {trial.number} has no saved weights (only trials that were the best so far "
-            "keep them); "
-            "add --retrain to train its config again"
+            "keep them); add --retrain to train its config again"
         ) from None
     model.load_state_dict(state)
 
@@ -264,106 +259,6 @@ def eval_split(data: Dataset) -> tuple[str, Split]:
     return ("test", data.test) if data.test is not None and len(data.test) else ("val", data.val)
 
 
-# --------------------------------------------------------------------------- ONNX
-
-
-def export_onnx(model: nn.Module, path: Path, example: np.ndarray) -> None:
-    """One self-contained file, dynamic batch dimension (dynamo exporter, legacy fallback)."""
-    import warnings
-
-    import torch
-
-    model = model.cpu().eval().to(memory_format=torch.contiguous_format)
-    x = torch.from_numpy(
-        np.ascontiguousarray(example[:2] if len(example) >= 2 else np.concatenate([example] * 2))
-    )
-    names = {"input_names": ["images"], "output_names": ["logits"]}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                model,
-                (x,),
-                str(path),
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                **names,
-            )
-        except Exception:  # noqa: BLE001 - some timm graphs defeat torch.export; TorchScript copes
-            torch.onnx.export(
-                model,
-                (x,),
-                str(path),
-                dynamo=False,
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                **names,
-            )
-    for extra in path.parent.glob(f"{path.name}.data"):
-        extra.unlink()  # never ship a stale external-data file beside the single-file model
-
-
-def onnx_logits(path: Path, inputs: np.ndarray, *, batch: int = 256) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate(
-        [session.run(None, {name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]
-    )
-
-
-def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, *, batch: int = 32) -> None:
-    """Static QDQ int8, per-channel weights, activation ranges calibrated on training images."""
-    import tempfile
-
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(
-                [{"images": calibration[i : i + batch]} for i in range(0, len(calibration), batch)]
-            )
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(
-            str(src), str(prepared)
-        )  # shape inference + folding: quantize_* needs it
-        quantize_static(
-            str(prepared),
-            str(dst),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            # 7-bit weights: x86 CPUs without VNNI saturate u8*s8 products at full 8 bits
-            # (measured on the digits CNN: int8 accuracy 0.76 -> 0.87, float 0.86).
-            reduce_range=True,
-        )
-
-
-def calibration_images(split: Split, pre: Preprocessing, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(split))[:N_CALIBRATION]
-    return normalize(split.images[np.sort(idx)], pre.mean, pre.std)
-
-
-def megabytes(path: Path) -> float:
-    return path.stat().st_size / 1e6
-
-
 # --------------------------------------------------------------------------- the exported folder
 
 
@@ -399,46 +294,22 @@ def write_bundle(
     (out / MODEL_FILE).write_text(json.dumps(rebuild, indent=2, default=str))
 
 
-def export_and_check(
-    out: Path,
-    model: nn.Module,
-    evaluated: Split,
-    reference: np.ndarray,
-    data: Dataset,
-    pre: Preprocessing,
-    seed: int,
-    warnings: list[str],
-) -> dict[str, float]:
-    """model.onnx checked against PyTorch, then model.int8.onnx; accuracy and size of each."""
-    inputs = normalize(evaluated.images, pre.mean, pre.std)
-    onnx_path, int8_path = out / ONNX_FILE, out / INT8_FILE
-    export_onnx(model, onnx_path, inputs[:2])
-    logits = onnx_logits(onnx_path, inputs)
-    diff = float(np.abs(logits[:N_CHECK] - reference[:N_CHECK]).max())
-    if not diff <= ONNX_TOLERANCE:
-        raise ExportError(
-            f"{onnx_path}: ONNX Runtime differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE:g})"
-        )
-    facts = {
-        "onnx_max_abs_diff": diff,
-        "onnx_accuracy": float((logits.argmax(1) == evaluated.labels).mean()),
-        "onnx_size_mb": megabytes(onnx_path),
+def write_metrics(
+    out: Path, about: dict[str, Any], scores: Scores, facts: dict[str, float]
+) -> None:
+    """metrics.json: the one evaluation, float and int8 side by side, for machines and audits."""
+    summary = {
+        **about,
+        "split": scores.split,
+        "n_images": scores.n_images,
+        "accuracy": scores.accuracy,
+        "macro_f1": scores.macro_f1,
+        **facts,
+        "classes": scores.classes,
+        "per_class": scores.per_class,
+        "confusion_matrix": scores.confusion(),
     }
-    int8_path.unlink(missing_ok=True)
-    try:
-        quantize_int8(onnx_path, int8_path, calibration_images(data.train, pre, seed))
-        int8 = onnx_logits(int8_path, inputs)
-    except Exception as exc:  # noqa: BLE001 - the float model still ships; say why int8 did not
-        int8_path.unlink(missing_ok=True)
-        warnings.append(
-            f"int8 quantization failed ({exc.__class__.__name__}: {exc}); "
-            "only the float model is exported"
-        )
-        return facts
-    facts["int8_accuracy"] = float((int8.argmax(1) == evaluated.labels).mean())
-    facts["int8_size_mb"] = megabytes(int8_path)
-    facts["int8_agreement"] = float((int8.argmax(1) == logits.argmax(1)).mean())
-    return facts
+    (out / METRICS_FILE).write_text(json.dumps(summary, indent=2))
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -534,6 +405,7 @@ def finalize(
     spec: Spec, options: FinalizeOptions | None = None, say: Say | None = None
 ) -> FinalizeResult:
     """Best trial -> weights -> one evaluation -> ONNX + int8 -> `final` MLflow run + registry."""
+    from autocnn.onnx_export import export_and_check
     from autocnn.space import config_from_params
     from autocnn.study import load_study, storage_url
     from autocnn.tracking import Tracker, default_tracking_uri
@@ -563,21 +435,10 @@ def finalize(
     )
     say(f"exporting ONNX (float, then int8) to {out}")
     facts = export_and_check(out, model, evaluated, reference, data, pre, spec.seed, warnings)
-    summary = {
-        "study": spec.name,
-        "trial": trial.number,
-        "model": config.model,
-        "weights_from": how,
-        "split": split,
-        "n_images": scores.n_images,
-        "accuracy": scores.accuracy,
-        "macro_f1": scores.macro_f1,
-        **facts,
-        "per_class": scores.per_class,
-        "confusion_matrix": scores.confusion(),
-        "classes": scores.classes,
-    }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    about = {"study": spec.name, "trial": trial.number, "model": config.model, "weights_from": how}
+    write_metrics(out, about, scores, facts)
+    if tracker.find_study_run(spec.name) is None:
+        warnings.append(f"no MLflow run for study '{spec.name}': the final run stands on its own")
     say("logging the final run to MLflow and registering the model")
     run_id, version = log_final_run(tracker, spec, trial, config, model, scores, facts, out, how)
     return FinalizeResult(

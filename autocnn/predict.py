@@ -25,6 +25,7 @@ MODEL_FILE = "model.json"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 WEIGHTS_FILE = "weights.pt"
+METRICS_FILE = "metrics.json"
 BATCH = 64
 
 

@@ -356,8 +356,8 @@ def test_a_timm_backbone_exports_to_onnx_and_int8(tmp_path: Path) -> None:
     """Not only the custom CNN: a timm model takes the same export, check and quantization."""
     import torch
 
-    from autocnn.export import export_onnx, onnx_logits, quantize_int8
     from autocnn.models import build_model
+    from autocnn.onnx_export import export_onnx, onnx_logits, quantize_int8
     from autocnn.predict import normalize
 
     torch.manual_seed(0)
