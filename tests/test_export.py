@@ -361,9 +361,7 @@ def test_a_timm_backbone_exports_to_onnx_and_int8(tmp_path: Path) -> None:
     from autocnn.predict import normalize
 
     torch.manual_seed(0)
-    model = build_model(
-        "mobilenetv2_035", {"pretrained": False}, num_classes=3, image_size=32
-    ).eval()
+    model = build_model("resnet10t", {"pretrained": False}, num_classes=3, image_size=32).eval()
     images = np.random.default_rng(0).integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
     x = normalize(images, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     export_onnx(model, tmp_path / "model.onnx", x[:2])
