@@ -79,7 +79,7 @@ def check_spec(spec: Spec, cache: DataCache | None = None) -> CheckReport:
     cache = cache or DataCache(spec)
     warnings = check_models(spec)
     if set(spec.models.spaces()) - {CUSTOM_CNN}:
-        from autocnn.models.backbones import check_backbones
+        from autocnn.models.hub import check_backbones
 
         warnings += check_backbones(spec)
     data = check_data(spec, cache)

@@ -280,7 +280,7 @@ def weights_fetch(
 
     Example: autocnn weights fetch resnet50 efficientnet_b0 mobilenetv2_035
     """
-    from autocnn.models.backbones import fetch_weights
+    from autocnn.models.hub import fetch_weights
 
     with user_errors():
         fetched = fetch_weights(names)
@@ -296,7 +296,7 @@ def weights_list() -> None:
     """
     from rich.table import Table
 
-    from autocnn.models.backbones import hub_cache_dir, list_cached_weights
+    from autocnn.models.hub import hub_cache_dir, list_cached_weights
 
     with user_errors():
         rows = list_cached_weights()

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from autocnn.cli import app
 from autocnn.errors import SpecError
 from autocnn.models import build_model, freeze_mode, model_facts, optimizer_groups, preprocess_for
-from autocnn.models.backbones import WeightsError, cached_weights, check_backbones
+from autocnn.models.hub import WeightsError, cached_weights, check_backbones
 from autocnn.spec import parse_spec
 from tests.conftest import digits_spec_dict, write_spec
 

@@ -1,281 +1,22 @@
 """timm backbones: name checks, the local weight cache, freeze modes, heads and preprocessing.
 
-Studies never download: the Hugging Face hub runs offline (HF_HUB_OFFLINE=1 unless the user set
-it), and `check_backbones` finds missing weights before trial 1, in the hub cache that
-`autocnn weights fetch` fills. timm is the only source of truth for names, weight locations,
-parameter groups and mean/std; this module only decides what trains and at which rate.
+Names and the weight cache are checked in `autocnn.models.hub` (no torch import). timm is the
+only source of truth for parameter groups and mean/std; this module only decides what trains
+and at which rate.
 """
 
 from __future__ import annotations
 
-import difflib
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from typing import Any
 
 import torch
 from torch import nn
 
-from autocnn.errors import AutocnnError, SpecError
-from autocnn.models import CUSTOM_CNN, Preprocess
-
-if TYPE_CHECKING:
-    from autocnn.spec import Spec, TimmSpace
+from autocnn.models import Preprocess
+from autocnn.models.hub import WeightsError, use_offline_hub
 
 FREEZE_MODES = ("none", "backbone", "partial")
-_TRUE = {"1", "ON", "YES", "TRUE"}
-
-
-class WeightsError(AutocnnError):
-    """Pretrained weights not on this machine: not in the cache, or not at the path given."""
-
-
-# --------------------------------------------------------------------------- the hub, offline
-
-
-def use_offline_hub() -> None:
-    """Default HF_HUB_OFFLINE=1: without it a missing file costs ~46 s of retries, not 0.1 s."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from huggingface_hub import constants
-
-    # The constant is read once at import; honour the variable even if the hub was imported first.
-    constants.HF_HUB_OFFLINE = os.environ["HF_HUB_OFFLINE"].upper() in _TRUE
-
-
-@contextmanager
-def _online_hub() -> Iterator[None]:
-    """Downloads only on an explicit `autocnn weights fetch`."""
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = False
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
-
-
-def hub_cache_dir() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-# --------------------------------------------------------------------------- names
-
-
-def is_timm_name(name: str) -> bool:
-    """`resnet50`, or a tagged `resnet50.a1_in1k` whose tag timm knows."""
-    import timm
-    from timm.models import get_pretrained_cfg
-
-    if not timm.is_model(name):
-        return False
-    if "." in name:
-        try:
-            get_pretrained_cfg(name)
-        except RuntimeError:
-            return False
-    return True
-
-
-def check_name(name: str, *, path: str) -> None:
-    """A typo gets the closest timm names (and custom_cnn) suggested."""
-    import timm
-
-    if is_timm_name(name):
-        return
-    close = difflib.get_close_matches(name, [CUSTOM_CNN, *timm.list_models()], n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    raise SpecError([f"{path}: unknown model '{name}': not custom_cnn and not a timm model{hint}"])
-
-
-def pretrained_cfg(name: str) -> dict[str, Any] | None:
-    """timm's default pretrained config for a name (its default tag unless one is given)."""
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(name)
-    return cfg.to_dict() if cfg is not None else None
-
-
-def _weight_source(name: str) -> tuple[str, Any]:
-    """('hf-hub' | 'url' | '', location): the same choice timm makes when it loads weights."""
-    from timm.models._builder import _resolve_pretrained_source
-
-    cfg = pretrained_cfg(name)
-    return _resolve_pretrained_source(cfg) if cfg is not None else ("", "")
-
-
-def no_weights_problem(name: str, *, path: str) -> str | None:
-    """Some timm models have no pretrained weights at all (mobilenetv2_035 is 'untrained')."""
-    import timm
-
-    if _weight_source(name)[0]:
-        return None
-    arch = name.split(".")[0]
-    archs = sorted({n.split(".")[0] for n in timm.list_models(pretrained=True)} - {arch})
-    close = difflib.get_close_matches(arch, archs, n=3)
-    hint = f"; pretrained relatives: {', '.join(close)}" if close else ""
-    return (
-        f"{path}.pretrained: timm has no pretrained weights for '{name}'{hint}; "
-        "use false or a local file"
-    )
-
-
-# --------------------------------------------------------------------------- the weight cache
-
-
-def _hub_filenames(filename: str | None) -> list[str]:
-    """The files timm tries, in its order: the safetensors twin first (timm.models._hub)."""
-    filename = filename or "pytorch_model.bin"
-    if filename.endswith(".safetensors"):
-        return [filename]
-    if filename == "pytorch_model.bin":
-        return ["model.safetensors", filename]
-    if filename.endswith((".bin", ".pth")):
-        return [filename[:-4] + ".safetensors", filename]
-    return [filename]
-
-
-def cached_weights(name: str) -> Path | None:
-    """The local file `timm.create_model(name, pretrained=True)` would load, if it is here."""
-    from huggingface_hub import try_to_load_from_cache
-
-    source, location = _weight_source(name)
-    if source == "hf-hub":
-        hub_id, filename = location if isinstance(location, tuple) else (location, None)
-        repo, _, revision = hub_id.partition("@")
-        for candidate in _hub_filenames(filename):
-            found = try_to_load_from_cache(repo, candidate, revision=revision or None)
-            if isinstance(found, str):
-                return Path(found)
-        return None
-    if source == "url":
-        file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(location).path).name
-        return file if file.is_file() else None
-    return None
-
-
-@dataclass(frozen=True)
-class CachedWeights:
-    """One row of `autocnn weights list`."""
-
-    model: str
-    size_mb: float
-    path: Path
-
-
-def list_cached_weights() -> list[CachedWeights]:
-    """timm weights in the hub cache (what `weights fetch` filled), plus torch hub checkpoints."""
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    rows: list[CachedWeights] = []
-    try:
-        repos = scan_cache_dir(hub_cache_dir()).repos
-    except CacheNotFound:
-        repos = frozenset()
-    for repo in sorted(repos, key=lambda r: r.repo_id):
-        if repo.repo_type == "model" and repo.repo_id.startswith("timm/"):
-            rows.append(
-                CachedWeights(
-                    repo.repo_id.removeprefix("timm/"), repo.size_on_disk / 1e6, repo.repo_path
-                )
-            )
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    if checkpoints.is_dir():
-        for file in sorted(checkpoints.iterdir()):
-            if file.is_file():
-                rows.append(
-                    CachedWeights(f"(torch hub) {file.name}", file.stat().st_size / 1e6, file)
-                )
-    return rows
-
-
-def fetch_weights(names: list[str]) -> list[tuple[str, Path]]:
-    """Download timm's weights for each name into the hub cache: the only step that goes online."""
-    import timm
-
-    for name in names:
-        check_name(name, path=name)
-    fetched: list[tuple[str, Path]] = []
-    for name in names:
-        problem = no_weights_problem(name, path=name)
-        if problem:
-            raise WeightsError(problem.replace(f"{name}.pretrained: ", f"{name}: ", 1))
-        try:
-            with _online_hub():
-                timm.create_model(name, pretrained=True)
-        except Exception as exc:  # noqa: BLE001 - network and hub errors all mean "not fetched"
-            raise WeightsError(
-                f"{name}: download failed ({exc.__class__.__name__}: {exc})"
-            ) from None
-        fetched.append((name, cached_weights(name) or hub_cache_dir()))
-    return fetched
-
-
-# --------------------------------------------------------------------------- checks before trial 1
-
-
-def timm_spaces(spec: Spec) -> dict[str, TimmSpace]:
-    return {name: space for name, space in spec.models.spaces().items() if name != CUSTOM_CNN}  # type: ignore[misc]
-
-
-def missing_weights_message(missing: list[str]) -> str:
-    names = " ".join(missing)
-    return (
-        f"pretrained weights for {', '.join(missing)} are not in the local cache "
-        f"({hub_cache_dir()}) "
-        f"and studies never download. Either run `autocnn weights fetch {names}` on a connected "
-        "machine (it fills that same cache; copy it here or share HF_HOME), or set "
-        "`models.<name>.pretrained` to a local .safetensors / .pth file (or false for random init)"
-    )
-
-
-def check_backbones(spec: Spec) -> list[str]:
-    """Names exist, weight files exist, pretrained weights are cached; returns warnings."""
-    use_offline_hub()
-    problems: list[str] = []
-    missing: list[str] = []
-    warnings: list[str] = []
-    for name, space in timm_spaces(spec).items():
-        path = f"models.{name}"
-        try:
-            check_name(name, path=path)
-        except SpecError as exc:
-            problems += exc.problems
-            continue
-        if isinstance(space.pretrained, str):
-            file = spec.resolve_path(space.pretrained)
-            if not file.is_file():
-                problems.append(
-                    f"{path}.pretrained: weight file not found: {file} "
-                    "(paths are relative to the spec)"
-                )
-        elif space.pretrained and (problem := no_weights_problem(name, path=path)):
-            problems.append(problem)
-        elif space.pretrained and cached_weights(name) is None:
-            missing.append(name)
-        warnings += _unused_keys(path, space)
-    if problems:
-        raise SpecError(problems + ([missing_weights_message(missing)] if missing else []))
-    if missing:
-        raise WeightsError(missing_weights_message(missing))
-    return warnings
-
-
-def _unused_keys(path: str, space: TimmSpace) -> list[str]:
-    freeze = space.freeze
-    modes = set(getattr(freeze, "choices", [freeze]))
-    if "unfreeze_last" in space.model_fields_set and "partial" not in modes:
-        return [
-            f"{path}.unfreeze_last: only used with freeze: partial, which this model never gets"
-        ]
-    return []
 
 
 # --------------------------------------------------------------------------- building
@@ -468,8 +209,10 @@ def backbone_preprocess(
 ) -> Preprocess:
     """mean/std from timm's pretrained config; size: own key, else `image_size`, else timm's."""
     from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
 
-    cfg = pretrained_cfg(name)
+    found = get_pretrained_cfg(name)
+    cfg = found.to_dict() if found is not None else None
     data = (
         resolve_data_config({}, pretrained_cfg=cfg)
         if cfg
