@@ -6,6 +6,7 @@ line per problem on stderr and exit code 2, with no traceback.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -253,14 +254,18 @@ def ui(
         raise typer.Exit(2)
     if db is not None:
         enable_wal(db)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    _console().print(f"MLflow UI on http://{host}:{port} over {uri} (Ctrl-C stops it)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", host, "--port", str(port), "--workers", "1"]
+    url = f"http://{host}:{port}/#/experiments?workflowType=machine_learning"
+    _console().print(f"MLflow UI on {url} over {uri} (Ctrl-C stops it)")
     _run_foreground(command)
 
 
 def _run_foreground(command: list[str], run: Callable[..., Any] = subprocess.run) -> None:
+    # One worker and no background job runner: a local UI over one SQLite file needs neither.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     try:
-        raise typer.Exit(run(command, check=False).returncode)
+        raise typer.Exit(run(command, check=False, env=env).returncode)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 
