@@ -139,8 +139,15 @@ def sample_config(trial: optuna.trial.BaseTrial, spec: Spec) -> TrialConfig:
         model=str(model),
         model_params=_resolve(trial, sections[f"models.{model}"], f"models.{model}"),
         train=_resolve(trial, spec.train, "train"),
-        augment=_resolve(trial, augment, "augment") if augment is not None else {},
+        augment=_resolve_augment(trial, augment) if augment is not None else {},
     )
+
+
+def _resolve_augment(trial: optuna.trial.BaseTrial, section: BaseModel) -> dict[str, Any]:
+    """`enabled` first: a trial without augmentation samples (and logs) none of its knobs."""
+    if not suggest(trial, "augment.enabled", section.enabled):  # type: ignore[attr-defined]
+        return {"enabled": False}
+    return _resolve(trial, section, "augment")
 
 
 def config_from_params(spec: Spec, params: dict[str, Any]) -> TrialConfig:

@@ -283,6 +283,31 @@ class MlflowSpec(StrictModel):
     experiment: str | None = None
 
 
+Chance = Annotated[float, Field(ge=0, le=1)]
+
+
+class AugmentSpace(StrictModel):
+    """Training-time augmentation, searched like any other key; each op's default turns it off.
+
+    Probability keys (flips, gamma, blur, noise, cutout) apply a fixed-strength op with that
+    probability; magnitude keys (rotate, shift_scale, random_resized_crop, color_jitter) apply to
+    every image with a random amount up to the magnitude, so a range that starts at "off" lets the
+    search choose none. The names are the contract with `autocnn.augment.AUGMENTS`.
+    """
+
+    enabled: choosable(bool) = True
+    hflip: searchable(Chance) = 0.0
+    vflip: searchable(Chance) = 0.0
+    rotate: searchable(Annotated[float, Field(ge=0, le=180)]) = 0.0  # max degrees either way
+    shift_scale: searchable(Annotated[float, Field(ge=0, le=0.5)]) = 0.0  # shift fraction, zoom 1 +/- it
+    random_resized_crop: searchable(Annotated[float, Field(gt=0, le=1)]) = 1.0  # min area kept
+    color_jitter: searchable(Annotated[float, Field(ge=0, le=1)]) = 0.0  # brightness/contrast/saturation
+    gamma: searchable(Chance) = 0.0
+    blur: searchable(Chance) = 0.0
+    noise: searchable(Chance) = 0.0
+    cutout: searchable(Chance) = 0.0
+
+
 class Spec(StrictModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     seed: int = 0
@@ -291,6 +316,7 @@ class Spec(StrictModel):
     train: TrainSpec = TrainSpec()
     models: ModelsSpec
     mlflow: MlflowSpec = MlflowSpec()
+    augment: AugmentSpace | None = None  # missing (or empty): no augmentation
 
     _path: Path | None = PrivateAttr(default=None)
 
@@ -411,7 +437,7 @@ def _humanise(err: dict[str, Any]) -> str:
 
 
 def _suggest(loc: list[str]) -> str:
-    """`(did you mean 'lr'?)` for a misspelt key, from the fields of the model at that path."""
+    """The supported keys at that path, and `(did you mean 'lr'?)` when one is close."""
     model: Any = Spec
     for part in loc[:-1]:
         field = getattr(model, "model_fields", {}).get(part)
@@ -424,9 +450,11 @@ def _suggest(loc: list[str]) -> str:
         if model is None:
             return ""
     known = list(getattr(model, "model_fields", {}))
+    if not known:
+        return ""
     close = difflib.get_close_matches(loc[-1], known, n=1)
-    choices = f"; expected one of: {', '.join(known)}" if known else ""
-    return f" (did you mean '{close[0]}'?)" if close else choices
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"; expected one of: {', '.join(known)}{hint}"
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

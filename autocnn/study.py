@@ -248,7 +248,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     )
     settings = TrainSettings.from_trial(config.train, monitor=spec.study.metric, direction=spec.study.direction)
     batch_size = int(config.train["batch_size"])
-    train = TensorBatches(data.train, pre, batch_size=batch_size, shuffle=True, seed=spec.seed + trial.number, device=device)
+    train = train_batches(ctx, run_id, config, data, pre, batch_size=batch_size, seed=spec.seed + trial.number, device=device)
     val = TensorBatches(data.val, pre, batch_size=max(256, batch_size), shuffle=False, device=device)
     groups = optimizer_groups(config.model, model, config.model_params, lr=settings.lr)
     trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
@@ -273,6 +273,32 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     if _is_new_best(trial, trainer.best_value):
         ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
     return float(trainer.best_value)  # type: ignore[arg-type]
+
+
+def train_batches(
+    ctx: TrialContext, run_id: str, config: TrialConfig, data: Dataset, pre: Any, *, batch_size: int, seed: int, device: Any
+) -> Any:
+    """Augmented training batches when the trial augments, plain ones otherwise.
+
+    Validation and test batches never come from here, so they are never augmented. An augmenting
+    trial logs its exact pipeline (`augment.json`, albumentations' own format, which omits the
+    seed: hence the tag) and a grid of augmented training images, so a user sees what it trained on.
+    """
+    from autocnn.train import TensorBatches
+
+    if config.augment.get("enabled", False):
+        from autocnn import augment
+
+        pipeline = augment.build_train_transform(config.augment, image_size=pre.image_size, seed=seed)
+        if pipeline is not None:
+            ctx.tracker.log_dict(run_id, augment.describe(pipeline), "augment.json")
+            ctx.tracker.client.set_tag(run_id, "autocnn.augment_seed", str(seed))
+            grid = augment.grid_figure(data.train, pipeline, classes=data.classes, seed=seed)
+            ctx.tracker.log_figure(run_id, grid, "augment_grid.png")
+            return augment.AugmentedBatches(
+                data.train, pre, pipeline, batch_size=batch_size, seed=seed, num_workers=augment.N_WORKERS, device=device
+            )
+    return TensorBatches(data.train, pre, batch_size=batch_size, shuffle=True, seed=seed, device=device)
 
 
 def resume_trainer(ctx: TrialContext, trial: optuna.Trial, trainer: Any) -> list[tuple[int, float]]:
