@@ -40,14 +40,21 @@ BORDER = cv2.BORDER_REFLECT_101
 
 
 def _random_resized_crop(min_area: float, size: int) -> A.BasicTransform | None:
-    return A.RandomResizedCrop(size=(size, size), scale=(min_area, 1.0), p=1.0) if min_area < 1 else None
+    return (
+        A.RandomResizedCrop(size=(size, size), scale=(min_area, 1.0), p=1.0)
+        if min_area < 1
+        else None
+    )
 
 
 def _shift_scale(amount: float, _size: int) -> A.BasicTransform | None:
     if amount <= 0:
         return None
     return A.Affine(
-        translate_percent=(-amount, amount), scale=(1 - amount, 1 + amount), border_mode=BORDER, p=1.0
+        translate_percent=(-amount, amount),
+        scale=(1 - amount, 1 + amount),
+        border_mode=BORDER,
+        p=1.0,
     )
 
 
@@ -66,7 +73,9 @@ def _vflip(p: float, _size: int) -> A.BasicTransform | None:
 def _color_jitter(strength: float, _size: int) -> A.BasicTransform | None:
     if strength <= 0:
         return None
-    return A.ColorJitter(brightness=strength, contrast=strength, saturation=strength, hue=strength / 8, p=1.0)
+    return A.ColorJitter(
+        brightness=strength, contrast=strength, saturation=strength, hue=strength / 8, p=1.0
+    )
 
 
 def _gamma(p: float, _size: int) -> A.BasicTransform | None:
@@ -85,7 +94,11 @@ def _cutout(p: float, _size: int) -> A.BasicTransform | None:
     if p <= 0:
         return None
     return A.CoarseDropout(
-        num_holes_range=(1, 4), hole_height_range=(0.1, 0.25), hole_width_range=(0.1, 0.25), fill=0, p=p
+        num_holes_range=(1, 4),
+        hole_height_range=(0.1, 0.25),
+        hole_width_range=(0.1, 0.25),
+        fill=0,
+        p=p,
     )
 
 
@@ -109,8 +122,10 @@ AUGMENTS: dict[str, Builder] = {**GEOMETRIC, **PHOTOMETRIC, **OCCLUSION}
 OFF: dict[str, float] = {"random_resized_crop": 1.0}  # every other name is off at 0
 
 
-def build_train_transform(augment: dict[str, Any], *, image_size: int, seed: int) -> A.Compose | None:
-    """The trial's augmentation pipeline (uint8 HWC in, uint8 HWC out), or None when it does nothing.
+def build_train_transform(
+    augment: dict[str, Any], *, image_size: int, seed: int
+) -> A.Compose | None:
+    """The trial's pipeline (uint8 HWC in, uint8 HWC out), or None when it would do nothing.
 
     Args:
         augment: `TrialConfig.augment`: resolved values keyed by spec name, plus `enabled`.
@@ -144,7 +159,7 @@ def reseed(pipeline: A.Compose, seed: int) -> None:
     """
     seeds = np.random.SeedSequence(seed).generate_state(len(pipeline.transforms) + 1)
     pipeline.set_random_seed(int(seeds[0]))
-    for op, op_seed in zip(pipeline.transforms, seeds[1:]):
+    for op, op_seed in zip(pipeline.transforms, seeds[1:], strict=True):
         op.set_random_seed(int(op_seed))
 
 
@@ -177,7 +192,7 @@ N_WORKERS = 0
 
 
 class _EpochOrder(Sampler):
-    """Yields (epoch, batch number, indices): the permutation TensorBatches draws for that epoch."""
+    """Yields (epoch, batch number, indices) in the order TensorBatches draws for that epoch."""
 
     def __init__(self, n: int, *, batch_size: int, seed: int, drop_last: bool) -> None:
         self.n, self.batch_size, self.seed, self.drop_last = n, batch_size, seed, drop_last
@@ -206,7 +221,9 @@ class _AugmentedImages(TorchDataset):
     def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, batch, idx = key
         index = idx.numpy()
-        images = augment_batch(self.pipeline, self.images[index], seed=batch_seed(self.seed, epoch, batch))
+        images = augment_batch(
+            self.pipeline, self.images[index], seed=batch_seed(self.seed, epoch, batch)
+        )
         return torch.from_numpy(images), torch.from_numpy(self.labels[index])
 
 
@@ -217,7 +234,7 @@ def _init_worker(_worker_id: int) -> None:
 
 
 class AugmentedBatches:
-    """Training batches like `TensorBatches` (same order, same normalisation), augmented on the fly.
+    """Training batches like `TensorBatches` (same order and normalisation), augmented on the fly.
 
     Each batch reseeds the pipeline from (seed, epoch, batch), which avoids the DataLoader trap of
     cloned RNGs (every worker, every epoch augmenting alike): batches differ per epoch and per
@@ -283,10 +300,12 @@ def grid_figure(
     images = augment_batch(pipeline, split.images[index], seed=seed)
     cols = math.ceil(math.sqrt(len(index)))
     rows = math.ceil(len(index) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2 * rows + 0.4), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2 * cols, 2 * rows + 0.4), dpi=100, squeeze=False
+    )
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, label in zip(axes.flat, images, split.labels[index]):
+    for ax, image, label in zip(axes.flat, images, split.labels[index], strict=False):
         ax.imshow(image, interpolation="nearest")
         ax.set_title(str(classes[int(label)]), fontsize=9)
     fig.suptitle(f"Augmented training images (seed {seed})", fontsize=10)

@@ -1,4 +1,4 @@
-"""Augmentation: every name builds, seeds reproduce, validation stays clean, MLflow shows the pipeline."""
+"""Augmentation: every name builds, seeds reproduce, validation stays clean, MLflow shows it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from autocnn.augment import AUGMENTS, AugmentedBatches, augment_batch, batch_seed, build_train_transform, describe
+from autocnn.augment import (
+    AUGMENTS,
+    AugmentedBatches,
+    augment_batch,
+    batch_seed,
+    build_train_transform,
+    describe,
+)
 from autocnn.cli import app
 from autocnn.data import Split
 from autocnn.models import Preprocess
@@ -36,7 +43,11 @@ STRONG: dict[str, float] = {
     "cutout": 1.0,
 }
 # Everything a study can sample at once (the 20classes block at its upper ends, plus the rest).
-FULL: dict[str, Any] = {"enabled": True, **{k: min(v, 0.5) for k, v in STRONG.items()}, "rotate": 30.0}
+FULL: dict[str, Any] = {
+    "enabled": True,
+    **{k: min(v, 0.5) for k, v in STRONG.items()},
+    "rotate": 30.0,
+}
 
 
 def images(n: int = 8, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -60,7 +71,12 @@ def test_every_supported_name_builds_and_acts_on_uint8(name: str) -> None:
     out = augment_batch(pipeline, batch, seed=1)
     assert out.dtype == np.uint8 and out.shape == batch.shape
     assert not np.array_equal(out, batch)
-    assert build_train_transform({name: AugmentSpace.model_fields[name].default}, image_size=32, seed=0) is None
+    assert (
+        build_train_transform(
+            {name: AugmentSpace.model_fields[name].default}, image_size=32, seed=0
+        )
+        is None
+    )
 
 
 def test_disabled_or_all_off_builds_nothing() -> None:
@@ -70,8 +86,10 @@ def test_disabled_or_all_off_builds_nothing() -> None:
     assert build_train_transform({"enabled": True, **off}, image_size=32, seed=0) is None
 
 
-def test_a_1x_argument_name_fails_instead_of_being_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
-    """albumentations drops unknown (1.x) arguments with a warning; the pipeline must refuse them."""
+def test_a_1x_argument_name_fails_instead_of_being_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """albumentations drops unknown (1.x) arguments with a warning; our pipeline refuses them."""
     monkeypatch.setitem(AUGMENTS, "cutout", lambda p, _size: A.CoarseDropout(max_holes=4, p=p))
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="max_holes"):
         build_train_transform({"cutout": 0.5}, image_size=32, seed=0)
@@ -86,25 +104,35 @@ def test_serialised_pipeline_round_trips_and_reproduces_the_images() -> None:
     names = [t["__class_fullname__"] for t in data["transform"]["transforms"]]
     assert len(names) == len(AUGMENTS)
     # The logged seed plus the JSON is enough to get the same pictures back.
-    assert np.array_equal(augment_batch(rebuilt, images(), seed=7), augment_batch(pipeline, images(), seed=7))
+    assert np.array_equal(
+        augment_batch(rebuilt, images(), seed=7), augment_batch(pipeline, images(), seed=7)
+    )
 
 
 def test_ops_with_equal_probability_fire_independently() -> None:
-    """Compose.set_random_seed gives every op the same seed; hflip and vflip then always coincide."""
+    """Compose.set_random_seed seeds every op alike, so hflip and vflip would always coincide."""
     pipeline = build_train_transform({"hflip": 0.5, "vflip": 0.5}, image_size=8, seed=0)
     image = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
     outcomes = set()
     for i in range(40):
         out = augment_batch(pipeline, image[None], seed=i)[0]
-        outcomes.add((np.array_equal(out[:, ::-1], image) or np.array_equal(out[::-1, ::-1], image),
-                      np.array_equal(out[::-1], image) or np.array_equal(out[::-1, ::-1], image)))
+        outcomes.add(
+            (
+                np.array_equal(out[:, ::-1], image) or np.array_equal(out[::-1, ::-1], image),
+                np.array_equal(out[::-1], image) or np.array_equal(out[::-1, ::-1], image),
+            )
+        )
     assert outcomes == {(False, False), (True, False), (False, True), (True, True)}
 
 
-def batches(seed: int, *, workers: int = 0, epochs: int = 2, pipeline: Any = "full") -> list[tuple[torch.Tensor, ...]]:
+def batches(
+    seed: int, *, workers: int = 0, epochs: int = 2, pipeline: Any = "full"
+) -> list[tuple[torch.Tensor, ...]]:
     if pipeline == "full":
         pipeline = build_train_transform(FULL, image_size=16, seed=seed)
-    source = AugmentedBatches(split(), Preprocess(16), pipeline, batch_size=32, seed=seed, num_workers=workers)
+    source = AugmentedBatches(
+        split(), Preprocess(16), pipeline, batch_size=32, seed=seed, num_workers=workers
+    )
     return epochs_of(source, epochs)
 
 
@@ -118,7 +146,9 @@ def epochs_of(source: Any, epochs: int) -> list[tuple[torch.Tensor, ...]]:
 
 
 def same(a: list[tuple[torch.Tensor, ...]], b: list[tuple[torch.Tensor, ...]]) -> bool:
-    return len(a) == len(b) and all(torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in zip(a, b))
+    return len(a) == len(b) and all(
+        torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in zip(a, b, strict=True)
+    )
 
 
 def test_same_seed_gives_identical_augmented_batches_with_or_without_workers() -> None:
@@ -127,13 +157,20 @@ def test_same_seed_gives_identical_augmented_batches_with_or_without_workers() -
     assert same(first, batches(3, workers=2))  # workers neither clone nor change the stream
     assert not same(first, batches(4))
     x, _ = first[0]
-    assert x.dtype == torch.float32 and x.shape == (32, 3, 16, 16) and x.is_contiguous(memory_format=torch.channels_last)
+    assert (
+        x.dtype == torch.float32
+        and x.shape == (32, 3, 16, 16)
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def test_augmentation_differs_per_epoch_and_per_batch() -> None:
     pipeline = build_train_transform(FULL, image_size=16, seed=0)
     same_images = images(32, 16)
-    by_key = [augment_batch(pipeline, same_images, seed=batch_seed(0, e, b)) for e, b in ((0, 0), (1, 0), (0, 1))]
+    by_key = [
+        augment_batch(pipeline, same_images, seed=batch_seed(0, e, b))
+        for e, b in ((0, 0), (1, 0), (0, 1))
+    ]
     assert not np.array_equal(by_key[0], by_key[1]) and not np.array_equal(by_key[0], by_key[2])
 
 
@@ -153,7 +190,9 @@ def trial_run(tracking_uri: str, experiment: str) -> Any:
 
 
 @pytest.mark.slow
-def test_enabled_trials_log_pipeline_and_grid_disabled_ones_nothing(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_enabled_trials_log_pipeline_and_grid_disabled_ones_nothing(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from autocnn.train import Trainer
 
     seen: dict[str, Any] = {}
@@ -164,9 +203,16 @@ def test_enabled_trials_log_pipeline_and_grid_disabled_ones_nothing(in_tmp: Path
         return real_fit(self, train, val)
 
     monkeypatch.setattr(Trainer, "fit", spy_fit)
-    small = {"study": {"trials": 1, "pruner": "none"}, "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3}}
-    on = digits_spec_dict(name="aug-on", augment={"rotate": 20, "hflip": 1.0, "cutout": 1.0}, **small)
-    off = digits_spec_dict(name="aug-off", augment={"enabled": False, "rotate": {"low": 0, "high": 20}}, **small)
+    small = {
+        "study": {"trials": 1, "pruner": "none"},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3},
+    }
+    on = digits_spec_dict(
+        name="aug-on", augment={"rotate": 20, "hflip": 1.0, "cutout": 1.0}, **small
+    )
+    off = digits_spec_dict(
+        name="aug-off", augment={"enabled": False, "rotate": {"low": 0, "high": 20}}, **small
+    )
 
     result = run_study(load_spec(write_spec(in_tmp / "studies", on, "on.yaml")))
     client, run = trial_run(result.tracking_uri, "aug-on")
@@ -174,7 +220,11 @@ def test_enabled_trials_log_pipeline_and_grid_disabled_ones_nothing(in_tmp: Path
     assert {"augment.json", "augment_grid.png"} <= artifacts
     local = Path(client.download_artifacts(run.info.run_id, "augment.json", str(in_tmp)))
     pipeline = A.from_dict(json.loads(local.read_text()))
-    assert [type(t).__name__ for t in pipeline.transforms] == ["Rotate", "HorizontalFlip", "CoarseDropout"]
+    assert [type(t).__name__ for t in pipeline.transforms] == [
+        "Rotate",
+        "HorizontalFlip",
+        "CoarseDropout",
+    ]
     grid = Path(client.download_artifacts(run.info.run_id, "augment_grid.png", str(in_tmp)))
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert run.data.tags["autocnn.augment_seed"] == "0"
@@ -198,7 +248,9 @@ def test_enabled_trials_log_pipeline_and_grid_disabled_ones_nothing(in_tmp: Path
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert not {"augment.json", "augment_grid.png"} & artifacts and "config.yaml" in artifacts
     assert "autocnn.augment_seed" not in run.data.tags
-    assert run.data.params["augment.enabled"] == "False" and "augment.rotate" not in run.data.params
+    assert (
+        run.data.params["augment.enabled"] == "False" and "augment.rotate" not in run.data.params
+    )
     assert isinstance(seen["train"], TensorBatches)
 
 
@@ -209,4 +261,3 @@ def test_unknown_name_exits_2_and_lists_the_supported_ones(tmp_path: Path) -> No
     assert "augment.rotat: unknown key; expected one of: enabled, " in result.output
     assert all(name in result.output for name in AUGMENTS)
     assert "(did you mean 'rotate'?)" in result.output
-
