@@ -14,7 +14,7 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import math  # noqa: E402
-from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+from collections.abc import Callable, Iterator, Mapping, Sequence  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import albumentations as A  # noqa: E402
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from autocnn.data import Split
     from autocnn.models import Preprocess
 
-# (spec value, image size) -> the transform, or None when the value means "off".
-Builder = Callable[[float, int], "A.BasicTransform | None"]
+# (every spec value by name, image size) -> the transform, or None when its values mean "off".
+Builder = Callable[[Mapping[str, float], int], "A.BasicTransform | None"]
 
 # OpenCV's own thread pool buys nothing on images this small and is not fork-safe: a DataLoader
 # worker forked after the pool started deadlocks in its first cv2 call. Sequential cv2 avoids both.
@@ -39,7 +39,8 @@ cv2.setNumThreads(0)
 BORDER = cv2.BORDER_REFLECT_101
 
 
-def _random_resized_crop(min_area: float, size: int) -> A.BasicTransform | None:
+def _random_resized_crop(v: Mapping[str, float], size: int) -> A.BasicTransform | None:
+    min_area = v["random_resized_crop"]
     return (
         A.RandomResizedCrop(size=(size, size), scale=(min_area, 1.0), p=1.0)
         if min_area < 1
@@ -47,10 +48,13 @@ def _random_resized_crop(min_area: float, size: int) -> A.BasicTransform | None:
     )
 
 
-def _shift_scale(amount: float, _size: int) -> A.BasicTransform | None:
-    if amount <= 0:
+def _affine(v: Mapping[str, float], _size: int) -> A.BasicTransform | None:
+    """rotate and shift_scale as one warp: one interpolation, and half the cost of two Affines."""
+    degrees, amount = v["rotate"], v["shift_scale"]
+    if degrees <= 0 and amount <= 0:
         return None
     return A.Affine(
+        rotate=(-degrees, degrees),
         translate_percent=(-amount, amount),
         scale=(1 - amount, 1 + amount),
         border_mode=BORDER,
@@ -58,56 +62,52 @@ def _shift_scale(amount: float, _size: int) -> A.BasicTransform | None:
     )
 
 
-def _rotate(degrees: float, _size: int) -> A.BasicTransform | None:
-    return A.Rotate(limit=(-degrees, degrees), border_mode=BORDER, p=1.0) if degrees > 0 else None
+def _hflip(v: Mapping[str, float], _size: int) -> A.BasicTransform | None:
+    return A.HorizontalFlip(p=v["hflip"]) if v["hflip"] > 0 else None
 
 
-def _hflip(p: float, _size: int) -> A.BasicTransform | None:
-    return A.HorizontalFlip(p=p) if p > 0 else None
+def _vflip(v: Mapping[str, float], _size: int) -> A.BasicTransform | None:
+    return A.VerticalFlip(p=v["vflip"]) if v["vflip"] > 0 else None
 
 
-def _vflip(p: float, _size: int) -> A.BasicTransform | None:
-    return A.VerticalFlip(p=p) if p > 0 else None
-
-
-def _color_jitter(strength: float, _size: int) -> A.BasicTransform | None:
-    if strength <= 0:
-        return None
-    return A.ColorJitter(
-        brightness=strength, contrast=strength, saturation=strength, hue=strength / 8, p=1.0
+def _color_jitter(v: Mapping[str, float], _size: int) -> A.BasicTransform | None:
+    s = v["color_jitter"]
+    return (
+        A.ColorJitter(brightness=s, contrast=s, saturation=s, hue=s / 8, p=1.0) if s > 0 else None
     )
 
 
-def _gamma(p: float, _size: int) -> A.BasicTransform | None:
-    return A.RandomGamma(gamma_limit=(80, 120), p=p) if p > 0 else None
+def _gamma(v: Mapping[str, float], _size: int) -> A.BasicTransform | None:
+    return A.RandomGamma(gamma_limit=(80, 120), p=v["gamma"]) if v["gamma"] > 0 else None
 
 
-def _blur(p: float, _size: int) -> A.BasicTransform | None:
+def _blur(v: Mapping[str, float], _size: int) -> A.BasicTransform | None:
+    p = v["blur"]
     return A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.3, 1.2), p=p) if p > 0 else None
 
 
-def _noise(p: float, _size: int) -> A.BasicTransform | None:
-    return A.GaussNoise(std_range=(0.02, 0.1), p=p) if p > 0 else None
+def _noise(v: Mapping[str, float], _size: int) -> A.BasicTransform | None:
+    return A.GaussNoise(std_range=(0.02, 0.1), p=v["noise"]) if v["noise"] > 0 else None
 
 
-def _cutout(p: float, _size: int) -> A.BasicTransform | None:
-    if p <= 0:
+def _cutout(v: Mapping[str, float], _size: int) -> A.BasicTransform | None:
+    if v["cutout"] <= 0:
         return None
     return A.CoarseDropout(
         num_holes_range=(1, 4),
         hole_height_range=(0.1, 0.25),
         hole_width_range=(0.1, 0.25),
         fill=0,
-        p=p,
+        p=v["cutout"],
     )
 
 
 # One dict per family; the pipeline runs geometry, then colour, then occlusion (cutout last, so
-# the holes are not warped or re-coloured).
+# the holes are not warped or re-coloured). Names sharing a builder share one transform.
 GEOMETRIC: dict[str, Builder] = {
     "random_resized_crop": _random_resized_crop,
-    "shift_scale": _shift_scale,
-    "rotate": _rotate,
+    "rotate": _affine,
+    "shift_scale": _affine,
     "hflip": _hflip,
     "vflip": _vflip,
 }
@@ -137,11 +137,9 @@ def build_train_transform(
     unknown = sorted(set(augment) - set(AUGMENTS) - {"enabled"})
     if unknown:
         raise ValueError(f"unknown augmentation(s) {unknown}; supported: {', '.join(AUGMENTS)}")
-    ops = []
-    for name, build in AUGMENTS.items():
-        op = build(float(augment.get(name, OFF.get(name, 0.0))), image_size)
-        if op is not None:
-            ops.append(op)
+    values = {name: float(augment.get(name, OFF.get(name, 0.0))) for name in AUGMENTS}
+    built = (build(values, image_size) for build in dict.fromkeys(AUGMENTS.values()))
+    ops = [op for op in built if op is not None]
     if not ops:
         return None
     # strict=True: an argument albumentations does not know (a 1.x name) fails instead of being
