@@ -14,7 +14,8 @@ import socket
 import tempfile
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,21 +53,48 @@ def owner_is_dead(owner: str | None) -> bool:
 
 
 class Checkpoints:
-    """One file per running trial, replaced atomically after every epoch."""
+    """One file per running trial, replaced atomically after every epoch.
+
+    Saving costs the training loop one memory copy: the state is copied into buffers reused from
+    epoch to epoch, and a writer thread serialises and writes them while the next epoch trains.
+    Written synchronously, a checkpoint took 4-8% of a short epoch (ext4 flushes a file renamed
+    over an existing one; serialising resnet18's state is 0.1-0.2 s of CPU): issue 6.
+    """
 
     def __init__(self, folder: Path, *, keep: bool = False) -> None:
         self.folder = folder
         self.keep = keep
+        self._buffers: dict[str, Any] = {}
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
 
     def path(self, number: int) -> Path:
         return self.folder / f"trial-{number}.pt"
 
     def save(self, number: int, state: dict[str, Any]) -> None:
+        """Snapshot `state` now; the file follows in the background (see `flush`)."""
+        self.flush()  # the buffers are free again once the previous write is done
+        snapshot = _copy_into(state, self._buffers, "")
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autocnn-checkpoint")
+        self._pending = self._writer.submit(self._write, number, snapshot)
+
+    def flush(self) -> None:
+        """Wait for the write in flight; a failed write raises here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _write(self, number: int, state: dict[str, Any]) -> None:
         import torch
 
         self.folder.mkdir(parents=True, exist_ok=True)
         # write then rename: a kill mid-write leaves the previous checkpoint intact
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".trial-{number}-", suffix=".tmp")
+        # No per-record CRC32: it doubled the save time; the rename already guards against torn
+        # writes, and torch.load does not need the CRC.
+        crc = torch.serialization.get_crc32_options()
+        torch.serialization.set_crc32_options(False)
         try:
             with os.fdopen(fd, "wb") as handle:
                 torch.save(state, handle)
@@ -74,22 +102,45 @@ class Checkpoints:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        finally:
+            torch.serialization.set_crc32_options(crc)
 
     def load(self, number: int) -> dict[str, Any] | None:
         import torch
 
+        self.flush()
         path = self.path(number)
         if not path.exists():
             return None
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def discard(self, *numbers: int) -> None:
+        """The trial ended: its checkpoint goes (unless kept), and so do the snapshot buffers."""
+        with suppress(Exception):  # a failed last write does not matter once the trial is over
+            self.flush()
+        self._buffers.clear()
         if self.keep:
             return
         for number in numbers:
             self.path(number).unlink(missing_ok=True)
         if self.folder.exists() and not any(self.folder.iterdir()):
             self.folder.rmdir()
+
+
+def _copy_into(value: Any, buffers: dict[str, Any], key: str) -> Any:
+    """`value` with every tensor copied into the CPU buffer kept under its path in `buffers`."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        buffer = buffers.get(key)
+        if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+            buffer = buffers[key] = torch.empty(value.shape, dtype=value.dtype, device="cpu")
+        return buffer.copy_(value.detach())
+    if isinstance(value, dict):
+        return {k: _copy_into(v, buffers, f"{key}/{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_into(v, buffers, f"{key}/{i}") for i, v in enumerate(value))
+    return value
 
 
 def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

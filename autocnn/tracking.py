@@ -11,6 +11,7 @@ import os
 import sqlite3
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,8 @@ class Tracker:
         mlflow.set_tracking_uri(tracking_uri)
         self.client: MlflowClient = mlflow.MlflowClient(tracking_uri)
         self.experiment_id = self._experiment_id(experiment, db)
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list[Future[Any]] = []
 
     def _experiment_id(self, name: str, db: Path | None) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -105,6 +108,7 @@ class Tracker:
     def close_study_run(self, run_id: str, summary: dict[str, Any], *, status: str = "FINISHED") -> None:
         from mlflow.entities import Metric
 
+        self.flush()
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if isinstance(v, (int, float))]
         self.client.log_batch(run_id, metrics=metrics)
@@ -132,10 +136,24 @@ class Tracker:
         return run_id
 
     def log_epoch(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        """Queued for a writer thread: the epoch loop does not wait on SQLite (issue 6).
+
+        A log_batch took 10-20 ms, 2-4% of a short epoch. `flush` (called by `end_trial` and
+        `close_study_run`) waits for the queue, so a closed run holds all its metrics.
+        """
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autocnn-mlflow")
+        self._pending.append(self._writer.submit(self.client.log_batch, run_id, metrics=batch))
+
+    def flush(self) -> None:
+        """Wait until every queued metric is stored; a failed write raises here."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
     def log_facts(self, run_id: str, facts: dict[str, Any]) -> None:
         """One-off numbers about a trial (parameter counts, sizes), as step-0 metrics."""
@@ -143,6 +161,7 @@ class Tracker:
 
     def end_trial(self, run_id: str, state: str, *, reason: str | None = None) -> None:
         """Close a trial run with the tag and status matching its Optuna state."""
+        self.flush()
         self.client.set_tag(run_id, STATE_TAG, "FAIL" if state == "INTERRUPTED" else state)
         if reason:
             self.client.set_tag(run_id, REASON_TAG, reason[:5000])

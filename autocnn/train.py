@@ -258,6 +258,12 @@ class Trainer:
     # ---------------------------------------------------------------- resumable state
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything a retried trial needs to continue; saved after every epoch.
+
+        When the epoch just ended is the best one, the best weights *are* the model's: they are
+        stored once (a quarter less to write each epoch, issue 6) and copied back on load.
+        """
+        best_is_model = self.best_state is not None and self.best_epoch == self.epoch
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -266,7 +272,8 @@ class Trainer:
             "epoch": self.epoch,
             "best_value": self.best_value,
             "best_epoch": self.best_epoch,
-            "best_state": self.best_state,
+            "best_state": None if best_is_model else self.best_state,
+            "best_is_model": best_is_model,
             "stale_epochs": self.stale_epochs,
             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state()},
         }
@@ -281,6 +288,8 @@ class Trainer:
         self.best_value = state["best_value"]
         self.best_epoch = int(state["best_epoch"])
         self.best_state = state["best_state"]
+        if state.get("best_is_model"):
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self.stale_epochs = int(state["stale_epochs"])
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(_numpy_rng_tuple(state["rng"]["numpy"]))

@@ -158,6 +158,7 @@ def test_checkpoints_are_atomic_and_load_weights_only(tmp_path: Path) -> None:
 
     store = Checkpoints(tmp_path / "ck")
     store.save(3, {"trainer": {"w": torch.ones(2)}, "history": [(1, 0.5)]})
+    store.flush()  # the file is written in the background
     assert [p.name for p in (tmp_path / "ck").iterdir()] == ["trial-3.pt"]
     assert torch.equal(store.load(3)["trainer"]["w"], torch.ones(2))
     store.discard(3)
