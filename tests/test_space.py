@@ -49,9 +49,12 @@ def test_fixed_trial_rebuilds_a_config() -> None:
         "models.custom_cnn.depth": 3,
         "models.custom_cnn.width": 32,
         "models.custom_cnn.dropout": 0.25,
+        "augment.rotate": 5.0,
+        "augment.shift_scale": 0.05,
     }
     config = config_from_params(spec, params)
     assert config.model == "custom_cnn"
+    assert config.augment["rotate"] == 5.0 and config.augment["hflip"] == 0.0
     assert config.model_params == {"depth": 3, "width": 32, "dropout": 0.25, "activation": "relu"}
     assert config.train["lr"] == 0.003 and config.train["epochs"] == 6
 
