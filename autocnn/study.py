@@ -269,7 +269,8 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     except NonFiniteLossError as exc:
         raise optuna.TrialPruned(f"diverged: {exc}") from None
     trainer.restore_best()
-    _log_evaluation(ctx, run_id, trainer.evaluate(val), data)
+    # The best epoch's evaluation when this process saw it (not after a resume): no second pass.
+    _log_evaluation(ctx, run_id, trainer.best_eval or trainer.evaluate(val), data)
     if _is_new_best(trial, trainer.best_value):
         ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
     return float(trainer.best_value)  # type: ignore[arg-type]

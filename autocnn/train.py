@@ -151,6 +151,7 @@ class Trainer:
         self.best_value: float | None = None
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_eval: Evaluation | None = None  # the best epoch's validation, kept for the trial's end
         self.stale_epochs = 0
 
     # ---------------------------------------------------------------- one epoch each way
@@ -226,6 +227,8 @@ class Trainer:
                 train_images_per_s=seen / max(train_seconds, 1e-9),
             )
             self._end_epoch(metrics)
+            if self.best_epoch == self.epoch:
+                self.best_eval = ev  # the best weights' evaluation: no second pass at the trial's end
             yield metrics
             if self.settings.early_stopping and self.stale_epochs >= self.settings.early_stopping:
                 return
