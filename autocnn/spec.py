@@ -218,7 +218,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
 class TimmSpace(StrictModel):
-    """A timm backbone (the key under `models` is the timm name); names are checked in models.backbones."""
+    """A timm backbone (the key under `models` is the timm name); names are checked in models.hub."""
 
     pretrained: bool | str = True
     freeze: choosable(Literal["none", "backbone", "partial"]) = "none"
