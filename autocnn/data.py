@@ -174,6 +174,8 @@ def decode_files(
             if progress is not None:
                 progress(done, len(files))
     labels = np.asarray([label for _, label in files], dtype=np.int64)
+    if keep.all():  # the usual case: no second copy of the images, even for a moment (issue 6)
+        return Split(images, labels), sorted(skipped)
     return Split(images[keep], labels[keep]), sorted(skipped)
 
 

@@ -1,0 +1,107 @@
+"""benchmarks/run.py works: its helpers on tiny inputs (no timing is asserted: performance is
+reported by the benchmark, never tested)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("autocnn_benchmark_run", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_markdown_and_json_show_every_target_and_verdict(bench: ModuleType, tmp_path: Path) -> None:
+    item = bench.Item(1, "Trial loop", rows=[bench.Row("ratio", "0.97", ">= 0.95", True), bench.Row("info", "12")])
+    item.rows.append(bench.Row("speed-up", "1.1x", ">= 1.3", False))
+    info = {"date": "today", "cpu": "test cpu", "cores": 2, "device": "cpu (cpu)", "torch": "x"}
+    out = tmp_path / "results.md"
+    bench.write_results(out, info, [item], command="benchmarks/run.py --quick")
+    text = out.read_text()
+    assert "## 1. Trial loop" in text and "| ratio | 0.97 | >= 0.95 | met |" in text
+    assert "| speed-up | 1.1x | >= 1.3 | **not met** |" in text and "| info | 12 |  |  |" in text
+    assert "test cpu" in text
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["machine"]["cores"] == 2 and data["items"][0]["rows"][0]["met"] is True
+
+
+def test_heaviest_takes_the_expensive_end_of_each_searched_value(bench: ModuleType) -> None:
+    block = bench.heaviest(bench.ISSUE_AUGMENT)
+    assert block["enabled"] is True and block["rotate"] == 30 and block["cutout"] == 0.5
+    assert block["random_resized_crop"] == 0.5  # any min area below 1 turns the crop on
+    assert block["hflip"] == 0.5 and block["blur"] == 0.0
+
+
+def test_ab_order_rotates_with_the_repeat(bench: ModuleType) -> None:
+    assert bench.rotated(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert bench.rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
+
+
+def test_trial_timing_splits_wall_time(bench: ModuleType) -> None:
+    class Metrics:
+        def __init__(self, epoch_seconds: float, train_seconds: float) -> None:
+            self.epoch_seconds = epoch_seconds
+            self.train_images_per_s = 100 / train_seconds
+
+    # trial starts at 0, training starts at 0.5; epochs end at 2.0, 3.5, 5.0; trial ends at 5.4
+    stamps: list[tuple[float, Any]] = [(2.0, Metrics(1.2, 1.0)), (3.5, Metrics(1.2, 1.0)), (5.0, Metrics(1.2, 1.0))]
+    t = bench.trial_timing(stamps, 0.5, 0.0, 5.4, seen=100)
+    assert t.fixed_s == pytest.approx(0.9) and t.before_s == pytest.approx(0.5) and t.after_s == pytest.approx(0.4)
+    assert t.validation_s == pytest.approx(0.2)
+    assert t.per_epoch_overhead_s == pytest.approx(0.3)  # 1.5 s intervals minus 1.2 s epochs
+    assert t.images_per_s == pytest.approx(200 / 2.6)  # epochs 2-3: 2 x (1.5 - 0.2) s
+    assert t.train_only_images_per_s == pytest.approx(100.0)
+
+
+def test_synthetic_images_are_reproducible_and_written_as_a_folder(bench: ModuleType, tmp_path: Path) -> None:
+    a, labels = bench.synthetic_images(12, 16, 3, seed=5)
+    b, _ = bench.synthetic_images(12, 16, 3, seed=5)
+    assert a.shape == (12, 16, 16, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert sorted(set(labels.tolist())) == [0, 1, 2]
+    root = bench.write_imagefolder(tmp_path / "data", 12, 16, 3)
+    assert sorted(p.name for p in root.iterdir()) == ["class_00", "class_01", "class_02"]
+    assert len(list(root.rglob("*.png"))) == 12
+
+
+def test_generated_specs_validate(bench: ModuleType, tmp_path: Path) -> None:
+    from autocnn.spec import load_spec
+
+    for case in bench.CASES.values():
+        spec = load_spec(bench.write_spec(tmp_path / "loop", bench.loop_spec(case, 2)))
+        assert spec.data.image_size == case.image_size
+    twenty = load_spec(bench.twenty_classes_spec(tmp_path))
+    assert Path(twenty.data.root).is_dir()
+    extras = twenty.models.__pydantic_extra__ or {}
+    assert all(space.pretrained is False for space in extras.values())
+
+
+def test_bare_loop_trains_on_tiny_inputs(bench: ModuleType) -> None:
+    import torch
+
+    case = bench.LoopCase("tiny", "custom_cnn", {"depth": 2, "width": 4}, 16, batch_size=8)
+    images, labels = bench.synthetic_images(24, 16, 3)
+    for variant in ("channels_last", "eager"):
+        speed = bench.bare_loop(case, images, labels, epochs=2, variant=variant, device=torch.device("cpu"))
+        assert speed > 0
+
+
+def test_quick_settings_and_arguments(bench: ModuleType) -> None:
+    quick = bench.settings_for(True)
+    assert quick.quick and quick.loop_repeats == 1 and len(quick.loop_cases) == 2
+    args = bench.parse_args(["--quick", "--items", "1", "4", "--models", "custom_cnn"])
+    assert args.quick and args.items == [1, 4] and args.models == ["custom_cnn"]
