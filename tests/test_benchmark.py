@@ -47,9 +47,10 @@ def test_heaviest_takes_the_expensive_end_of_each_searched_value(bench: ModuleTy
     assert block["hflip"] == 0.5 and block["blur"] == 0.0
 
 
-def test_ab_order_rotates_with_the_repeat(bench: ModuleType) -> None:
-    assert bench.rotated(["a", "b", "c"], 0) == ["a", "b", "c"]
-    assert bench.rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
+def test_ab_order_alternates_and_ratios_pair_neighbours(bench: ModuleType) -> None:
+    assert bench.alternated(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert bench.alternated(["a", "b", "c"], 3) == ["c", "b", "a"]
+    assert bench.paired_ratio([10.0, 100.0, 30.0], [10.0, 50.0, 60.0]) == pytest.approx(1.0)
 
 
 def test_trial_timing_splits_wall_time(bench: ModuleType) -> None:
