@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from anywhere: import this checkout's autocnn
     sys.path.insert(0, str(REPO))
 
+from autocnn.study import SilentReporter  # noqa: E402 - after the path set-up above
+
 HEAVY_MODULES = ("torch", "mlflow", "optuna", "timm", "albumentations", "sklearn", "cv2", "matplotlib")
 
 # The augment block of issue 4 (studies/20classes.yaml), used when the spec does not carry one yet.
@@ -360,21 +362,12 @@ def bare_loop(
 # --------------------------------------------------------------------------- autocnn's trial, timed
 
 
-class TimingReporter:
+class TimingReporter(SilentReporter):
     """The study's Reporter, keeping a wall-clock stamp of every trial start and epoch end."""
 
     def __init__(self) -> None:
         self.started: dict[int, float] = {}
         self.epochs: dict[int, list[tuple[float, Any]]] = {}
-
-    def message(self, text: str) -> None:
-        pass
-
-    def data_progress(self, done: int, total: int) -> None:
-        pass
-
-    def study_started(self, *, name: str, done: int, target: int, to_run: int) -> None:
-        pass
 
     def trial_started(self, number: int, config: Any, epochs: int) -> None:
         self.started[number] = time.time()
