@@ -166,6 +166,7 @@ def retrain(
     import torch
 
     from autocnn.models import build_model, optimizer_groups
+    from autocnn.study import make_train_batches
     from autocnn.train import TensorBatches, Trainer, TrainSettings, pick_device
 
     torch.manual_seed(spec.seed * 100_003 + trial.number)
@@ -190,11 +191,11 @@ def retrain(
         )
     device = pick_device()
     batch_size = int(config.train["batch_size"])
-    train = TensorBatches(
+    train, _ = make_train_batches(  # augmented exactly as the trial was, if it was
+        config.augment,
         train_split,
         pre,
         batch_size=batch_size,
-        shuffle=True,
         seed=spec.seed + trial.number,
         device=device,
     )

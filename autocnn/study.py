@@ -279,27 +279,42 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
 def train_batches(
     ctx: TrialContext, run_id: str, config: TrialConfig, data: Dataset, pre: Any, *, batch_size: int, seed: int, device: Any
 ) -> Any:
-    """Augmented training batches when the trial augments, plain ones otherwise.
+    """The trial's training batches; an augmenting trial also logs what its augmentation does.
 
-    Validation and test batches never come from here, so they are never augmented. An augmenting
-    trial logs its exact pipeline (`augment.json`, albumentations' own format, which omits the
-    seed: hence the tag) and a grid of augmented training images, so a user sees what it trained on.
+    Validation and test batches never come from here, so they are never augmented. The logged
+    pipeline (`augment.json`) is albumentations' own format, which omits the seed: hence the tag.
+    """
+    batches, pipeline = make_train_batches(config.augment, data.train, pre, batch_size=batch_size, seed=seed, device=device)
+    if pipeline is not None:
+        from autocnn import augment
+
+        ctx.tracker.log_dict(run_id, augment.describe(pipeline), "augment.json")
+        ctx.tracker.client.set_tag(run_id, "autocnn.augment_seed", str(seed))
+        grid = augment.grid_figure(data.train, pipeline, classes=data.classes, seed=seed)
+        ctx.tracker.log_figure(run_id, grid, "augment_grid.png")
+    return batches
+
+
+def make_train_batches(
+    augment: dict[str, Any], split: Any, pre: Any, *, batch_size: int, seed: int, device: Any
+) -> tuple[Any, Any]:
+    """(batches, pipeline): augmented when `augment` turns any op on, else plain and None.
+
+    Shared by a trial and its finalize retrain, so both train on the same images; albumentations
+    is imported only when a trial augments.
     """
     from autocnn.train import TensorBatches
 
-    if config.augment.get("enabled", False):
-        from autocnn import augment
+    if augment.get("enabled", False):
+        from autocnn import augment as aug
 
-        pipeline = augment.build_train_transform(config.augment, image_size=pre.image_size, seed=seed)
+        pipeline = aug.build_train_transform(augment, image_size=pre.image_size, seed=seed)
         if pipeline is not None:
-            ctx.tracker.log_dict(run_id, augment.describe(pipeline), "augment.json")
-            ctx.tracker.client.set_tag(run_id, "autocnn.augment_seed", str(seed))
-            grid = augment.grid_figure(data.train, pipeline, classes=data.classes, seed=seed)
-            ctx.tracker.log_figure(run_id, grid, "augment_grid.png")
-            return augment.AugmentedBatches(
-                data.train, pre, pipeline, batch_size=batch_size, seed=seed, num_workers=augment.N_WORKERS, device=device
+            batches = aug.AugmentedBatches(
+                split, pre, pipeline, batch_size=batch_size, seed=seed, num_workers=aug.N_WORKERS, device=device
             )
-    return TensorBatches(data.train, pre, batch_size=batch_size, shuffle=True, seed=seed, device=device)
+            return batches, pipeline
+    return TensorBatches(split, pre, batch_size=batch_size, shuffle=True, seed=seed, device=device), None
 
 
 def resume_trainer(ctx: TrialContext, trial: optuna.Trial, trainer: Any) -> list[tuple[int, float]]:

@@ -263,3 +263,25 @@ def test_unknown_name_exits_2_and_lists_the_supported_ones(tmp_path: Path) -> No
     assert "augment.rotat: unknown key; expected one of: enabled, " in result.output
     assert all(name in result.output for name in AUGMENTS)
     assert "(did you mean 'rotate'?)" in result.output
+
+
+def test_trial_and_finalize_retrain_share_the_augmented_batches() -> None:
+    from autocnn.study import make_train_batches
+
+    config = {**FULL, "vflip": 0.0}
+    batches, pipeline = make_train_batches(
+        config, split(), Preprocess(16), batch_size=32, seed=3, device=torch.device("cpu")
+    )
+    assert isinstance(batches, AugmentedBatches) and pipeline is not None
+    direct = AugmentedBatches(
+        split(),
+        Preprocess(16),
+        build_train_transform(config, image_size=16, seed=3),
+        batch_size=32,
+        seed=3,
+    )
+    assert same(epochs_of(batches, 2), epochs_of(direct, 2))
+    plain, none = make_train_batches(
+        {**config, "enabled": False}, split(), Preprocess(16), batch_size=32, seed=3, device=None
+    )
+    assert isinstance(plain, TensorBatches) and none is None
