@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,16 +115,34 @@ class Checkpoints:
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def discard(self, *numbers: int) -> None:
-        """The trial ended: its checkpoint goes (unless kept), and so do the snapshot buffers."""
-        with suppress(Exception):  # a failed last write does not matter once the trial is over
-            self.flush()
-        self._buffers.clear()
+        """The trial ended: its checkpoint goes (unless kept), after any write still in flight.
+
+        The removal queues behind that write on the writer thread, so a trial's end does not wait
+        for its last checkpoint to reach the disk (0.2-0.5 s for resnet18, issue 6); `close` and
+        `load` wait for it. A failed last write no longer matters once the trial is over.
+        """
+        self._buffers.clear()  # a write in flight holds its own references to the snapshot
         if self.keep:
             return
+        if self._writer is None:
+            self._remove(numbers)
+            return
+        self._pending = self._writer.submit(self._remove, numbers)
+
+    def _remove(self, numbers: tuple[int, ...]) -> None:
         for number in numbers:
             self.path(number).unlink(missing_ok=True)
         if self.folder.exists() and not any(self.folder.iterdir()):
             self.folder.rmdir()
+
+    def close(self) -> None:
+        """Wait for the writer thread's last write or removal, then stop it."""
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
 
 
 def _copy_into(value: Any, buffers: dict[str, Any], key: str) -> Any:

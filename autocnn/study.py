@@ -256,6 +256,8 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     ctx.tracker.client.set_tag(run_id, "autocnn.freeze", freeze_mode(model))
     ctx.reporter.trial_started(trial.number, config, settings.epochs)
     history = resume_trainer(ctx, trial, trainer)
+    # NopPruner never prunes, but asking it still reads the trial back from storage every epoch.
+    can_prune = not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
     try:
         for metrics in trainer.fit(train, val):
             value = getattr(metrics, spec.study.metric)
@@ -264,7 +266,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
             ctx.checkpoints.save(trial.number, {"trainer": trainer.state_dict(), "history": history})
             trial.report(value, metrics.epoch)
             ctx.reporter.epoch_done(trial.number, metrics, spec.study.metric)
-            if trial.should_prune():
+            if can_prune and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch}: {spec.study.metric} = {value:.4f}")
     except NonFiniteLossError as exc:
         raise optuna.TrialPruned(f"diverged: {exc}") from None
@@ -467,6 +469,10 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
                 )
         status = "FINISHED"
     finally:
+        try:
+            checkpoints.close()
+        except Exception as exc:  # the study's runs are closed all the same
+            reporter.message(f"warning: the last checkpoint could not be written: {exc}")
         result = summarize(spec, study, storage, tracking_uri, ran=len(study.trials) - sum(counts.values()))
         if streak.streak >= MAX_FAILS_IN_A_ROW:
             result.stopped_reason = f"the last {MAX_FAILS_IN_A_ROW} trials all failed; last error: {streak.last_error}"

@@ -5,8 +5,9 @@ The caller reports, logs and prunes; the loop only trains, evaluates and keeps t
 
 from __future__ import annotations
 
-
+import ctypes
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -70,6 +71,31 @@ class Evaluation:
 
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+# glibc's mallopt parameters (malloc.h) and how much freed memory a training process keeps.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEEP_FREED_BYTES = 256 << 20
+
+
+def keep_freed_memory_for_reuse(limit: int = KEEP_FREED_BYTES) -> bool:
+    """Let glibc keep up to `limit` bytes of freed memory for reuse; False where it cannot.
+
+    Every CPU training step frees and reallocates the same activation buffers. With glibc's
+    defaults the large ones are mmap'd per allocation or trimmed back to the kernel when freed,
+    so each step page-faults them in again, zero-filled: a fifth or more of a small CNN's epoch on
+    the 2-core machine (benchmarks/results.md). PyTorch's caching allocator spares the GPU this;
+    on the CPU, raising both thresholds does the same. Process-wide and one-way, which suits a
+    process that trains; elsewhere than glibc (macOS, musl) nothing changes.
+    """
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+        libc = ctypes.CDLL("libc.so.6")
+    except (OSError, ValueError, AttributeError):
+        return False
+    # The mmap threshold first: setting either one turns off glibc's sliding default.
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, limit))
 
 
 class TensorBatches:
@@ -140,6 +166,8 @@ class Trainer:
         self.settings = settings
         self.device = device
         self.channels_last = channels_last
+        if device.type == "cpu":
+            keep_freed_memory_for_reuse()
         self.model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         self.amp_dtype = _amp_dtype(device, amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)

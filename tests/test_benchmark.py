@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -53,20 +54,43 @@ def test_ab_order_alternates_and_ratios_pair_neighbours(bench: ModuleType) -> No
     assert bench.paired_ratio([10.0, 100.0, 30.0], [10.0, 50.0, 60.0]) == pytest.approx(1.0)
 
 
-def test_trial_timing_splits_wall_time(bench: ModuleType) -> None:
-    class Metrics:
-        def __init__(self, epoch_seconds: float, train_seconds: float) -> None:
-            self.epoch_seconds = epoch_seconds
-            self.train_images_per_s = 100 / train_seconds
+class Metrics:
+    def __init__(self, epoch_seconds: float, train_seconds: float) -> None:
+        self.epoch_seconds = epoch_seconds
+        self.train_images_per_s = 100 / train_seconds
 
+
+def test_trial_timing_splits_wall_time(bench: ModuleType) -> None:
     # trial starts at 0, training starts at 0.5; epochs end at 2.0, 3.5, 5.0; trial ends at 5.4
-    stamps: list[tuple[float, Any]] = [(2.0, Metrics(1.2, 1.0)), (3.5, Metrics(1.2, 1.0)), (5.0, Metrics(1.2, 1.0))]
+    stamps = [bench.EpochStamp(t, t, 0.0, Metrics(1.2, 1.0)) for t in (2.0, 3.5, 5.0)]
     t = bench.trial_timing(stamps, 0.5, 0.0, 5.4, seen=100)
     assert t.fixed_s == pytest.approx(0.9) and t.before_s == pytest.approx(0.5) and t.after_s == pytest.approx(0.4)
     assert t.validation_s == pytest.approx(0.2)
     assert t.per_epoch_overhead_s == pytest.approx(0.3)  # 1.5 s intervals minus 1.2 s epochs
     assert t.images_per_s == pytest.approx(200 / 2.6)  # epochs 2-3: 2 x (1.5 - 0.2) s
     assert t.train_only_images_per_s == pytest.approx(100.0)
+
+
+def test_trial_timing_leaves_out_the_bare_epochs_and_charges_background_cpu(bench: ModuleType) -> None:
+    # the same trial, with 10 s of bare-loop epochs after each epoch and 0.1 s of writer CPU
+    stamps = [bench.EpochStamp(t + 10 * i, t + 10 * (i + 1), 0.1, Metrics(1.2, 1.0)) for i, t in enumerate((2.0, 3.5, 5.0))]
+    t = bench.trial_timing(stamps, 0.5, 0.0, 35.4, seen=100)
+    assert t.before_s == pytest.approx(0.5) and t.after_s == pytest.approx(0.5)  # 0.4 s + the last epoch's writes
+    assert t.per_epoch_overhead_s == pytest.approx(0.4) and t.background_cpu_s == pytest.approx(0.1)
+    assert t.images_per_s == pytest.approx(200 / 2.8)  # epochs 2-3: 2 x (1.5 + 0.1 - 0.2) s
+
+
+def test_reporter_runs_work_between_epochs_outside_the_clock(bench: ModuleType) -> None:
+    ran: list[int] = []
+    reporter = bench.TimingReporter(lambda epoch: ran.append(epoch), settle_s=0.0)
+    reporter.trial_started(3, None, 2)
+    for epoch in (1, 2):
+        metrics = Metrics(1.0, 1.0)
+        metrics.epoch = epoch  # type: ignore[attr-defined]
+        reporter.epoch_done(3, metrics, "val_accuracy")
+    assert ran == [1, 2]
+    stamps = reporter.epochs[3]
+    assert all(st.resumed >= st.done for st in stamps) and stamps[1].done >= stamps[0].resumed
 
 
 def test_synthetic_images_are_reproducible_and_written_as_a_folder(bench: ModuleType, tmp_path: Path) -> None:
@@ -96,9 +120,27 @@ def test_bare_loop_trains_on_tiny_inputs(bench: ModuleType) -> None:
 
     case = bench.LoopCase("tiny", "custom_cnn", {"depth": 2, "width": 4}, 16, batch_size=8)
     images, labels = bench.synthetic_images(24, 16, 3)
-    for variant in ("channels_last", "eager"):
+    for variant in bench.BARE_VARIANTS:
         speed = bench.bare_loop(case, images, labels, epochs=2, variant=variant, device=torch.device("cpu"))
         assert speed > 0
+
+
+def test_plain_bare_loops_run_epoch_by_epoch_in_a_fresh_process(bench: ModuleType, tmp_path: Path) -> None:
+    import torch
+
+    case = bench.LoopCase("tiny", "custom_cnn", {"depth": 2, "width": 4}, 16, batch_size=8)
+    images, labels = bench.synthetic_images(24, 16, 3)
+    np.savez(tmp_path / "train.npz", images=images, labels=labels)
+    assert "eager" in bench.PLAIN_VARIANTS and "same" not in bench.PLAIN_VARIANTS
+    loop = bench.open_bare_loop(case, tmp_path / "train.npz", epochs=2, variant="eager", device=torch.device("cpu"))
+    try:
+        assert isinstance(loop, bench.ChildBareLoop) and loop.proc.pid != os.getpid()
+        assert loop.epoch() > 0 and loop.epoch() > 0
+    finally:
+        loop.close()
+    assert loop.proc.returncode == 0
+    with pytest.raises(RuntimeError, match="child process failed"):
+        bench.open_bare_loop(case, tmp_path / "missing.npz", epochs=2, variant="eager", device=torch.device("cpu"))
 
 
 def test_quick_settings_and_arguments(bench: ModuleType) -> None:
@@ -106,3 +148,10 @@ def test_quick_settings_and_arguments(bench: ModuleType) -> None:
     assert quick.quick and quick.loop_repeats == 1 and len(quick.loop_cases) == 2
     args = bench.parse_args(["--quick", "--items", "1", "4", "--models", "custom_cnn"])
     assert args.quick and args.items == [1, 4] and args.models == ["custom_cnn"]
+
+
+def test_bare_loops_take_turns_after_autocnn_epochs(bench: ModuleType) -> None:
+    assert bench.rotated(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert bench.rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
+    assert bench.timed_epochs([1.0, 100.0, 300.0]) == pytest.approx(150.0)  # warm-up left out; images over time
+    assert all(v in bench.BARE_VARIANTS for case in bench.CASES.values() for v in case.variants)
