@@ -139,7 +139,12 @@ def max_epochs(spec: Spec) -> int:
 
 
 def build_pruner(spec: Spec) -> Any:
-    """Pruning needs curves to compare: no cut before a third of the epochs, or the first rung."""
+    """Pruning needs curves to compare: no cut before a third of the epochs, or the first rung.
+
+    Hyperband starts its rungs at one epoch, Optuna's default: its brackets already hedge, one of
+    them stopping nothing early. A later first rung (a sixth of the epochs) cost 57-62% of the
+    unpruned epochs on 12-epoch digits, against 45-55% with 1, for the same best trial (issue 6).
+    """
     import optuna
 
     epochs = max_epochs(spec)
@@ -147,7 +152,7 @@ def build_pruner(spec: Spec) -> Any:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 3))
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, epochs // 6), max_resource=epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     if name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 6), reduction_factor=3)
     return optuna.pruners.NopPruner()
