@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import tempfile
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,7 +57,8 @@ class Checkpoints:
     Saving costs the training loop one memory copy: the state is copied into buffers reused from
     epoch to epoch, and a writer thread serialises and writes them while the next epoch trains.
     Written synchronously, a checkpoint took 4-8% of a short epoch (ext4 flushes a file renamed
-    over an existing one; serialising resnet18's state is 0.1-0.2 s of CPU): issue 6.
+    over an existing one; serialising resnet18's state is 0.1-0.2 s of CPU): issue 6. The write
+    goes into a spare file in place, which then swaps names with the checkpoint (see `_write`).
     """
 
     def __init__(self, folder: Path, *, keep: bool = False) -> None:
@@ -70,6 +70,12 @@ class Checkpoints:
 
     def path(self, number: int) -> Path:
         return self.folder / f"trial-{number}.pt"
+
+    def _spare(self, number: int) -> Path:
+        return self.folder / f".trial-{number}.spare"
+
+    def _link(self, number: int) -> Path:
+        return self.folder / f".trial-{number}.previous"
 
     def save(self, number: int, state: dict[str, Any]) -> None:
         """Snapshot `state` now; the file follows in the background (see `flush`)."""
@@ -86,24 +92,35 @@ class Checkpoints:
             pending.result()
 
     def _write(self, number: int, state: dict[str, Any]) -> None:
+        """Overwrite the spare file in place, then make it the checkpoint and the old one the spare.
+
+        A new file per epoch costs the kernel fresh page-cache pages every time: 0.05-0.4 s of CPU
+        for resnet18's 134 MB, against 0.02 s to rewrite pages it already holds (issue 6). The
+        checkpoint's name always holds a whole checkpoint: a kill mid-write tears only the spare,
+        and each rename is atomic.
+        """
         import torch
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        # write then rename: a kill mid-write leaves the previous checkpoint intact
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".trial-{number}-", suffix=".tmp")
-        # No per-record CRC32: it doubled the save time; the rename already guards against torn
-        # writes, and torch.load does not need the CRC.
+        path, spare, previous = self.path(number), self._spare(number), self._link(number)
+        # No per-record CRC32: it doubled the save time; torch.load does not need it.
         crc = torch.serialization.get_crc32_options()
         torch.serialization.set_crc32_options(False)
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with open(spare, "r+b" if spare.exists() else "wb") as handle:
                 torch.save(state, handle)
-            os.replace(tmp, self.path(number))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+                handle.truncate()
         finally:
             torch.serialization.set_crc32_options(crc)
+        previous.unlink(missing_ok=True)
+        try:
+            if path.exists():
+                os.link(path, previous)  # the old checkpoint's pages survive as the next spare
+        except OSError:  # a file system without hard links: the next write starts a new file
+            pass
+        os.replace(spare, path)
+        if previous.exists():
+            os.replace(previous, spare)
 
     def load(self, number: int) -> dict[str, Any] | None:
         import torch
@@ -122,16 +139,17 @@ class Checkpoints:
         `load` wait for it. A failed last write no longer matters once the trial is over.
         """
         self._buffers.clear()  # a write in flight holds its own references to the snapshot
-        if self.keep:
-            return
         if self._writer is None:
             self._remove(numbers)
-            return
-        self._pending = self._writer.submit(self._remove, numbers)
+        else:
+            self._pending = self._writer.submit(self._remove, numbers)
 
     def _remove(self, numbers: tuple[int, ...]) -> None:
+        """Spare files always go; checkpoints too, unless they are to be kept."""
         for number in numbers:
-            self.path(number).unlink(missing_ok=True)
+            files = [self._spare(number), self._link(number)] + ([] if self.keep else [self.path(number)])
+            for file in files:
+                file.unlink(missing_ok=True)
         if self.folder.exists() and not any(self.folder.iterdir()):
             self.folder.rmdir()
 

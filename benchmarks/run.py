@@ -72,7 +72,7 @@ class LoopCase:
     batch_size: int = 64
     variants: tuple[str, ...] = ("same",)  # bare-loop variants (BARE_VARIANTS)
     epochs: int = 4  # per trial, the first untimed (warm-up); --quick runs 2
-    repeats: int = 7  # trials, each a round of per-epoch A/B; --quick runs 1
+    repeats: int = 5  # trials, each a round of per-epoch A/B; --quick runs 1
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,10 @@ CNN_32 = LoopCase(
     {"depth": 4, "width": 32, "dropout": 0.2},
     32,
     variants=("same", "eager", "channels_last", "bf16"),
+    repeats=10,
 )
-# ~90 img/s here: 4 trials of 3 epochs (2 timed), each with 2 bare loops, keep it near eight minutes.
-RESNET18_64 = LoopCase(
-    "timm resnet18 @ 64 px (digits)", "resnet18", {"pretrained": False}, 64, variants=("same", "eager"), epochs=3, repeats=4
-)
+# ~100 img/s here: 5 trials of 4 epochs (3 timed), each with 2 bare loops, take about twelve minutes.
+RESNET18_64 = LoopCase("timm resnet18 @ 64 px (digits)", "resnet18", {"pretrained": False}, 64, variants=("same", "eager"))
 
 # What each bare-loop variant sets. The plain ones run in a fresh child process: autocnn's
 # allocator setting is process-wide and one-way, so once a trial has run, no loop in this
@@ -449,6 +448,11 @@ def bare_loop_child(job_json: str) -> None:
 # --------------------------------------------------------------------------- autocnn's trial, timed
 
 
+# Every timed epoch, autocnn's or a bare loop's, starts after this pause: an epoch right after a
+# pause ran up to a few % slower than one right after another (same loop, A/A), so all get one.
+SETTLE_S = 0.3
+
+
 @dataclass(frozen=True)
 class EpochStamp:
     """When an epoch of autocnn's trial was reported, and what ran before the next one began."""
@@ -467,8 +471,9 @@ class TimingReporter(SilentReporter):
     bare loop's epoch, so it is charged to autocnn's next epoch instead (trial_timing).
     """
 
-    def __init__(self, between_epochs: Callable[[int], None] | None = None, *, settle_s: float = 0.3) -> None:
-        self.between_epochs, self.settle_s = between_epochs, settle_s
+    def __init__(self, between_epochs: Callable[[int], None] | None = None, *, settle_s: float | None = None) -> None:
+        self.between_epochs = between_epochs
+        self.settle_s = SETTLE_S if settle_s is None else settle_s
         self.started: dict[int, float] = {}
         self.epochs: dict[int, list[EpochStamp]] = {}
 
@@ -496,6 +501,7 @@ class TrialTiming:
     after_s: float
     validation_s: float  # median per epoch
     background_cpu_s: float = 0.0  # median per epoch, charged into images_per_s and the overhead
+    epoch_images_per_s: tuple[float, ...] = ()  # each timed epoch's, as images_per_s counts them
 
 
 def trial_timing(stamps: Sequence[EpochStamp], started: float, trial_start: float, trial_end: float, seen: int) -> TrialTiming:
@@ -524,6 +530,7 @@ def trial_timing(stamps: Sequence[EpochStamp], started: float, trial_start: floa
         after_s=after,
         validation_s=median(val_s[timed]),
         background_cpu_s=median(carried[1:][timed]) if stamps else 0.0,
+        epoch_images_per_s=tuple(seen / w for w in work),
     )
 
 
@@ -575,14 +582,14 @@ def item_trial_loop(settings: Settings, work: Path) -> tuple[Item, dict[str, lis
             train = DataCache(runner.spec).get(case.image_size).train
             data = work / f"loop-{case.model}" / "train.npz"
             np.savez(data, images=train.images, labels=train.labels)
-            runs: dict[str, list[float]] = {"autocnn": [], **{v: [] for v in case.variants}}
+            runs: dict[str, list[float]] = {"autocnn": [], **{v: [] for v in case.variants}}  # per timed epoch
             trials: list[TrialTiming] = []
             for r in range(repeats):
                 trial, bare = interleaved_round(case, runner, data, epochs=epochs, repeat=r, device=device)
                 trials.append(trial)
-                runs["autocnn"].append(trial.images_per_s)
-                for variant, speed in bare.items():
-                    runs[variant].append(speed)
+                runs["autocnn"] += trial.epoch_images_per_s
+                for variant, speeds in bare.items():
+                    runs[variant] += speeds
             if "bf16" in case.variants:  # for information; one timed epoch: it is slow where the CPU lacks bf16
                 with np.load(data) as arrays:
                     runs["bf16"].append(bare_loop(case, arrays["images"], arrays["labels"], epochs=2, variant="bf16", device=device))
@@ -590,14 +597,14 @@ def item_trial_loop(settings: Settings, work: Path) -> tuple[Item, dict[str, lis
             item.raw[case.label] = {"images_per_s": runs, "trials": [asdict(t) for t in trials]}
             add_loop_rows(item, case, runs, trials)
     item.notes += [
-        "autocnn side: `run_study` on a fixed-config digits spec, one trial per repeat (custom CNN 4 epochs, resnet18 3, "
-        "the first untimed), MLflow on sqlite, per-epoch checkpoint, Optuna report and pruning check all on. Its images/s "
+        "autocnn side: `run_study` on a fixed-config digits spec, one trial per repeat (the first epoch untimed), MLflow on sqlite, per-epoch checkpoint, Optuna report and pruning check all on. Its images/s "
         "divide the training images by each epoch's wall time minus the validation pass (the bare loop validates nothing), "
         "plus the CPU its checkpoint and MLflow writer threads used after the epoch.",
         "bare side: the same model (autocnn.models.build_model), cached digits tensors normalised once, AdamW + per-batch cosine, "
         "batch 64, no logging. A/B alternates per epoch: after each of autocnn's epochs, one epoch of every bare loop (their "
-        "order rotating), so each pair ran seconds apart. One ratio per trial over its timed epochs; figures are medians "
-        f"over the trials (custom CNN {CNN_32.repeats}, resnet18 {RESNET18_64.repeats}).",
+        f"order rotating), so each pair ran seconds apart, every epoch after a {SETTLE_S} s pause. Figures are medians over "
+        f"all timed epochs, ratios medians of per-epoch ratios (custom CNN {CNN_32.repeats} trials x {CNN_32.epochs - 1} "
+        f"timed epochs, resnet18 {RESNET18_64.repeats} x {RESNET18_64.epochs - 1}).",
         "bare-loop variants: " + "; ".join(f"{name}: {what}" for name, what in BARE_VARIANTS.items()) + ". "
         "autocnn turns bf16 autocast on for the CPU only when asked.",
     ]
@@ -609,7 +616,8 @@ def interleaved_round(
 ) -> tuple[TrialTiming, dict[str, float]]:
     """One autocnn trial with an epoch of every bare loop after each of its epochs.
 
-    Returns the trial's timing and each bare loop's images/s over the same (timed) epochs.
+    Returns the trial's timing and each bare loop's images/s in the same timed epochs (the first,
+    warm-up, left out), so that epoch k of each side pairs with epoch k of autocnn.
     """
     variants = [v for v in case.variants if v != "bf16"]
     loops: dict[str, BareLoop | ChildBareLoop] = {}
@@ -618,6 +626,7 @@ def interleaved_round(
     def between_epochs(epoch: int) -> None:
         for variant in rotated(variants, epoch + repeat):
             speeds[variant].append(loops[variant].epoch())
+            time.sleep(SETTLE_S)  # the next epoch, a bare loop's or autocnn's, starts after a pause too
 
     try:
         for variant in variants:
@@ -626,7 +635,7 @@ def interleaved_round(
     finally:
         for loop in loops.values():
             loop.close()
-    return trial, {v: timed_epochs(s) for v, s in speeds.items()}
+    return trial, {v: s[1:] if len(s) > 1 else s for v, s in speeds.items()}
 
 
 def rotated(seq: Sequence[Any], k: int) -> list[Any]:
@@ -636,7 +645,7 @@ def rotated(seq: Sequence[Any], k: int) -> list[Any]:
 
 
 def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
-    """Median of per-repeat ratios: each pair ran back to back, so a busy spell hits both sides."""
+    """Median of per-epoch (per-repeat) ratios: each pair ran back to back, so a busy spell hits both."""
     return median([ratio(x, y) for x, y in zip(a, b)])
 
 

@@ -68,6 +68,7 @@ def test_trial_timing_splits_wall_time(bench: ModuleType) -> None:
     assert t.validation_s == pytest.approx(0.2)
     assert t.per_epoch_overhead_s == pytest.approx(0.3)  # 1.5 s intervals minus 1.2 s epochs
     assert t.images_per_s == pytest.approx(200 / 2.6)  # epochs 2-3: 2 x (1.5 - 0.2) s
+    assert t.epoch_images_per_s == pytest.approx((100 / 1.3, 100 / 1.3))
     assert t.train_only_images_per_s == pytest.approx(100.0)
 
 
@@ -155,3 +156,22 @@ def test_bare_loops_take_turns_after_autocnn_epochs(bench: ModuleType) -> None:
     assert bench.rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
     assert bench.timed_epochs([1.0, 100.0, 300.0]) == pytest.approx(150.0)  # warm-up left out; images over time
     assert all(v in bench.BARE_VARIANTS for case in bench.CASES.values() for v in case.variants)
+
+
+@pytest.mark.slow
+def test_a_round_pairs_each_timed_autocnn_epoch_with_one_of_each_bare_loop(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from autocnn.data import DataCache
+
+    monkeypatch.setattr(bench, "SETTLE_S", 0.0)
+    case = bench.LoopCase("tiny", "custom_cnn", {"depth": 2, "width": 8}, 16, variants=("same", "eager"), epochs=3)
+    runner = bench.TrialRunner(case, tmp_path / "loop", 3)
+    train = DataCache(runner.spec).get(16).train
+    np.savez(tmp_path / "train.npz", images=train.images, labels=train.labels)
+    trial, bare = bench.interleaved_round(case, runner, tmp_path / "train.npz", epochs=3, repeat=0, device=torch.device("cpu"))
+    assert len(trial.epoch_images_per_s) == 2 and all(v > 0 for v in trial.epoch_images_per_s)
+    assert sorted(bare) == ["eager", "same"] and all(len(v) == 2 and min(v) > 0 for v in bare.values())
+    assert 0 < trial.fixed_s < 60 and trial.per_epoch_overhead_s >= 0

@@ -165,5 +165,36 @@ def test_checkpoints_are_atomic_and_load_weights_only(tmp_path: Path) -> None:
     assert store.load(3) is None and not (tmp_path / "ck").exists()
     kept = Checkpoints(tmp_path / "keep", keep=True)
     kept.save(1, {"x": 1})
+    kept.save(1, {"x": 2})
     kept.discard(1)
-    assert kept.load(1) == {"x": 1}
+    assert kept.load(1) == {"x": 2}
+    assert [p.name for p in (tmp_path / "keep").iterdir()] == ["trial-1.pt"]  # no spare left behind
+
+
+class Unpicklable:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk full")
+
+
+def test_each_epoch_rewrites_a_spare_in_place_and_a_torn_write_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    store = Checkpoints(tmp_path / "ck")
+    for epoch in (1, 2, 3):
+        store.save(0, {"epoch": epoch, "w": torch.full((1000,), float(epoch))})
+        store.flush()
+    spare = tmp_path / "ck" / ".trial-0.spare"
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [".trial-0.spare", "trial-0.pt"]
+    assert torch.load(spare, weights_only=True)["epoch"] == 2  # the previous checkpoint, whole
+    inode = spare.stat().st_ino
+    store.save(0, {"epoch": 4, "w": torch.full((1000,), 4.0)})
+    store.flush()
+    assert store.path(0).stat().st_ino == inode  # written into the spare's file, not a new one
+    store.save(0, {"epoch": 5, "w": torch.ones(1000), "oops": Unpicklable()})
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.flush()
+    state = store.load(0)
+    assert state is not None and state["epoch"] == 4 and torch.equal(state["w"], torch.full((1000,), 4.0))
+    store.discard(0)
+    store.close()
+    assert not (tmp_path / "ck").exists()
