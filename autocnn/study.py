@@ -233,6 +233,7 @@ class TrialContext:
     parent_run_id: str
     reporter: Reporter
     checkpoints: Checkpoints
+    latencies: dict[tuple, float] = field(default_factory=dict)  # per architecture (model_facts)
 
 
 def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_id: str) -> float:
@@ -240,8 +241,20 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     import optuna
     import torch
 
-    from autocnn.models import build_model, freeze_mode, model_facts, optimizer_groups, preprocess_for
-    from autocnn.train import NonFiniteLossError, TensorBatches, Trainer, TrainSettings, pick_device
+    from autocnn.models import (
+        build_model,
+        freeze_mode,
+        model_facts,
+        optimizer_groups,
+        preprocess_for,
+    )
+    from autocnn.train import (
+        NonFiniteLossError,
+        TensorBatches,
+        Trainer,
+        TrainSettings,
+        pick_device,
+    )
 
     spec = ctx.spec
     torch.manual_seed(spec.seed * 100_003 + trial.number)
@@ -257,7 +270,8 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     val = TensorBatches(data.val, pre, batch_size=max(256, batch_size), shuffle=False, device=device)
     groups = optimizer_groups(config.model, model, config.model_params, lr=settings.lr)
     trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
-    ctx.tracker.log_facts(run_id, model_facts(trainer.model, image_size=pre.image_size, device=device))
+    facts = model_facts(trainer.model, image_size=pre.image_size, device=device, latencies=ctx.latencies)
+    ctx.tracker.log_facts(run_id, facts)
     ctx.tracker.client.set_tag(run_id, "autocnn.freeze", freeze_mode(model))
     ctx.reporter.trial_started(trial.number, config, settings.epochs)
     history = resume_trainer(ctx, trial, trainer)
@@ -266,12 +280,16 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     try:
         for metrics in trainer.fit(train, val):
             value = getattr(metrics, spec.study.metric)
+            # Optuna's storage first: the writer threads woken below hold the GIL for a few ms at a
+            # time, which tripled the report's time when it came after them (issue 6).
+            trial.report(value, metrics.epoch)
+            prune = can_prune and trial.should_prune()
             ctx.tracker.log_epoch(run_id, metrics.as_dict(), step=metrics.epoch)
             history.append((metrics.epoch, value))
-            ctx.checkpoints.save(trial.number, {"trainer": trainer.state_dict(), "history": history})
-            trial.report(value, metrics.epoch)
+            if not prune:  # a pruned trial's checkpoint would only be deleted
+                ctx.checkpoints.save(trial.number, {"trainer": trainer.state_dict(), "history": history})
             ctx.reporter.epoch_done(trial.number, metrics, spec.study.metric)
-            if can_prune and trial.should_prune():
+            if prune:
                 raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch}: {spec.study.metric} = {value:.4f}")
     except NonFiniteLossError as exc:
         raise optuna.TrialPruned(f"diverged: {exc}") from None

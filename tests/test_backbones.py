@@ -275,6 +275,12 @@ def test_pretrained_true_with_empty_cache_stops_before_trial_1(
     assert not (in_tmp / "mlruns").exists() and not (in_tmp / "digits-test.optuna.db").exists()
 
 
+def test_building_a_backbone_whose_weights_vanished_says_how_to_get_them(hub_cache: Path) -> None:
+    """The check passed, then the cache was emptied: the build itself fails with the same advice."""
+    with pytest.raises(WeightsError, match=r"^resnet18: .*autocnn weights fetch resnet18"):
+        build_model("resnet18", {"pretrained": True}, num_classes=N_CLASSES, image_size=32)
+
+
 def test_cached_weights_are_found_and_loaded_offline(hub_cache: Path) -> None:
     """The other side of the check: weights in the hub cache pass it and load with no network."""
     import timm
@@ -411,3 +417,18 @@ def test_20classes_backbones_exist_and_only_lack_cached_weights(hub_cache: Path)
         WeightsError, match=r"autocnn weights fetch resnet50 efficientnet_b0 mobilenetv2_050`"
     ):
         check_backbones(load_spec(REPO / "studies" / "20classes.yaml"))
+
+
+def test_model_facts_measure_each_architecture_once_per_study() -> None:
+    latencies: dict[tuple, float] = {}
+
+    def cnn(width: int, dropout: float) -> torch.nn.Module:
+        return build_model("custom_cnn", {"depth": 2, "width": width, "dropout": dropout}, num_classes=3, image_size=16)
+
+    first = model_facts(cnn(8, 0.1), image_size=16, device="cpu", latencies=latencies)
+    again = model_facts(cnn(8, 0.4), image_size=16, device="cpu", latencies=latencies)  # same forward pass
+    assert len(latencies) == 1 and again["latency_ms"] == first["latency_ms"] > 0
+    wider = model_facts(cnn(16, 0.1), image_size=16, device="cpu", latencies=latencies)
+    assert len(latencies) == 2 and wider["params_total"] > first["params_total"]
+    model_facts(cnn(8, 0.1), image_size=32, device="cpu", latencies=latencies)  # other input size
+    assert len(latencies) == 3

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-
 from typer.testing import CliRunner
 
 from autocnn.cli import app

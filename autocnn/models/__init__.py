@@ -83,18 +83,30 @@ def freeze_mode(model: nn.Module) -> str:
     return str(getattr(model, "freeze", "none"))
 
 
-def model_facts(model: nn.Module, *, image_size: int, device: Any) -> dict[str, float]:
+def model_facts(
+    model: nn.Module, *, image_size: int, device: Any, latencies: dict[tuple, float] | None = None
+) -> dict[str, float]:
     """Parameter counts, weight file size and batch-1 forward latency, logged once per trial.
 
     The size is the state dict's tensor bytes: the saved file's size to within its few KB of
     metadata, without serialising the weights (0.1-0.3 s a trial for a ResNet; issue 6).
+    `latencies` keeps the latency of each architecture already measured in this study: trials
+    that differ only in training settings, dropout or freezing run the same forward pass, and
+    measuring it again was a quarter of a resnet18 trial's fixed cost.
     """
     params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    key = (type(model).__name__, total, image_size, str(device))
+    latency = (latencies or {}).get(key)
+    if latency is None:
+        latency = forward_latency_ms(model, image_size=image_size, device=device)
+        if latencies is not None:
+            latencies[key] = latency
     return {
-        "params_total": sum(p.numel() for p in params),
+        "params_total": total,
         "params_trainable": sum(p.numel() for p in params if p.requires_grad),
         "weights_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6,
-        "latency_ms": forward_latency_ms(model, image_size=image_size, device=device),
+        "latency_ms": latency,
     }
 
 

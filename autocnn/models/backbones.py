@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from autocnn.models import Preprocess
-from autocnn.models.hub import WeightsError, use_offline_hub
+from autocnn.models.hub import WeightsError, missing_weights_message, use_offline_hub
 
 FREEZE_MODES = ("none", "backbone", "partial")
 
