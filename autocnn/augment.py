@@ -41,11 +41,7 @@ BORDER = cv2.BORDER_REFLECT_101
 
 def _random_resized_crop(v: Mapping[str, float], size: int) -> A.BasicTransform | None:
     min_area = v["random_resized_crop"]
-    return (
-        A.RandomResizedCrop(size=(size, size), scale=(min_area, 1.0), p=1.0)
-        if min_area < 1
-        else None
-    )
+    return A.RandomResizedCrop(size=(size, size), scale=(min_area, 1.0), p=1.0) if min_area < 1 else None
 
 
 def _affine(v: Mapping[str, float], _size: int) -> A.BasicTransform | None:
@@ -72,9 +68,7 @@ def _vflip(v: Mapping[str, float], _size: int) -> A.BasicTransform | None:
 
 def _color_jitter(v: Mapping[str, float], _size: int) -> A.BasicTransform | None:
     s = v["color_jitter"]
-    return (
-        A.ColorJitter(brightness=s, contrast=s, saturation=s, hue=s / 8, p=1.0) if s > 0 else None
-    )
+    return A.ColorJitter(brightness=s, contrast=s, saturation=s, hue=s / 8, p=1.0) if s > 0 else None
 
 
 def _gamma(v: Mapping[str, float], _size: int) -> A.BasicTransform | None:
@@ -122,9 +116,7 @@ AUGMENTS: dict[str, Builder] = {**GEOMETRIC, **PHOTOMETRIC, **OCCLUSION}
 OFF: dict[str, float] = {"random_resized_crop": 1.0}  # every other name is off at 0
 
 
-def build_train_transform(
-    augment: dict[str, Any], *, image_size: int, seed: int
-) -> A.Compose | None:
+def build_train_transform(augment: dict[str, Any], *, image_size: int, seed: int) -> A.Compose | None:
     """The trial's pipeline (uint8 HWC in, uint8 HWC out), or None when it would do nothing.
 
     Args:
@@ -221,9 +213,7 @@ class _AugmentedImages(TorchDataset):
     def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, batch, idx = key
         index = idx.numpy()
-        images = augment_batch(
-            self.pipeline, self.images[index], seed=batch_seed(self.seed, epoch, batch)
-        )
+        images = augment_batch(self.pipeline, self.images[index], seed=batch_seed(self.seed, epoch, batch))
         return torch.from_numpy(images), torch.from_numpy(self.labels[index])
 
 
@@ -286,9 +276,7 @@ class AugmentedBatches:
 # --------------------------------------------------------------------------- the picture
 
 
-def grid_figure(
-    split: Split, pipeline: A.Compose, *, classes: Sequence[str], seed: int, n_images: int = 16
-) -> Any:
+def grid_figure(split: Split, pipeline: A.Compose, *, classes: Sequence[str], seed: int, n_images: int = 16) -> Any:
     """A 4x4 grid of augmented training images, so a user sees what a trial trained on."""
     import matplotlib
 
@@ -300,9 +288,7 @@ def grid_figure(
     images = augment_batch(pipeline, split.images[index], seed=seed)
     cols = math.ceil(math.sqrt(len(index)))
     rows = math.ceil(len(index) / cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(2 * cols, 2 * rows + 0.4), dpi=100, squeeze=False
-    )
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2 * rows + 0.4), dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label in zip(axes.flat, images, split.labels[index], strict=False):

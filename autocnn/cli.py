@@ -60,7 +60,9 @@ def _load(spec_path: Path) -> Any:
 def study(
     spec: SpecPath,
     trials: Annotated[int | None, typer.Option(min=1, help="Total trials the study should reach.")] = None,
-    timeout: Annotated[str | None, typer.Option(help="Stop starting trials after this long: 600, 90s, 45m, 3h.")] = None,
+    timeout: Annotated[
+        str | None, typer.Option(help="Stop starting trials after this long: 600, 90s, 45m, 3h.")
+    ] = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
     keep_checkpoints: Annotated[
@@ -79,7 +81,11 @@ def study(
         seconds = _duration(timeout)
         console = _console()
         options = StudyOptions(
-            trials=trials, timeout=seconds, storage=storage, tracking_uri=tracking_uri, keep_checkpoints=keep_checkpoints
+            trials=trials,
+            timeout=seconds,
+            storage=storage,
+            tracking_uri=tracking_uri,
+            keep_checkpoints=keep_checkpoints,
         )
         try:
             with RichReporter(console) as reporter:
@@ -145,7 +151,9 @@ def status(spec: SpecPath, storage: Storage = None) -> None:
     console = _console()
     console.print(counts_table(result, loaded.study.trials))
     for number in result.stale:
-        console.print(f"[yellow]stale:[/] trial {number} is RUNNING but its process is gone; it resumes on the next `autocnn study`")
+        console.print(
+            f"[yellow]stale:[/] trial {number} is RUNNING but its process is gone; it resumes on the next `autocnn study`"
+        )
     if result.best_number is not None:
         console.print(f"best trial {result.best_number}: {loaded.study.metric} = {result.best_value:.4f}")
     console.print(leaderboard_table(result, loaded.study.metric))

@@ -147,7 +147,10 @@ def finalize_tables(result: FinalizeResult) -> list[Table]:
     )
     if result.int8_accuracy is not None and result.int8_size_mb is not None:
         exports.add_row(
-            "model.int8.onnx (int8 QDQ)", f"{result.int8_accuracy:.4f}", f"{result.int8_size_mb:.3f}", "static, calibrated"
+            "model.int8.onnx (int8 QDQ)",
+            f"{result.int8_accuracy:.4f}",
+            f"{result.int8_size_mb:.3f}",
+            "static, calibrated",
         )
     else:
         exports.add_row("model.int8.onnx (int8 QDQ)", "—", "—", "[red]not exported[/]")

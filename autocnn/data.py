@@ -213,9 +213,7 @@ def load_digits_dataset(size: int, *, val: float, test: float, seed: int) -> Dat
 
     digits = load_digits()
     small = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    big = np.stack(
-        [np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR)) for im in small]
-    )
+    big = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR)) for im in small])
     rgb = np.repeat(big[..., None], 3, axis=-1)
     labels = digits.target.astype(np.int64)
     classes = [str(c) for c in digits.target_names]

@@ -66,9 +66,7 @@ class Scores:
     def confusion(self) -> list[list[int]]:
         from sklearn.metrics import confusion_matrix
 
-        return confusion_matrix(
-            self.labels, self.preds, labels=list(range(len(self.classes)))
-        ).tolist()
+        return confusion_matrix(self.labels, self.preds, labels=list(range(len(self.classes)))).tolist()
 
 
 @dataclass
@@ -104,13 +102,9 @@ def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTr
                 f"study '{study.study_name}' has no complete trial yet; run `autocnn study` first"
             ) from None
     if number not in trials:
-        raise StudyError(
-            f"--trial {number}: no such trial in study '{study.study_name}' (0..{len(trials) - 1})"
-        )
+        raise StudyError(f"--trial {number}: no such trial in study '{study.study_name}' (0..{len(trials) - 1})")
     if trials[number].state.name != "COMPLETE":
-        raise StudyError(
-            f"--trial {number}: trial is {trials[number].state.name}; pick a COMPLETE trial"
-        )
+        raise StudyError(f"--trial {number}: trial is {trials[number].state.name}; pick a COMPLETE trial")
     return trials[number]
 
 
@@ -128,9 +122,7 @@ def model_preprocessing(spec: Spec, config: TrialConfig) -> Preprocessing:
     return Preprocessing(pre.image_size, tuple(pre.mean), tuple(pre.std))
 
 
-def load_trial_weights(
-    tracker: Tracker, trial: optuna.trial.FrozenTrial, model: nn.Module
-) -> None:
+def load_trial_weights(tracker: Tracker, trial: optuna.trial.FrozenTrial, model: nn.Module) -> None:
     run_id = trial.user_attrs.get("mlflow_run_id")
     try:
         if not run_id:
@@ -177,14 +169,10 @@ def retrain(
         image_size=pre.image_size,
         base_dir=spec.base_dir,
     )
-    settings = TrainSettings.from_trial(
-        config.train, monitor=spec.study.metric, direction=spec.study.direction
-    )
+    settings = TrainSettings.from_trial(config.train, monitor=spec.study.metric, direction=spec.study.direction)
     train_split = data.train
     if refit:  # no held-out data left to stop on: train as long as the trial's best epoch
-        settings = replace(
-            settings, epochs=best_epoch(trial, spec.study.direction), early_stopping=0
-        )
+        settings = replace(settings, epochs=best_epoch(trial, spec.study.direction), early_stopping=0)
         train_split = Split(
             np.concatenate([data.train.images, data.val.images]),
             np.concatenate([data.train.labels, data.val.labels]),
@@ -199,13 +187,9 @@ def retrain(
         seed=spec.seed + trial.number,
         device=device,
     )
-    val = TensorBatches(
-        data.val, pre, batch_size=max(256, batch_size), shuffle=False, device=device
-    )
+    val = TensorBatches(data.val, pre, batch_size=max(256, batch_size), shuffle=False, device=device)
     groups = optimizer_groups(config.model, model, config.model_params, lr=settings.lr)
-    trainer = Trainer(
-        model, settings, steps_per_epoch=len(train), device=device, param_groups=groups
-    )
+    trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
     for _ in trainer.fit(train, val):
         pass
     if not refit:
@@ -216,9 +200,7 @@ def retrain(
 # --------------------------------------------------------------------------- evaluation
 
 
-def torch_logits(
-    model: nn.Module, images: np.ndarray, pre: Preprocessing, *, batch: int = 256
-) -> np.ndarray:
+def torch_logits(model: nn.Module, images: np.ndarray, pre: Preprocessing, *, batch: int = 256) -> np.ndarray:
     """float32 CPU logits: the reference the ONNX files are checked and compared against."""
     import torch
 
@@ -242,11 +224,7 @@ def score(split: str, labels: np.ndarray, logits: np.ndarray, classes: list[str]
         split=split,
         n_images=len(labels),
         accuracy=float(accuracy_score(labels, preds)),
-        macro_f1=float(
-            f1_score(
-                labels, preds, average="macro", labels=list(range(len(classes))), zero_division=0
-            )
-        ),
+        macro_f1=float(f1_score(labels, preds, average="macro", labels=list(range(len(classes))), zero_division=0)),
         per_class=table,
         per_class_text=text,
         labels=labels,
@@ -295,9 +273,7 @@ def write_bundle(
     (out / MODEL_FILE).write_text(json.dumps(rebuild, indent=2, default=str))
 
 
-def write_metrics(
-    out: Path, about: dict[str, Any], scores: Scores, facts: dict[str, float]
-) -> None:
+def write_metrics(out: Path, about: dict[str, Any], scores: Scores, facts: dict[str, float]) -> None:
     """metrics.json: the one evaluation, float and int8 side by side, for machines and audits."""
     summary = {
         **about,
@@ -343,9 +319,7 @@ def log_final_run(
     }
     if parent is not None:
         tags["mlflow.parentRunId"] = parent.info.run_id
-    run_id = tracker.client.create_run(
-        tracker.experiment_id, run_name="final", tags=tags
-    ).info.run_id
+    run_id = tracker.client.create_run(tracker.experiment_id, run_name="final", tags=tags).info.run_id
     try:
         for key, value in config.flat().items():
             tracker.client.log_param(run_id, key, str(value))
@@ -402,9 +376,7 @@ def obtain_model(
     return model, "trial weights"
 
 
-def finalize(
-    spec: Spec, options: FinalizeOptions | None = None, say: Say | None = None
-) -> FinalizeResult:
+def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None = None) -> FinalizeResult:
     """Best trial -> weights -> one evaluation -> ONNX + int8 -> `final` MLflow run + registry."""
     from autocnn.onnx_export import export_and_check
     from autocnn.space import config_from_params
@@ -431,9 +403,7 @@ def finalize(
     scores = score(split, evaluated.labels, reference, data.classes)
 
     out = options.out_dir or Path.cwd() / "models" / spec.name
-    write_bundle(
-        out, model=model, config=config, data=data, pre=pre, spec=spec, trial_number=trial.number
-    )
+    write_bundle(out, model=model, config=config, data=data, pre=pre, spec=spec, trial_number=trial.number)
     say(f"exporting ONNX (float, then int8) to {out}")
     facts = export_and_check(out, model, evaluated, reference, data, pre, spec.seed, warnings)
     about = {"study": spec.name, "trial": trial.number, "model": config.model, "weights_from": how}
@@ -464,9 +434,7 @@ def finalize(
 def _split_warnings(split: str, options: FinalizeOptions) -> list[str]:
     if split == "test":
         return []
-    out = [
-        "no test split (split.test is 0 and no test/ folder): evaluated on val, labelled as such"
-    ]
+    out = ["no test split (split.test is 0 and no test/ folder): evaluated on val, labelled as such"]
     if options.refit:
         out.append("--refit trained on val too: these val numbers are optimistic")
     return out

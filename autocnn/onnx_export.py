@@ -32,9 +32,7 @@ def export_onnx(model: nn.Module, path: Path, example: np.ndarray) -> None:
     import torch
 
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
-    x = torch.from_numpy(
-        np.ascontiguousarray(example[:2] if len(example) >= 2 else np.concatenate([example] * 2))
-    )
+    x = torch.from_numpy(np.ascontiguousarray(example[:2] if len(example) >= 2 else np.concatenate([example] * 2)))
     names = {"input_names": ["images"], "output_names": ["logits"]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -67,9 +65,7 @@ def onnx_logits(path: Path, inputs: np.ndarray, *, batch: int = 256) -> np.ndarr
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return np.concatenate(
-        [session.run(None, {name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]
-    )
+    return np.concatenate([session.run(None, {name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)])
 
 
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, *, batch: int = 32) -> None:
@@ -86,18 +82,14 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, *, batch: int =
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(
-                [{"images": calibration[i : i + batch]} for i in range(0, len(calibration), batch)]
-            )
+            self.batches = iter([{"images": calibration[i : i + batch]} for i in range(0, len(calibration), batch)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(
-            str(src), str(prepared)
-        )  # shape inference + folding: quantize_* needs it
+        quant_pre_process(str(src), str(prepared))  # shape inference + folding: quantize_* needs it
         quantize_static(
             str(prepared),
             str(dst),
@@ -139,9 +131,7 @@ def export_and_check(
     logits = onnx_logits(onnx_path, inputs)
     diff = float(np.abs(logits[:N_CHECK] - reference[:N_CHECK]).max())
     if not diff <= ONNX_TOLERANCE:
-        raise ExportError(
-            f"{onnx_path}: ONNX Runtime differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE:g})"
-        )
+        raise ExportError(f"{onnx_path}: ONNX Runtime differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE:g})")
     facts = {
         "onnx_max_abs_diff": diff,
         "onnx_accuracy": float((logits.argmax(1) == evaluated.labels).mean()),
@@ -153,10 +143,7 @@ def export_and_check(
         int8 = onnx_logits(int8_path, inputs)
     except Exception as exc:  # noqa: BLE001 - the float model still ships; say why int8 did not
         int8_path.unlink(missing_ok=True)
-        warnings.append(
-            f"int8 quantization failed ({exc.__class__.__name__}: {exc}); "
-            "only the float model is exported"
-        )
+        warnings.append(f"int8 quantization failed ({exc.__class__.__name__}: {exc}); only the float model is exported")
         return facts
     facts["int8_accuracy"] = float((int8.argmax(1) == evaluated.labels).mean())
     facts["int8_size_mb"] = megabytes(int8_path)

@@ -53,9 +53,7 @@ class Preprocessing:
 def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32: the arithmetic `TensorBatches` trains with."""
     shift = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255.0)
-    scale = np.float32(1.0) / (
-        np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255.0)
-    )
+    scale = np.float32(1.0) / (np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255.0))
     x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
     return (x - shift) * scale
 
@@ -84,9 +82,7 @@ class Predictor:
 
     def __init__(self, folder: Path, *, backend: str = "onnx") -> None:
         if not folder.is_dir():
-            raise ExportError(
-                f"{folder}: model folder not found (write one with `autocnn finalize SPEC`)"
-            )
+            raise ExportError(f"{folder}: model folder not found (write one with `autocnn finalize SPEC`)")
         self.folder = folder
         self.backend = backend
         self.labels: list[str] = [str(x) for x in _read_json(folder, LABELS_FILE)]
@@ -94,9 +90,7 @@ class Predictor:
         try:
             self.pre = Preprocessing(int(pre["image_size"]), tuple(pre["mean"]), tuple(pre["std"]))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ExportError(
-                f"{folder / PREPROCESS_FILE}: expected image_size, mean and std ({exc})"
-            ) from None
+            raise ExportError(f"{folder / PREPROCESS_FILE}: expected image_size, mean and std ({exc})") from None
         self._run = self._load_torch() if backend == "torch" else self._load_onnx()
 
     def _load_onnx(self) -> Any:
@@ -104,9 +98,7 @@ class Predictor:
 
         path = self.folder / ONNX_FILE
         if not path.is_file():
-            raise ExportError(
-                f"{path}: missing; run `autocnn finalize` again or predict with --torch"
-            )
+            raise ExportError(f"{path}: missing; run `autocnn finalize` again or predict with --torch")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})[0]
@@ -176,9 +168,7 @@ def expand_inputs(inputs: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:
     """Files as given; folders walked recursively for image files. (path, why it is skipped)."""
     for item in inputs:
         if item.is_dir():
-            found = sorted(
-                p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 yield item, "folder holds no image files"
             for path in found:
@@ -209,7 +199,5 @@ def predict_files(predictor: Predictor, inputs: Sequence[Path], *, top: int = 3)
     k = max(1, min(top, len(predictor.labels)))
     for path, row in zip(paths, probs, strict=True):
         best = np.argsort(-row, kind="stable")[:k]
-        result.predictions.append(
-            Prediction(str(path), [(predictor.labels[i], float(row[i])) for i in best])
-        )
+        result.predictions.append(Prediction(str(path), [(predictor.labels[i], float(row[i])) for i in best]))
     return result

@@ -81,9 +81,7 @@ class ReportResult:
 # --------------------------------------------------------------------------- gathering
 
 
-def gather_trials(
-    study: optuna.Study, tracker: Tracker | None, parent_id: str | None
-) -> list[TrialFacts]:
+def gather_trials(study: optuna.Study, tracker: Tracker | None, parent_id: str | None) -> list[TrialFacts]:
     """Every trial, best first, with its MLflow facts and metric histories where a run exists."""
     from autocnn.study import leaderboard
     from autocnn.tracking import TRIAL_TAG
@@ -99,20 +97,11 @@ def gather_trials(
     out = []
     for row in leaderboard(study, top=len(trials)):
         run = runs.get(row["number"])
-        item = TrialFacts(
-            **{
-                k: row[k]
-                for k in ("number", "model", "params", "state", "value", "epochs", "seconds")
-            }
-        )
+        item = TrialFacts(**{k: row[k] for k in ("number", "model", "params", "state", "value", "epochs", "seconds")})
         item.run_id = run.info.run_id if run is not None else attrs.get(row["number"])
         if run is not None and tracker is not None:
             item.facts = _facts(run.data.metrics)
-            item.curves = {
-                k: _history(tracker, run.info.run_id, k)
-                for k in CURVE_KEYS
-                if k in run.data.metrics
-            }
+            item.curves = {k: _history(tracker, run.info.run_id, k) for k in CURVE_KEYS if k in run.data.metrics}
         out.append(item)
     return out
 
@@ -215,11 +204,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, numeric_from
     """Cells are already escaped/formatted strings; numbers align right."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td{' class=num' if i >= numeric_from else ''}>{c}</td>" for i, c in enumerate(r)
-        )
-        + "</tr>"
+        "<tr>" + "".join(f"<td{' class=num' if i >= numeric_from else ''}>{c}</td>" for i, c in enumerate(r)) + "</tr>"
         for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -316,10 +301,7 @@ def optuna_plot(kind: str, study: optuna.Study, n_complete: int) -> str:
     from optuna import visualization as vis
 
     if kind == "importance" and n_complete < 2:
-        return (
-            "<p class=note>Parameter importances need at least 2 complete trials; "
-            f"this study has {n_complete}.</p>"
-        )
+        return f"<p class=note>Parameter importances need at least 2 complete trials; this study has {n_complete}.</p>"
     make = {
         "history": vis.plot_optimization_history,
         "importance": vis.plot_param_importances,
@@ -345,9 +327,7 @@ def curves_html(trials: Sequence[TrialFacts], metric: str) -> str:
     top = [t for t in trials if t.state == "COMPLETE" and t.curves][:N_CURVES]
     if not top:
         return "<p class=note>No complete trial has metric histories in MLflow yet.</p>"
-    fig = make_subplots(
-        rows=1, cols=2, subplot_titles=(metric, "loss (solid: val, dotted: train)")
-    )
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(metric, "loss (solid: val, dotted: train)"))
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
     for i, t in enumerate(top):
         color, name = palette[i % len(palette)], f"trial {t.number} ({t.model})"
@@ -382,15 +362,11 @@ def confusion_html(tracker: Tracker | None, best: TrialFacts | None) -> str:
     import tempfile
 
     if tracker is None or best is None or best.run_id is None:
-        return (
-            "<p class=note>No complete trial with an MLflow run: no confusion matrix to show.</p>"
-        )
+        return "<p class=note>No complete trial with an MLflow run: no confusion matrix to show.</p>"
     parts = [f"<p>Trial {best.number} ({html.escape(best.model)}), on the validation split.</p>"]
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            png = Path(
-                tracker.client.download_artifacts(best.run_id, "confusion_matrix.png", tmp)
-            ).read_bytes()
+            png = Path(tracker.client.download_artifacts(best.run_id, "confusion_matrix.png", tmp)).read_bytes()
         except Exception:  # noqa: BLE001 - an older or failed run may lack it
             return f"<p class=note>Trial {best.number}'s run holds no confusion_matrix.png.</p>"
         parts.append(
@@ -399,9 +375,7 @@ def confusion_html(tracker: Tracker | None, best: TrialFacts | None) -> str:
         )
         try:
             per_class = json.loads(
-                Path(
-                    tracker.client.download_artifacts(best.run_id, "per_class_metrics.json", tmp)
-                ).read_text()
+                Path(tracker.client.download_artifacts(best.run_id, "per_class_metrics.json", tmp)).read_text()
             )
         except Exception:  # noqa: BLE001
             per_class = None
@@ -469,15 +443,12 @@ def build_report(
     if not study.get_trials(deepcopy=False):
         raise StudyError(f"study '{spec.name}' has no trials yet; run `autocnn study` first")
     warnings: list[str] = []
-    tracker = Tracker(
-        tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri(), spec.experiment_name
-    )
+    tracker = Tracker(tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri(), spec.experiment_name)
     parent = tracker.find_study_run(spec.name)
     parent_id = parent.info.run_id if parent is not None else None
     if parent_id is None:
         warnings.append(
-            f"no MLflow run for study '{spec.name}' at {tracker.tracking_uri}: "
-            "curves and facts are missing"
+            f"no MLflow run for study '{spec.name}' at {tracker.tracking_uri}: curves and facts are missing"
         )
     trials = gather_trials(study, tracker, parent_id)
     counts = count_states(study)
@@ -500,9 +471,7 @@ def build_report(
         ("trials", ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)),
         (
             "best",
-            "—"
-            if best is None
-            else f"trial {best.number} ({html.escape(best.model)}): {_fmt(best.value)}",
+            "—" if best is None else f"trial {best.number} ({html.escape(best.model)}): {_fmt(best.value)}",
         ),
         ("generated", time.strftime("%Y-%m-%d %H:%M:%S")),
     ]
@@ -511,6 +480,4 @@ def build_report(
     path.write_text(page(f"autocnn report: {spec.name}", summary, sections), encoding="utf-8")
     if parent_id is not None:
         tracker.client.log_artifact(parent_id, str(path), "report")
-    return ReportResult(
-        path, path.stat().st_size, len(trials), parent_id, list(sections), warnings
-    )
+    return ReportResult(path, path.stat().st_size, len(trials), parent_id, list(sections), warnings)

@@ -15,7 +15,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar, Union
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -110,11 +110,9 @@ _TAGS = {"{choices}", "{low,high}", "fixed"}
 def searchable(scalar: Any) -> Any:
     """A number-like key: fixed, ranged or chosen; `scalar` constrains all three forms."""
     return Annotated[
-        Union[
-            Annotated[Range[scalar], Tag("{low,high}")],
-            Annotated[Choices[scalar], Tag("{choices}")],
-            Annotated[scalar, Tag("fixed")],
-        ],
+        Annotated[Range[scalar], Tag("{low,high}")]
+        | Annotated[Choices[scalar], Tag("{choices}")]
+        | Annotated[scalar, Tag("fixed")],
         Discriminator(_searchable_kind),
     ]
 
@@ -122,9 +120,10 @@ def searchable(scalar: Any) -> Any:
 def choosable(scalar: Any) -> Any:
     """A word-like key (a scheduler, a mode): fixed or chosen, never a range."""
     return Annotated[
-        Union[Annotated[Choices[scalar], Tag("{choices}")], Annotated[scalar, Tag("fixed")]],
+        Annotated[Choices[scalar], Tag("{choices}")] | Annotated[scalar, Tag("fixed")],
         Discriminator(lambda v: "{choices}" if isinstance(v, (dict, Choices)) else "fixed"),
     ]
+
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -352,7 +351,10 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})", key_node.start_mark
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
+                key_node.start_mark,
             )
         seen[key] = key_node
     return loader.construct_mapping(node, deep=deep)

@@ -258,15 +258,23 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
 
     spec = ctx.spec
     torch.manual_seed(spec.seed * 100_003 + trial.number)
-    pre = preprocess_for(config.model, config.model_params, image_size=spec.data.image_size, native_size=native_size(spec))
+    pre = preprocess_for(
+        config.model, config.model_params, image_size=spec.data.image_size, native_size=native_size(spec)
+    )
     data = ctx.cache.get(pre.image_size)
     device = pick_device()
     model = build_model(
-        config.model, config.model_params, num_classes=data.num_classes, image_size=pre.image_size, base_dir=spec.base_dir
+        config.model,
+        config.model_params,
+        num_classes=data.num_classes,
+        image_size=pre.image_size,
+        base_dir=spec.base_dir,
     )
     settings = TrainSettings.from_trial(config.train, monitor=spec.study.metric, direction=spec.study.direction)
     batch_size = int(config.train["batch_size"])
-    train = train_batches(ctx, run_id, config, data, pre, batch_size=batch_size, seed=spec.seed + trial.number, device=device)
+    train = train_batches(
+        ctx, run_id, config, data, pre, batch_size=batch_size, seed=spec.seed + trial.number, device=device
+    )
     val = TensorBatches(data.val, pre, batch_size=max(256, batch_size), shuffle=False, device=device)
     groups = optimizer_groups(config.model, model, config.model_params, lr=settings.lr)
     trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
@@ -302,14 +310,24 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
 
 
 def train_batches(
-    ctx: TrialContext, run_id: str, config: TrialConfig, data: Dataset, pre: Any, *, batch_size: int, seed: int, device: Any
+    ctx: TrialContext,
+    run_id: str,
+    config: TrialConfig,
+    data: Dataset,
+    pre: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    device: Any,
 ) -> Any:
     """The trial's training batches; an augmenting trial also logs what its augmentation does.
 
     Validation and test batches never come from here, so they are never augmented. The logged
     pipeline (`augment.json`) is albumentations' own format, which omits the seed: hence the tag.
     """
-    batches, pipeline = make_train_batches(config.augment, data.train, pre, batch_size=batch_size, seed=seed, device=device)
+    batches, pipeline = make_train_batches(
+        config.augment, data.train, pre, batch_size=batch_size, seed=seed, device=device
+    )
     if pipeline is not None:
         from autocnn import augment
 
@@ -463,7 +481,9 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
     tracking_uri = options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri()
     study = load_study(spec, storage, create=True)
     tracker = Tracker(tracking_uri, spec.experiment_name)
-    parent = tracker.open_study_run(spec.name, spec_text=spec.path.read_text() if spec.path.exists() else "", storage=storage)
+    parent = tracker.open_study_run(
+        spec.name, spec_text=spec.path.read_text() if spec.path.exists() else "", storage=storage
+    )
     for number in recover_dead_trials(study):
         reporter.message(f"trial {number} was running when its process died: marked failed, queued again to resume")
     close_orphan_runs(study, tracker, parent)
@@ -500,7 +520,11 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
         if streak.streak >= MAX_FAILS_IN_A_ROW:
             result.stopped_reason = f"the last {MAX_FAILS_IN_A_ROW} trials all failed; last error: {streak.last_error}"
             status = "FAILED"
-        summary = {"best_trial": result.best_number, "best_value": result.best_value, "seconds": time.perf_counter() - started}
+        summary = {
+            "best_trial": result.best_number,
+            "best_value": result.best_value,
+            "seconds": time.perf_counter() - started,
+        }
         summary.update({f"n_{k.lower()}": v for k, v in result.counts.items()})
         tracker.close_study_run(parent, {k: v for k, v in summary.items() if v is not None}, status=status)
     if result.best_number is not None:
@@ -519,7 +543,9 @@ def log_best_model(spec: Spec, study: optuna.Study, tracker: Tracker, parent: st
     if not run_id or parent_run.data.tags.get("autocnn.best_model_trial") == str(best.number):
         return
     config = config_from_params(spec, best.params)
-    pre = preprocess_for(config.model, config.model_params, image_size=spec.data.image_size, native_size=native_size(spec))
+    pre = preprocess_for(
+        config.model, config.model_params, image_size=spec.data.image_size, native_size=native_size(spec)
+    )
     model = build_model(
         config.model, config.model_params, num_classes=data.num_classes, image_size=pre.image_size, load_weights=False
     )
@@ -571,5 +597,7 @@ def leaderboard(study: optuna.Study, top: int = 10) -> list[dict[str, Any]]:
             }
         )
     order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
-    rows.sort(key=lambda r: (order.get(r["state"], 5), sign * r["value"] if r["value"] is not None else math.inf, r["number"]))
+    rows.sort(
+        key=lambda r: (order.get(r["state"], 5), sign * r["value"] if r["value"] is not None else math.inf, r["number"])
+    )
     return rows[:top]

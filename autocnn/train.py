@@ -185,7 +185,9 @@ class Trainer:
     # ---------------------------------------------------------------- one epoch each way
 
     def _autocast(self) -> Any:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        )
 
     def train_one_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
         self.model.train()
@@ -360,5 +362,3 @@ def _build_scheduler(
         patience = max(1, settings.early_stopping // 2) if settings.early_stopping else 2
         return sched.ReduceLROnPlateau(optimizer, mode=settings.mode, factor=0.3, patience=patience), False
     return None, False
-
-

@@ -43,9 +43,7 @@ def images_per_s(batches: AugmentedBatches, epochs: int, step: object | None) ->
 
 
 def make_step(size: int) -> object:
-    model = CustomCNN(num_classes=10, image_size=size, depth=4, width=32).to(
-        memory_format=torch.channels_last
-    )
+    model = CustomCNN(num_classes=10, image_size=size, depth=4, width=32).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -67,9 +65,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for size in args.sizes:
         n = args.n if size <= 32 else args.n // 4
-        split = Split(
-            rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8), rng.integers(0, 10, n)
-        )
+        split = Split(rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8), rng.integers(0, 10, n))
         pipeline = build_train_transform(HEAVY, image_size=size, seed=0)
         for train in (False, True):
             row = []
@@ -87,8 +83,7 @@ def main() -> None:
             )
             what = "data+train" if train else "data only "
             print(
-                f"{size:3d} px {what} img/s  workers 0/1/2: {' / '.join(row)}"
-                f"   (no augmentation: {plain:.0f})",
+                f"{size:3d} px {what} img/s  workers 0/1/2: {' / '.join(row)}   (no augmentation: {plain:.0f})",
                 flush=True,
             )
 

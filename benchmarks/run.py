@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,9 @@ CNN_32 = LoopCase(
     repeats=10,
 )
 # ~100 img/s here: 5 trials of 4 epochs (3 timed), each with 2 bare loops, take about twelve minutes.
-RESNET18_64 = LoopCase("timm resnet18 @ 64 px (digits)", "resnet18", {"pretrained": False}, 64, variants=("same", "eager"))
+RESNET18_64 = LoopCase(
+    "timm resnet18 @ 64 px (digits)", "resnet18", {"pretrained": False}, 64, variants=("same", "eager")
+)
 
 # What each bare-loop variant sets. The plain ones run in a fresh child process: autocnn's
 # allocator setting is process-wide and one-way, so once a trial has run, no loop in this
@@ -235,7 +237,7 @@ def write_imagefolder(root: Path, n: int, size: int, classes: int, *, seed: int 
     from PIL import Image
 
     images, labels = synthetic_images(n, size, classes, seed=seed)
-    for i, (image, label) in enumerate(zip(images, labels)):
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         folder = root / f"class_{label:02d}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{i:05d}.png", compress_level=1)
@@ -256,7 +258,13 @@ def loop_spec(case: LoopCase, epochs: int) -> dict[str, Any]:
         "seed": 0,
         "data": {"source": "digits", "image_size": case.image_size, "split": {"val": 0.2, "test": 0.2}},
         "study": {"trials": 1, "metric": "val_accuracy", "sampler": "random", "pruner": "none"},
-        "train": {"epochs": epochs, "batch_size": case.batch_size, "lr": 1e-3, "weight_decay": 1e-4, "scheduler": "cosine"},
+        "train": {
+            "epochs": epochs,
+            "batch_size": case.batch_size,
+            "lr": 1e-3,
+            "weight_decay": 1e-4,
+            "scheduler": "cosine",
+        },
         "models": {case.model: dict(case.params)},
     }
 
@@ -277,7 +285,7 @@ def machine_info() -> dict[str, Any]:
     device = pick_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "device": f"{device.type} ({name})",
@@ -324,7 +332,9 @@ class BareLoop:
     variant: one of BARE_VARIANTS.
     """
 
-    def __init__(self, case: LoopCase, images: np.ndarray, labels: np.ndarray, *, epochs: int, variant: str, device: Any) -> None:
+    def __init__(
+        self, case: LoopCase, images: np.ndarray, labels: np.ndarray, *, epochs: int, variant: str, device: Any
+    ) -> None:
         import torch
         from torch import nn
 
@@ -340,7 +350,9 @@ class BareLoop:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
         std = torch.tensor(pre.std).view(1, 3, 1, 1)
-        x_all = ((torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 - mean) / std).contiguous(memory_format=fmt)
+        x_all = ((torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 - mean) / std).contiguous(
+            memory_format=fmt
+        )
         self.x_all, self.y_all = x_all.to(device), torch.from_numpy(labels).to(device)
         model = build_model(case.model, case.params, num_classes=int(labels.max()) + 1, image_size=case.image_size)
         self.model = model.to(device, memory_format=fmt).train()
@@ -375,7 +387,9 @@ class BareLoop:
         pass
 
 
-def bare_loop(case: LoopCase, images: np.ndarray, labels: np.ndarray, *, epochs: int, variant: str, device: Any) -> float:
+def bare_loop(
+    case: LoopCase, images: np.ndarray, labels: np.ndarray, *, epochs: int, variant: str, device: Any
+) -> float:
     """images/s of a BareLoop over epochs 2..N (epoch 1 warms up)."""
     loop = BareLoop(case, images, labels, epochs=epochs, variant=variant, device=device)
     return timed_epochs([loop.epoch() for _ in range(epochs)])
@@ -504,7 +518,9 @@ class TrialTiming:
     epoch_images_per_s: tuple[float, ...] = ()  # each timed epoch's, as images_per_s counts them
 
 
-def trial_timing(stamps: Sequence[EpochStamp], started: float, trial_start: float, trial_end: float, seen: int) -> TrialTiming:
+def trial_timing(
+    stamps: Sequence[EpochStamp], started: float, trial_start: float, trial_end: float, seen: int
+) -> TrialTiming:
     """Split a trial's wall time into training, validation, per-epoch bookkeeping and fixed cost.
 
     Epoch e's interval runs from the end of the work between epochs e-1 and e to epoch e's
@@ -514,12 +530,12 @@ def trial_timing(stamps: Sequence[EpochStamp], started: float, trial_start: floa
     """
     resumed = [started] + [st.resumed for st in stamps]
     carried = [0.0] + [st.background_cpu_s for st in stamps]
-    intervals = [st.done - r + c for st, r, c in zip(stamps, resumed, carried)]
+    intervals = [st.done - r + c for st, r, c in zip(stamps, resumed, carried, strict=False)]
     train_s = [seen / st.metrics.train_images_per_s for st in stamps]
-    val_s = [st.metrics.epoch_seconds - tr for st, tr in zip(stamps, train_s)]
+    val_s = [st.metrics.epoch_seconds - tr for st, tr in zip(stamps, train_s, strict=True)]
     timed = slice(1, None) if len(stamps) > 1 else slice(0, None)
-    work = [iv - v for iv, v in zip(intervals[timed], val_s[timed])]
-    overhead = [iv - st.metrics.epoch_seconds for iv, st in zip(intervals[timed], stamps[timed])]
+    work = [iv - v for iv, v in zip(intervals[timed], val_s[timed], strict=True)]
+    overhead = [iv - st.metrics.epoch_seconds for iv, st in zip(intervals[timed], stamps[timed], strict=True)]
     before, after = started - trial_start, trial_end - resumed[-1] + carried[-1]
     return TrialTiming(
         images_per_s=seen * len(work) / sum(work),
@@ -559,8 +575,8 @@ class TrialRunner:
             raise RuntimeError(f"benchmark trial ended {trial.state.name}: {trial.user_attrs}")
         n_train = len(DataCache(self.spec).get(self.case.image_size).train)
         seen = (n_train // self.case.batch_size) * self.case.batch_size
-        start = trial.datetime_start.replace(tzinfo=timezone.utc).timestamp()  # naive UTC (Optuna 5)
-        end = trial.datetime_complete.replace(tzinfo=timezone.utc).timestamp()
+        start = trial.datetime_start.replace(tzinfo=UTC).timestamp()  # naive UTC (Optuna 5)
+        end = trial.datetime_complete.replace(tzinfo=UTC).timestamp()
         return trial_timing(reporter.epochs[trial.number], reporter.started[trial.number], start, end, seen)
 
 
@@ -592,7 +608,9 @@ def item_trial_loop(settings: Settings, work: Path) -> tuple[Item, dict[str, lis
                     runs[variant] += speeds
             if "bf16" in case.variants:  # for information; one timed epoch: it is slow where the CPU lacks bf16
                 with np.load(data) as arrays:
-                    runs["bf16"].append(bare_loop(case, arrays["images"], arrays["labels"], epochs=2, variant="bf16", device=device))
+                    runs["bf16"].append(
+                        bare_loop(case, arrays["images"], arrays["labels"], epochs=2, variant="bf16", device=device)
+                    )
             timings[case.label] = trials
             item.raw[case.label] = {"images_per_s": runs, "trials": [asdict(t) for t in trials]}
             add_loop_rows(item, case, runs, trials)
@@ -646,7 +664,7 @@ def rotated(seq: Sequence[Any], k: int) -> list[Any]:
 
 def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     """Median of per-epoch (per-repeat) ratios: each pair ran back to back, so a busy spell hits both."""
-    return median([ratio(x, y) for x, y in zip(a, b)])
+    return median([ratio(x, y) for x, y in zip(a, b, strict=False)])
 
 
 def add_loop_rows(item: Item, case: LoopCase, runs: dict[str, list[float]], trials: list[TrialTiming]) -> None:
@@ -667,7 +685,9 @@ def add_loop_rows(item: Item, case: LoopCase, runs: dict[str, list[float]], tria
         speedup = paired_ratio(ours, runs["eager"])
         target = ">= 1.3" if case.model == "custom_cnn" else ""
         met = speedup >= 1.3 if target else None
-        item.rows.append(Row(f"{case.label}: bare loop, plain eager (fresh process), img/s", f"{median(runs['eager']):,.0f}"))
+        item.rows.append(
+            Row(f"{case.label}: bare loop, plain eager (fresh process), img/s", f"{median(runs['eager']):,.0f}")
+        )
         if "channels_last" in runs:
             item.rows.append(
                 Row(
@@ -675,7 +695,9 @@ def add_loop_rows(item: Item, case: LoopCase, runs: dict[str, list[float]], tria
                     f"{median(runs['channels_last']):,.0f} ({paired_ratio(runs['channels_last'], runs['eager']):.2f}x)",
                 )
             )
-        item.rows.append(Row(f"{case.label}: **autocnn defaults / plain eager bare loop**", f"{speedup:.2f}x", target, met))
+        item.rows.append(
+            Row(f"{case.label}: **autocnn defaults / plain eager bare loop**", f"{speedup:.2f}x", target, met)
+        )
     if "bf16" in runs:
         item.rows.append(
             Row(
@@ -718,13 +740,20 @@ def item_data_pipeline(settings: Settings) -> Item:
             for side in alternated(["loader", "train"], r):
                 if side == "loader":
                     pipeline = augment.build_train_transform(block, image_size=size, seed=r)
-                    batches = augment.AugmentedBatches(split, pre, pipeline, batch_size=batch, seed=r, num_workers=workers, device=device)
+                    batches = augment.AugmentedBatches(
+                        split, pre, pipeline, batch_size=batch, seed=r, num_workers=workers, device=device
+                    )
                     loader_runs.append(loader_images_per_s(batches, device))
                     del batches
                 else:
                     torch.manual_seed(r)
                     model = build_model("custom_cnn", {"depth": 4, "width": 32}, num_classes=20, image_size=size)
-                    trainer = Trainer(model, TrainSettings(epochs=2, lr=1e-3, weight_decay=1e-4), steps_per_epoch=len(labels) // batch, device=device)
+                    trainer = Trainer(
+                        model,
+                        TrainSettings(epochs=2, lr=1e-3, weight_decay=1e-4),
+                        steps_per_epoch=len(labels) // batch,
+                        device=device,
+                    )
                     tb = TensorBatches(split, pre, batch_size=batch, shuffle=True, seed=r, device=device)
                     trainer.train_one_epoch(_head(tb, 2))  # warm-up
                     start = time.perf_counter()
@@ -732,7 +761,12 @@ def item_data_pipeline(settings: Settings) -> Item:
                     sync(device)
                     train_runs.append(seen / (time.perf_counter() - start))
     loader, train, times = median(loader_runs), median(train_runs), paired_ratio(loader_runs, train_runs)
-    item.raw = {"loader_images_per_s": loader_runs, "train_images_per_s": train_runs, "augment": block, "num_workers": workers}
+    item.raw = {
+        "loader_images_per_s": loader_runs,
+        "train_images_per_s": train_runs,
+        "augment": block,
+        "num_workers": workers,
+    }
     item.rows += [
         Row(f"augmenting loader img/s ({workers} workers, batch {batch})", f"{loader:,.0f}"),
         Row("custom CNN training img/s (depth 4, width 32: the fastest 20classes CNN)", f"{train:,.0f}"),
@@ -811,20 +845,37 @@ def replay_candidates(spec: Any) -> dict[str, tuple[str, Any]]:
 
     pruners = optuna.pruners
     epochs = int(spec.train.epochs)
-    with_pruner = {name: spec.model_copy(update={"study": spec.study.model_copy(update={"pruner": name})}) for name in ("median", "hyperband")}
+    with_pruner = {
+        name: spec.model_copy(update={"study": spec.study.model_copy(update={"pruner": name})})
+        for name in ("median", "hyperband")
+    }
     return {
         "median, autocnn's settings": ("median", build_pruner(with_pruner["median"])),
         "hyperband, autocnn's settings": ("hyperband", build_pruner(with_pruner["hyperband"])),
         "median, 3 startup trials, warm-up 1": ("median", pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)),
         "median, 2 startup trials, warm-up 1": ("median", pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)),
-        "hyperband, reduction factor 2": ("hyperband", pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=2)),
-        "hyperband, reduction factor 4": ("hyperband", pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=4)),
-        "successive halving, min 1, factor 3": ("successive_halving", pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)),
-        "successive halving, min 1, factor 4": ("successive_halving", pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4)),
+        "hyperband, reduction factor 2": (
+            "hyperband",
+            pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=2),
+        ),
+        "hyperband, reduction factor 4": (
+            "hyperband",
+            pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=4),
+        ),
+        "successive halving, min 1, factor 3": (
+            "successive_halving",
+            pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+        ),
+        "successive halving, min 1, factor 4": (
+            "successive_halving",
+            pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4),
+        ),
     }
 
 
-def hyperband_spread(curves: Sequence[Sequence[float]], spec: Any, *, direction: str, names: int = 8) -> list[tuple[int, float]]:
+def hyperband_spread(
+    curves: Sequence[Sequence[float]], spec: Any, *, direction: str, names: int = 8
+) -> list[tuple[int, float]]:
     """Hyperband's replay under other study names: Optuna assigns trials to brackets by a hash of
     the study name and trial number, so one name's saving is one draw among several."""
     from autocnn.study import build_pruner
@@ -838,7 +889,9 @@ def item_pruning(settings: Settings, work: Path) -> Item:
     from autocnn.spec import load_spec
     from autocnn.study import StudyOptions, load_study, run_study
 
-    item = Item(3, f"Pruning savings on digits ({settings.prune_trials} identical trials, {settings.prune_epochs} epochs)")
+    item = Item(
+        3, f"Pruning savings on digits ({settings.prune_trials} identical trials, {settings.prune_epochs} epochs)"
+    )
     base = yaml.safe_load((REPO / "studies" / "digits.yaml").read_text())
     out: dict[str, dict[str, Any]] = {}
     params: dict[str, list[dict[str, Any]]] = {}
@@ -871,14 +924,21 @@ def item_pruning(settings: Settings, work: Path) -> Item:
             item.rows.append(Row("pruner none (reference)", figure))
         else:
             met = share <= 0.5 and gap_pp <= 0.5
-            item.rows.append(Row(f"**pruner {pruner}**", f"{figure}; {gap_pp:.2f} pp below none", "<= 50% epochs, <= 0.5 pp", met))
+            item.rows.append(
+                Row(f"**pruner {pruner}**", f"{figure}; {gap_pp:.2f} pp below none", "<= 50% epochs, <= 0.5 pp", met)
+            )
     replays = {}
     if spec is not None:
         for label, (kind, pruner_obj) in replay_candidates(spec).items():
             epochs, best = replay(curves, pruner_obj, name=f"prune-{kind}", direction=direction)
             gap_pp = (none["best"] - best) * 100 * (1 if direction == "maximize" else -1)
             replays[label] = {"epochs": epochs, "best": best}
-            item.rows.append(Row(f"replay: {label}", f"{epochs} epochs ({ratio(epochs, none['epochs']):.0%}), {gap_pp:.2f} pp below none"))
+            item.rows.append(
+                Row(
+                    f"replay: {label}",
+                    f"{epochs} epochs ({ratio(epochs, none['epochs']):.0%}), {gap_pp:.2f} pp below none",
+                )
+            )
         spread = hyperband_spread(curves, spec, direction=direction)
         shares = sorted(ratio(e, none["epochs"]) for e, _ in spread)
         gaps = [(none["best"] - best) * 100 * (1 if direction == "maximize" else -1) for _, best in spread]
@@ -958,14 +1018,21 @@ def item_startup(settings: Settings, work: Path, timings: dict[str, list[TrialTi
     with timed(item):
         help_s, help_all = run_seconds([*cmd, "--help"], cwd=work, repeats=settings.startup_repeats)
         spec = twenty_classes_spec(work)
-        validate_s, validate_all = run_seconds([*cmd, "validate", str(spec)], cwd=work, repeats=settings.startup_repeats)
+        validate_s, validate_all = run_seconds(
+            [*cmd, "validate", str(spec)], cwd=work, repeats=settings.startup_repeats
+        )
         heavy_help = heavy_imports(["--help"], work)
         heavy_validate = heavy_imports(["validate", str(spec)], work)
     item.rows += [
         Row("`autocnn --help`", f"{help_s:.2f} s", "<= 0.5 s", help_s <= 0.5),
         Row("`autocnn validate studies/20classes.yaml` (generated 20-class folder)", f"{validate_s:.2f} s"),
     ]
-    item.raw = {"help_s": help_all, "validate_s": validate_all, "heavy_help": heavy_help, "heavy_validate": heavy_validate}
+    item.raw = {
+        "help_s": help_all,
+        "validate_s": validate_all,
+        "heavy_help": heavy_help,
+        "heavy_validate": heavy_validate,
+    }
     for label, trials in timings.items():
         if not trials:
             continue
@@ -1030,7 +1097,9 @@ print(json.dumps({"before": before, "after": after, "nbytes": data.nbytes, "n": 
 
 def peak_rss_mb(cmd: Sequence[str], *, cwd: Path) -> float:
     """Peak RSS of a command run in its own child (ru_maxrss of the waited-for child, KiB)."""
-    proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, *cmd], cwd=cwd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_WRAPPER, *cmd], cwd=cwd, capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
     return int(proc.stdout.strip().splitlines()[-1]) / 1024
@@ -1068,12 +1137,20 @@ def item_memory(settings: Settings, work: Path) -> Item:
     peak = (cache["after"]["VmHWM"] - cache["before"]["VmRSS"]) / raw_bytes
     item.rows += [
         Row("peak RSS, digits study (2 trials, `autocnn study`)", f"{digits_mb:,.0f} MB"),
-        Row(f"peak RSS, {cache['n']:,}-image 96 px imagefolder study (1 trial, {settings.mem_epochs} epochs)", f"{folder_mb:,.0f} MB"),
+        Row(
+            f"peak RSS, {cache['n']:,}-image 96 px imagefolder study (1 trial, {settings.mem_epochs} epochs)",
+            f"{folder_mb:,.0f} MB",
+        ),
         Row("raw uint8 size of those images", f"{raw_bytes / 1e6:.1f} MB"),
         Row("**image cache RSS / raw size** (after loading)", f"{steady:.2f}x", "<= 1.5x", steady <= 1.5),
         Row("peak RSS growth while decoding / raw size", f"{peak:.2f}x", "<= 1.5x", peak <= 1.5),
     ]
-    item.raw = {"digits_peak_mb": digits_mb, "imagefolder_peak_mb": folder_mb, "cache_probe": cache, "raw_bytes": raw_bytes}
+    item.raw = {
+        "digits_peak_mb": digits_mb,
+        "imagefolder_peak_mb": folder_mb,
+        "cache_probe": cache,
+        "raw_bytes": raw_bytes,
+    }
     item.notes.append(
         "Peak RSS: `ru_maxrss` of the `autocnn study` child process. Cache: a fresh process imports everything first, "
         "then loads the DataCache; growth of VmRSS (and of VmHWM, reset before loading) over the raw N x 96 x 96 x 3 bytes."
@@ -1116,7 +1193,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one repeat (minutes)")
     parser.add_argument("--items", type=int, nargs="+", default=list(ITEMS), choices=ITEMS)
-    parser.add_argument("--out", type=Path, default=None, help="results markdown (default benchmarks/results.md; --quick: a temp dir)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results markdown (default benchmarks/results.md; --quick: a temp dir)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp working folder")
     parser.add_argument("--models", nargs="+", choices=sorted(CASES), default=sorted(CASES), help="item 1 models")
     parser.add_argument("--bare-loop-child", metavar="JOB", help=argparse.SUPPRESS)  # a plain bare loop's own process
@@ -1132,7 +1211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = quiet_machine()
     info = machine_info()
     info["quiet"] = "yes" if quiet else f"no (load {info['load_before']} when starting)"
-    info["notes"] = [] if quiet else ["The machine was busy when this run started: absolute images/s are low; the side-by-side ratios still hold."]
+    info["notes"] = (
+        []
+        if quiet
+        else [
+            "The machine was busy when this run started: absolute images/s are low; the side-by-side ratios still hold."
+        ]
+    )
     work = Path(tempfile.mkdtemp(prefix="autocnn-bench-"))
     quick_out = Path(tempfile.gettempdir()) / "autocnn-bench-quick" / "results.md"
     out = args.out or (quick_out if args.quick else REPO / "benchmarks" / "results.md")

@@ -71,12 +71,7 @@ def test_every_supported_name_builds_and_acts_on_uint8(name: str) -> None:
     out = augment_batch(pipeline, batch, seed=1)
     assert out.dtype == np.uint8 and out.shape == batch.shape
     assert not np.array_equal(out, batch)
-    assert (
-        build_train_transform(
-            {name: AugmentSpace.model_fields[name].default}, image_size=32, seed=0
-        )
-        is None
-    )
+    assert build_train_transform({name: AugmentSpace.model_fields[name].default}, image_size=32, seed=0) is None
 
 
 def test_disabled_or_all_off_builds_nothing() -> None:
@@ -90,9 +85,7 @@ def test_a_1x_argument_name_fails_instead_of_being_ignored(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """albumentations drops unknown (1.x) arguments with a warning; our pipeline refuses them."""
-    monkeypatch.setitem(
-        AUGMENTS, "cutout", lambda v, _size: A.CoarseDropout(max_holes=4, p=v["cutout"])
-    )
+    monkeypatch.setitem(AUGMENTS, "cutout", lambda v, _size: A.CoarseDropout(max_holes=4, p=v["cutout"]))
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="max_holes"):
         build_train_transform({"cutout": 0.5}, image_size=32, seed=0)
 
@@ -106,9 +99,7 @@ def test_serialised_pipeline_round_trips_and_reproduces_the_images() -> None:
     names = [t["__class_fullname__"] for t in data["transform"]["transforms"]]
     assert len(names) == len(set(AUGMENTS.values())) == len(AUGMENTS) - 1  # one Affine for two
     # The logged seed plus the JSON is enough to get the same pictures back.
-    assert np.array_equal(
-        augment_batch(rebuilt, images(), seed=7), augment_batch(pipeline, images(), seed=7)
-    )
+    assert np.array_equal(augment_batch(rebuilt, images(), seed=7), augment_batch(pipeline, images(), seed=7))
 
 
 def test_ops_with_equal_probability_fire_independently() -> None:
@@ -127,14 +118,10 @@ def test_ops_with_equal_probability_fire_independently() -> None:
     assert outcomes == {(False, False), (True, False), (False, True), (True, True)}
 
 
-def batches(
-    seed: int, *, workers: int = 0, epochs: int = 2, pipeline: Any = "full"
-) -> list[tuple[torch.Tensor, ...]]:
+def batches(seed: int, *, workers: int = 0, epochs: int = 2, pipeline: Any = "full") -> list[tuple[torch.Tensor, ...]]:
     if pipeline == "full":
         pipeline = build_train_transform(FULL, image_size=16, seed=seed)
-    source = AugmentedBatches(
-        split(), Preprocess(16), pipeline, batch_size=32, seed=seed, num_workers=workers
-    )
+    source = AugmentedBatches(split(), Preprocess(16), pipeline, batch_size=32, seed=seed, num_workers=workers)
     return epochs_of(source, epochs)
 
 
@@ -160,19 +147,14 @@ def test_same_seed_gives_identical_augmented_batches_with_or_without_workers() -
     assert not same(first, batches(4))
     x, _ = first[0]
     assert (
-        x.dtype == torch.float32
-        and x.shape == (32, 3, 16, 16)
-        and x.is_contiguous(memory_format=torch.channels_last)
+        x.dtype == torch.float32 and x.shape == (32, 3, 16, 16) and x.is_contiguous(memory_format=torch.channels_last)
     )
 
 
 def test_augmentation_differs_per_epoch_and_per_batch() -> None:
     pipeline = build_train_transform(FULL, image_size=16, seed=0)
     same_images = images(32, 16)
-    by_key = [
-        augment_batch(pipeline, same_images, seed=batch_seed(0, e, b))
-        for e, b in ((0, 0), (1, 0), (0, 1))
-    ]
+    by_key = [augment_batch(pipeline, same_images, seed=batch_seed(0, e, b)) for e, b in ((0, 0), (1, 0), (0, 1))]
     assert not np.array_equal(by_key[0], by_key[1]) and not np.array_equal(by_key[0], by_key[2])
 
 
@@ -209,12 +191,8 @@ def test_enabled_trials_log_pipeline_and_grid_disabled_ones_nothing(
         "study": {"trials": 1, "pruner": "none"},
         "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3},
     }
-    on = digits_spec_dict(
-        name="aug-on", augment={"rotate": 20, "hflip": 1.0, "cutout": 1.0}, **small
-    )
-    off = digits_spec_dict(
-        name="aug-off", augment={"enabled": False, "rotate": {"low": 0, "high": 20}}, **small
-    )
+    on = digits_spec_dict(name="aug-on", augment={"rotate": 20, "hflip": 1.0, "cutout": 1.0}, **small)
+    off = digits_spec_dict(name="aug-off", augment={"enabled": False, "rotate": {"low": 0, "high": 20}}, **small)
 
     result = run_study(load_spec(write_spec(in_tmp / "studies", on, "on.yaml")))
     client, run = trial_run(result.tracking_uri, "aug-on")
@@ -250,9 +228,7 @@ def test_enabled_trials_log_pipeline_and_grid_disabled_ones_nothing(
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert not {"augment.json", "augment_grid.png"} & artifacts and "config.yaml" in artifacts
     assert "autocnn.augment_seed" not in run.data.tags
-    assert (
-        run.data.params["augment.enabled"] == "False" and "augment.rotate" not in run.data.params
-    )
+    assert run.data.params["augment.enabled"] == "False" and "augment.rotate" not in run.data.params
     assert isinstance(seen["train"], TensorBatches)
 
 

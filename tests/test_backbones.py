@@ -79,9 +79,7 @@ def test_local_weight_file_loads_with_a_new_classifier(tmp_path: Path, suffix: s
 
     # A relative path is read from the spec's folder (base_dir), not from the working directory.
     params = {"pretrained": f"weights/resnet18{suffix}", "freeze": "none"}
-    model = build_model(
-        "resnet18", params, num_classes=N_CLASSES, image_size=32, base_dir=tmp_path
-    )
+    model = build_model("resnet18", params, num_classes=N_CLASSES, image_size=32, base_dir=tmp_path)
     random = build_model("resnet18", {"pretrained": False}, num_classes=N_CLASSES, image_size=32)
 
     assert torch.equal(model.body.conv1.weight, state["conv1.weight"])
@@ -107,9 +105,7 @@ def test_pth_is_loaded_with_weights_only(tmp_path: Path) -> None:
 def test_missing_weight_file_is_a_spec_error_naming_the_path(tmp_path: Path) -> None:
     raw = digits_spec_dict(models={"resnet18": {"pretrained": "nowhere/resnet18.safetensors"}})
     spec = parse_spec(raw)
-    with pytest.raises(
-        SpecError, match=r"models\.resnet18\.pretrained: weight file not found: .*nowhere"
-    ):
+    with pytest.raises(SpecError, match=r"models\.resnet18\.pretrained: weight file not found: .*nowhere"):
         check_backbones(spec)
 
 
@@ -144,9 +140,7 @@ def _one_step(model: torch.nn.Module, params: dict[str, Any], lr: float = 1e-2) 
 
     settings = TrainSettings(epochs=1, lr=lr, weight_decay=0.0, scheduler="none")
     groups = optimizer_groups("resnet18", model, params, lr=lr)
-    trainer = Trainer(
-        model, settings, steps_per_epoch=1, device=torch.device("cpu"), param_groups=groups
-    )
+    trainer = Trainer(model, settings, steps_per_epoch=1, device=torch.device("cpu"), param_groups=groups)
     gen = torch.Generator().manual_seed(0)
     batch = (torch.randn(8, 3, 32, 32, generator=gen), torch.arange(8) % N_CLASSES)
     trainer.train_one_epoch([batch])
@@ -161,9 +155,7 @@ def test_freeze_modes_train_exactly_the_expected_parameters(
     assert freeze_mode(model) == mode
     assert _n_trainable(model) == _expected_resnet18(mode, unfreeze_last)
 
-    with (
-        torch.no_grad()
-    ):  # timm zero-inits each block's last BN gamma, which zeroes some gradients
+    with torch.no_grad():  # timm zero-inits each block's last BN gamma, which zeroes some gradients
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.weight.uniform_(0.5, 1.5)
@@ -238,11 +230,7 @@ def test_model_facts_measure_size_and_latency() -> None:
     facts = model_facts(model, image_size=16, device="cpu")
     assert facts["params_total"] == _numel(model)
     assert facts["params_trainable"] == 1280 * 3 + 3
-    assert (
-        4 * facts["params_total"] / 1e6
-        < facts["weights_mb"]
-        < 4 * facts["params_total"] / 1e6 * 1.3
-    )
+    assert 4 * facts["params_total"] / 1e6 < facts["weights_mb"] < 4 * facts["params_total"] / 1e6 * 1.3
     assert facts["latency_ms"] > 0
     assert model.training  # measuring left the mode as it was
 
@@ -254,9 +242,7 @@ def _study_spec(tmp: Path, models: dict[str, Any], **overrides: Any) -> Path:
     return write_spec(tmp, digits_spec_dict(models=models, **overrides))
 
 
-def test_pretrained_true_with_empty_cache_stops_before_trial_1(
-    in_tmp: Path, hub_cache: Path
-) -> None:
+def test_pretrained_true_with_empty_cache_stops_before_trial_1(in_tmp: Path, hub_cache: Path) -> None:
     import timm  # noqa: F401 - imported up front: the limit is on the check, not on Python's imports
 
     models = {"custom_cnn": {"depth": 2}, "resnet18": {"pretrained": True}, "efficientnet_b0": {}}
@@ -319,13 +305,9 @@ def test_validate_suggests_the_timm_name_for_a_typo(tmp_path: Path) -> None:
 
 
 def test_unknown_key_inside_a_backbone_names_its_path() -> None:
-    with pytest.raises(
-        SpecError, match=r"models\.resnet50\.head\.hiden: unknown key.*did you mean 'hidden'"
-    ):
+    with pytest.raises(SpecError, match=r"models\.resnet50\.head\.hiden: unknown key.*did you mean 'hidden'"):
         parse_spec(digits_spec_dict(models={"resnet50": {"head": {"hiden": 64}}}))
-    with pytest.raises(
-        SpecError, match=r"models\.resnet50\.dropout: with a head, set head\.dropout"
-    ):
+    with pytest.raises(SpecError, match=r"models\.resnet50\.dropout: with a head, set head\.dropout"):
         parse_spec(digits_spec_dict(models={"resnet50": {"head": {"hidden": 64}, "dropout": 0.2}}))
 
 
@@ -382,9 +364,7 @@ def test_study_mixing_custom_cnn_and_two_backbones_logs_their_facts(in_tmp: Path
     path = _study_spec(in_tmp, models, train=train, study={"trials": 3}, data=data)
     spec = load_spec(path)
     # Each model gets one trial: queue them so the test does not depend on the sampler's luck.
-    study = optuna.create_study(
-        study_name=spec.name, storage=storage_url(spec), direction="maximize"
-    )
+    study = optuna.create_study(study_name=spec.name, storage=storage_url(spec), direction="maximize")
     for name in models:
         study.enqueue_trial({"model": name})
 
@@ -392,9 +372,7 @@ def test_study_mixing_custom_cnn_and_two_backbones_logs_their_facts(in_tmp: Path
     assert result.counts["COMPLETE"] == 3, result
 
     client = MlflowClient(default_tracking_uri())
-    runs = client.search_runs(
-        [client.get_experiment_by_name(spec.name).experiment_id], "tags.`autocnn.role` = 'trial'"
-    )
+    runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id], "tags.`autocnn.role` = 'trial'")
     facts = {r.data.params["model"]: (r.data.metrics, r.data.tags) for r in runs}
     assert set(facts) == set(models)
     for metrics, _ in facts.values():
@@ -413,9 +391,7 @@ def test_20classes_backbones_exist_and_only_lack_cached_weights(hub_cache: Path)
     from autocnn.spec import load_spec
     from tests.conftest import REPO
 
-    with pytest.raises(
-        WeightsError, match=r"autocnn weights fetch resnet50 efficientnet_b0 mobilenetv2_050`"
-    ):
+    with pytest.raises(WeightsError, match=r"autocnn weights fetch resnet50 efficientnet_b0 mobilenetv2_050`"):
         check_backbones(load_spec(REPO / "studies" / "20classes.yaml"))
 
 

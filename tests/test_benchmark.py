@@ -73,7 +73,9 @@ def test_trial_timing_splits_wall_time(bench: ModuleType) -> None:
 
 def test_trial_timing_leaves_out_the_bare_epochs_and_charges_background_cpu(bench: ModuleType) -> None:
     # the same trial, with 10 s of bare-loop epochs after each epoch and 0.1 s of writer CPU
-    stamps = [bench.EpochStamp(t + 10 * i, t + 10 * (i + 1), 0.1, Metrics(1.2, 1.0)) for i, t in enumerate((2.0, 3.5, 5.0))]
+    stamps = [
+        bench.EpochStamp(t + 10 * i, t + 10 * (i + 1), 0.1, Metrics(1.2, 1.0)) for i, t in enumerate((2.0, 3.5, 5.0))
+    ]
     t = bench.trial_timing(stamps, 0.5, 0.0, 35.4, seen=100)
     assert t.before_s == pytest.approx(0.5) and t.after_s == pytest.approx(0.5)  # 0.4 s + the last epoch's writes
     assert t.per_epoch_overhead_s == pytest.approx(0.4) and t.background_cpu_s == pytest.approx(0.1)
@@ -170,7 +172,9 @@ def test_a_round_pairs_each_timed_autocnn_epoch_with_one_of_each_bare_loop(
     runner = bench.TrialRunner(case, tmp_path / "loop", 3)
     train = DataCache(runner.spec).get(16).train
     np.savez(tmp_path / "train.npz", images=train.images, labels=train.labels)
-    trial, bare = bench.interleaved_round(case, runner, tmp_path / "train.npz", epochs=3, repeat=0, device=torch.device("cpu"))
+    trial, bare = bench.interleaved_round(
+        case, runner, tmp_path / "train.npz", epochs=3, repeat=0, device=torch.device("cpu")
+    )
     assert len(trial.epoch_images_per_s) == 2 and all(v > 0 for v in trial.epoch_images_per_s)
     assert sorted(bare) == ["eager", "same"] and all(len(v) == 2 and min(v) > 0 for v in bare.values())
     assert 0 < trial.fixed_s < 60 and trial.per_epoch_overhead_s >= 0

@@ -110,9 +110,7 @@ def test_evaluation_is_on_the_test_split_and_matches_the_weights(done: Finalized
     logits = torch_logits(reference_model(done.out), done.data.test.images, exported_pre(done.out))
     preds = logits.argmax(1)
     assert scores.accuracy == pytest.approx(float((preds == done.data.test.labels).mean()))
-    assert scores.macro_f1 == pytest.approx(
-        f1_score(done.data.test.labels, preds, average="macro")
-    )
+    assert scores.macro_f1 == pytest.approx(f1_score(done.data.test.labels, preds, average="macro"))
     assert scores.accuracy > 0.5  # 2 epochs on 16 px digits: well above chance (0.1)
     assert set(scores.per_class) >= {str(d) for d in range(10)} and len(scores.confusion()) == 10
 
@@ -125,9 +123,7 @@ def test_onnx_agrees_with_pytorch_for_any_batch_size(done: Finalized) -> None:
 
     assert done.result.onnx_max_abs_diff <= 1e-4
     model = reference_model(done.out)
-    session = ort.InferenceSession(
-        str(done.out / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(str(done.out / "model.onnx"), providers=["CPUExecutionProvider"])
     for n in (1, 7, 300):
         x = normalize(done.data.test.images[:n], [0.5] * 3, [0.5] * 3)
         onnx_out = session.run(None, {"images": x})[0]
@@ -164,14 +160,8 @@ def test_int8_model_is_reported_beside_the_float_one(done: Finalized) -> None:
     text = console.export_text()
     float_row = next(line for line in text.splitlines() if "model.onnx" in line)
     int8_row = next(line for line in text.splitlines() if "model.int8.onnx" in line)
-    assert (
-        f"{done.result.onnx_accuracy:.4f}" in float_row
-        and f"{done.result.onnx_size_mb:.3f}" in float_row
-    )
-    assert (
-        f"{done.result.int8_accuracy:.4f}" in int8_row
-        and f"{done.result.int8_size_mb:.3f}" in int8_row
-    )
+    assert f"{done.result.onnx_accuracy:.4f}" in float_row and f"{done.result.onnx_size_mb:.3f}" in float_row
+    assert f"{done.result.int8_accuracy:.4f}" in int8_row and f"{done.result.int8_size_mb:.3f}" in int8_row
 
 
 def test_final_run_is_nested_under_the_study_and_the_model_registered(done: Finalized) -> None:
@@ -204,9 +194,7 @@ def images(done: Finalized) -> tuple[Path, list[int]]:
     for i in range(20):
         img = Image.fromarray(done.data.test.images[i])
         if i >= 10:
-            img.resize((64, 64), Image.Resampling.NEAREST).save(
-                folder / "big" / f"digit_{i:02d}.png"
-            )
+            img.resize((64, 64), Image.Resampling.NEAREST).save(folder / "big" / f"digit_{i:02d}.png")
         else:
             img.save(folder / f"digit_{i:02d}.png")
         labels.append(int(done.data.test.labels[i]))
@@ -220,9 +208,7 @@ def ordered(result) -> list[str]:  # type: ignore[no-untyped-def]
     return [by_name[f"digit_{i:02d}.png"] for i in range(20)]
 
 
-def test_predict_returns_the_true_label_for_most_images(
-    done: Finalized, images: tuple[Path, list[int]]
-) -> None:
+def test_predict_returns_the_true_label_for_most_images(done: Finalized, images: tuple[Path, list[int]]) -> None:
     folder, labels = images
     result = predict_files(Predictor(done.out), [folder], top=3)
     assert [Path(p).name for p, _ in result.skipped] == ["broken.png"]
@@ -232,21 +218,13 @@ def test_predict_returns_the_true_label_for_most_images(
     assert correct >= 14, (top1, labels)  # "most": the model scores ~0.85-0.9 on test
     for p in result.predictions:
         probs = [prob for _, prob in p.top]
-        assert (
-            len(p.top) == 3
-            and probs == sorted(probs, reverse=True)
-            and 0.0 < sum(probs) <= 1.0 + 1e-9
-        )
+        assert len(p.top) == 3 and probs == sorted(probs, reverse=True) and 0.0 < sum(probs) <= 1.0 + 1e-9
     # Files at the model's own size decode to the very pixels the test split holds: same answers.
-    logits = torch_logits(
-        reference_model(done.out), done.data.test.images[:10], exported_pre(done.out)
-    )
+    logits = torch_logits(reference_model(done.out), done.data.test.images[:10], exported_pre(done.out))
     assert top1[:10] == [str(i) for i in logits.argmax(1)]
 
 
-def test_predict_with_torch_agrees_with_onnx(
-    done: Finalized, images: tuple[Path, list[int]]
-) -> None:
+def test_predict_with_torch_agrees_with_onnx(done: Finalized, images: tuple[Path, list[int]]) -> None:
     folder, _ = images
     onnx_result = predict_files(Predictor(done.out), [folder])
     torch_result = predict_files(Predictor(done.out, backend="torch"), [folder])
@@ -255,9 +233,7 @@ def test_predict_with_torch_agrees_with_onnx(
         assert a.top[0][1] == pytest.approx(b.top[0][1], abs=1e-4)
 
 
-def test_predict_command_json_and_skipped_files(
-    done: Finalized, images: tuple[Path, list[int]]
-) -> None:
+def test_predict_command_json_and_skipped_files(done: Finalized, images: tuple[Path, list[int]]) -> None:
     folder, _ = images
     runner = CliRunner()
     result = runner.invoke(
@@ -276,9 +252,7 @@ def test_predict_command_json_and_skipped_files(
     payload = json.loads(result.stdout)
     assert [p["file"] for p in payload["predictions"]] == [str(folder / "digit_00.png")]
     assert len(payload["predictions"][0]["top"]) == 2
-    assert payload["skipped"] == [
-        {"file": str(folder / "nope.png"), "reason": "no such file or folder"}
-    ]
+    assert payload["skipped"] == [{"file": str(folder / "nope.png"), "reason": "no such file or folder"}]
     only_bad = runner.invoke(app, ["predict", str(done.out), str(folder / "broken.png")])
     assert only_bad.exit_code == 1 and "broken.png" in only_bad.output
     missing = runner.invoke(app, ["predict", str(done.study.root / "no-model"), str(folder)])
@@ -346,9 +320,7 @@ def test_finalize_command_refit_exports_and_reports_both_models(done: Finalized)
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == BUNDLE
     assert "trial 1 (custom_cnn, refit on train+val) on test" in result.output
-    assert (
-        "model.onnx (float32)" in result.output and "model.int8.onnx (int8 QDQ)" in result.output
-    )
+    assert "model.onnx (float32)" in result.output and "model.int8.onnx (int8 QDQ)" in result.output
     assert "registered as digits-test version 2" in result.output
 
 

@@ -31,9 +31,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedStudy]:
 
 @pytest.fixture(scope="module")
 def report(study: FinishedStudy) -> ReportResult:
-    return build_report(
-        study.spec, tracking_uri=study.tracking_uri, out=study.root / "out" / "report.html"
-    )
+    return build_report(study.spec, tracking_uri=study.tracking_uri, out=study.root / "out" / "report.html")
 
 
 class Sources(HTMLParser):
@@ -64,9 +62,7 @@ def test_report_is_one_self_contained_file(report: ReportResult) -> None:
     external = [ref for ref in refs if re.match(r"\s*(https?:)?//", ref[2])]
     assert external == []
     assert not [ref for ref in refs if ref[0] in ("script", "link")]  # plotly's JS is inline
-    assert (
-        "Plotly.newPlot" in text and len(text) > 1_000_000
-    )  # the plotly bundle itself is embedded
+    assert "Plotly.newPlot" in text and len(text) > 1_000_000  # the plotly bundle itself is embedded
     images = [value for tag, _, value in refs if tag == "img"]
     assert images and all(value.startswith("data:image/png;base64,") for value in images)
     assert base64.b64decode(images[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -79,9 +75,7 @@ def test_report_holds_every_section(study: FinishedStudy, report: ReportResult) 
     for key, title in SECTIONS.items():
         assert key in ids and f"<h2>{title}</h2>" in text, key
     for plot in ("history", "importance", "parallel", "intermediate", "curves"):
-        assert f"plot-{plot}" in ids, (
-            plot
-        )  # a plotly figure, not an excuse, with 2 complete trials
+        assert f"plot-{plot}" in ids, plot  # a plotly figure, not an excuse, with 2 complete trials
     leaderboard = text.split("id='leaderboard'")[1].split("</section>")[0]
     assert [int(n) for n in re.findall(r"<tr><td>(\d+)</td>", leaderboard)] == [
         row["number"] for row in study.result.leaderboard
@@ -89,9 +83,7 @@ def test_report_holds_every_section(study: FinishedStudy, report: ReportResult) 
     assert leaderboard.count("COMPLETE") == 2
 
 
-def test_model_family_row_uses_the_trial_runs_facts(
-    study: FinishedStudy, report: ReportResult
-) -> None:
+def test_model_family_row_uses_the_trial_runs_facts(study: FinishedStudy, report: ReportResult) -> None:
     text = report.path.read_text(encoding="utf-8")
     families_html = text.split("id='models'")[1].split("</section>")[0]
     rows = re.findall(r"<tr>(.*?)</tr>", families_html)
@@ -150,9 +142,7 @@ def test_families_describe_the_best_trial_at_its_best_epoch() -> None:
         ("b", 1, 1, 3),
         ("a", 3, 2, 0),
     ]
-    assert (
-        rows[1].val_accuracy == 0.8 and rows[1].val_macro_f1 == 0.77
-    )  # epoch 2, not the last one
+    assert rows[1].val_accuracy == 0.8 and rows[1].val_macro_f1 == 0.77  # epoch 2, not the last one
     assert rows[1].total_seconds == 30.0
 
 

@@ -32,18 +32,14 @@ def errors(**overrides: object) -> list[str]:
 
 
 def test_log_scale_needs_positive_low() -> None:
-    assert errors(train={"lr": {"low": -1, "high": 1, "log": True}}) == [
-        "s.yaml: train.lr.low: must be > 0, got -1"
-    ]
+    assert errors(train={"lr": {"low": -1, "high": 1, "log": True}}) == ["s.yaml: train.lr.low: must be > 0, got -1"]
     assert errors(train={"weight_decay": {"low": 0.0, "high": 1.0, "log": True}}) == [
         "s.yaml: train.weight_decay.low: must be > 0 for log scale, got 0.0"
     ]
 
 
 def test_low_above_high() -> None:
-    assert errors(train={"lr": {"low": 0.1, "high": 0.01}}) == [
-        "s.yaml: train.lr.high: must be >= low (0.1), got 0.01"
-    ]
+    assert errors(train={"lr": {"low": 0.1, "high": 0.01}}) == ["s.yaml: train.lr.high: must be >= low (0.1), got 0.01"]
 
 
 def test_yaml_boolean_is_not_a_number() -> None:

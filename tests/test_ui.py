@@ -71,10 +71,7 @@ def wait_until_answering(url: str, server: subprocess.Popen, log: Path) -> None:
         except OSError:
             pass
         time.sleep(1)
-    pytest.fail(
-        f"autocnn ui did not answer on {url} within {START_TIMEOUT_S} s:\n"
-        f"{log.read_text()[-3000:]}"
-    )
+    pytest.fail(f"autocnn ui did not answer on {url} within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -103,9 +100,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         report = build_report(study.spec, tracking_uri=study.tracking_uri)
     tracker = Tracker(study.tracking_uri, "digits-test")
     parent = tracker.find_study_run("digits-test").info.run_id
-    trials = {
-        int(r.data.tags["optuna.trial_number"]): r.info.run_id for r in tracker.trial_runs(parent)
-    }
+    trials = {int(r.data.tags["optuna.trial_number"]): r.info.run_id for r in tracker.trial_runs(parent)}
     port = free_port()
     log = root / "ui.log"
     env = {
@@ -144,9 +139,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def browser(served: Served) -> Iterator[Any]:
     if CHROMEDRIVER is None:
-        pytest.fail(
-            "chromium is installed but chromedriver is not: install Debian's chromium-driver"
-        )
+        pytest.fail("chromium is installed but chromedriver is not: install Debian's chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -174,9 +167,7 @@ def browser(served: Served) -> Iterator[Any]:
         driver.quit()
 
 
-def wait_for(
-    driver: Any, condition: Callable[[Any], Any], what: str, shot: Path | None = None
-) -> Any:
+def wait_for(driver: Any, condition: Callable[[Any], Any], what: str, shot: Path | None = None) -> Any:
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -227,9 +218,7 @@ def test_study_run_shows_its_trial_runs_nested_under_it(served: Served, browser:
     browser.execute_script("arguments[0].click()", expand[0])
     wanted = [f".ag-row[row-id='{run_id}']" for run_id in served.trial_ids.values()]
     wait_for(browser, lambda d: all(css(d, sel) for sel in wanted), "the nested trial runs", shot)
-    names = css(browser, ".ag-center-cols-container, .ag-pinned-left-cols-container, .ag-root")[
-        0
-    ].text
+    names = css(browser, ".ag-center-cols-container, .ag-pinned-left-cols-container, .ag-root")[0].text
     for number in served.trial_ids:
         assert f"trial-{number}" in names
     browser.save_screenshot(str(shot))
@@ -246,9 +235,7 @@ def test_trial_run_shows_its_metric_charts(served: Served, browser: Any) -> None
         def found(driver: Any) -> Any:
             for element in css(driver, card):
                 if element.text.split("\n", 1)[0].strip() == name:
-                    driver.execute_script(
-                        "arguments[0].scrollIntoView({block: 'center'})", element
-                    )
+                    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
                     plots = element.find_elements("css selector", ".js-plotly-plot svg.main-svg")
                     return element if plots else None
             driver.execute_script(
@@ -273,17 +260,9 @@ def test_confusion_matrix_is_shown_as_an_image(served: Served, browser: Any) -> 
     click_file(browser, "confusion_matrix.png", shot)
 
     def loaded_image(driver: Any) -> Any:
-        images = [
-            i
-            for i in css(driver, "main img")
-            if (i.get_attribute("src") or "").startswith("blob:")
-        ]
+        images = [i for i in css(driver, "main img") if (i.get_attribute("src") or "").startswith("blob:")]
         ok = [
-            i
-            for i in images
-            if driver.execute_script(
-                "return arguments[0].complete && arguments[0].naturalWidth", i
-            )
+            i for i in images if driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)
         ]
         return ok[0] if ok else None
 
@@ -300,9 +279,7 @@ def test_report_is_an_artifact_of_the_study_run_and_renders(served: Served, brow
     open_page(browser, served, f"/runs/{served.parent_id}/artifacts?{ML}")
     click_file(browser, "report", shot)
     click_file(browser, served.report_name, shot)
-    frame = wait_for(
-        browser, lambda d: css(d, "iframe"), "the report in the artifact viewer", shot
-    )[0]
+    frame = wait_for(browser, lambda d: css(d, "iframe"), "the report in the artifact viewer", shot)[0]
     browser.switch_to.frame(frame)
     try:
         body = wait_for(
@@ -311,18 +288,13 @@ def test_report_is_an_artifact_of_the_study_run_and_renders(served: Served, brow
             "the report's content",
             shot,
         )
-        assert (
-            "autocnn report: digits-test" in body.text
-            and "Confusion matrix of the best trial" in body.text
-        )
+        assert "autocnn report: digits-test" in body.text and "Confusion matrix of the best trial" in body.text
         plots = wait_for(
             browser,
             lambda d: len(css(d, ".js-plotly-plot")) >= 4 and css(d, ".js-plotly-plot"),
             "plots",
         )
-        assert (
-            len(plots) >= 4
-        )  # Optuna's plots and the learning curves drew offline, inside MLflow
+        assert len(plots) >= 4  # Optuna's plots and the learning curves drew offline, inside MLflow
     finally:
         browser.switch_to.default_content()
     browser.save_screenshot(str(shot))
@@ -355,13 +327,9 @@ def test_the_ajax_endpoints_the_pages_load_answer(served: Served, browser: Any) 
     )
     assert found["status"] == 200
     runs = json.loads(found["text"])["runs"]
-    assert sorted(r["info"]["run_name"] for r in runs) == sorted(
-        f"trial-{n}" for n in served.trial_ids
-    )
+    assert sorted(r["info"]["run_name"] for r in runs) == sorted(f"trial-{n}" for n in served.trial_ids)
     best = served.trial_ids[served.study.result.best_number]
-    history = call(
-        f"/ajax-api/2.0/mlflow/metrics/get-history?run_id={best}&metric_key=val_accuracy"
-    )
+    history = call(f"/ajax-api/2.0/mlflow/metrics/get-history?run_id={best}&metric_key=val_accuracy")
     assert [m["step"] for m in json.loads(history["text"])["metrics"]] == [1, 2]
     image = call(f"/get-artifact?path=confusion_matrix.png&run_uuid={best}")
     assert image["status"] == 200 and image["type"].startswith("image/png")

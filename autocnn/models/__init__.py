@@ -47,14 +47,10 @@ def build_model(
         return CustomCNN(num_classes=num_classes, image_size=image_size, **params)
     from autocnn.models.backbones import build_backbone
 
-    return build_backbone(
-        name, params, num_classes=num_classes, base_dir=base_dir, load_weights=load_weights
-    )
+    return build_backbone(name, params, num_classes=num_classes, base_dir=base_dir, load_weights=load_weights)
 
 
-def preprocess_for(
-    name: str, params: dict[str, Any], *, image_size: int, native_size: bool = False
-) -> Preprocess:
+def preprocess_for(name: str, params: dict[str, Any], *, image_size: int, native_size: bool = False) -> Preprocess:
     """The custom CNN keeps the spec's size and a symmetric [-1, 1] scaling; backbones follow timm.
 
     A backbone's size is its own `image_size` key, else the spec's `image_size`, else (with
@@ -67,9 +63,7 @@ def preprocess_for(
     return backbone_preprocess(name, params, image_size=None if native_size else image_size)
 
 
-def optimizer_groups(
-    name: str, model: nn.Module, params: dict[str, Any], *, lr: float
-) -> list[dict[str, Any]] | None:
+def optimizer_groups(name: str, model: nn.Module, params: dict[str, Any], *, lr: float) -> list[dict[str, Any]] | None:
     """Per-group learning rates (a backbone's `backbone_lr_mult`); None: one group for all."""
     if name == CUSTOM_CNN:
         return None
@@ -110,9 +104,7 @@ def model_facts(
     }
 
 
-def forward_latency_ms(
-    model: nn.Module, *, image_size: int, device: Any, budget_s: float = 0.25
-) -> float:
+def forward_latency_ms(model: nn.Module, *, image_size: int, device: Any, budget_s: float = 0.25) -> float:
     """Median eval-mode forward time of one image on `device`, after two warm-up passes.
 
     Up to 20 timed passes within `budget_s` (at least 3): it is paid once per trial, and the
@@ -124,9 +116,7 @@ def forward_latency_ms(
     import torch
 
     device = torch.device(device)
-    x = torch.zeros(1, 3, image_size, image_size, device=device).contiguous(
-        memory_format=torch.channels_last
-    )
+    x = torch.zeros(1, 3, image_size, image_size, device=device).contiguous(memory_format=torch.channels_last)
     was_training = model.training
     model.eval()
     times: list[float] = []

@@ -53,9 +53,7 @@ class TimmClassifier(nn.Module):
         return list(module.parameters())
 
 
-def build_head(
-    in_features: int, *, num_classes: int, hidden: int, activation: str, dropout: float
-) -> nn.Sequential:
+def build_head(in_features: int, *, num_classes: int, hidden: int, activation: str, dropout: float) -> nn.Sequential:
     """[Linear(hidden) + activation] + dropout + Linear(classes), on pooled features."""
     from autocnn.models.custom_cnn import ACTIVATIONS
 
@@ -90,16 +88,12 @@ def create_body(
     try:
         return timm.create_model(name, **kwargs)
     except OSError as exc:
-        raise WeightsError(
-            f"{name}: {missing_weights_message([name])} ({exc.__class__.__name__})"
-        ) from None
+        raise WeightsError(f"{name}: {missing_weights_message([name])} ({exc.__class__.__name__})") from None
     except (RuntimeError, KeyError, ValueError) as exc:
         if not pretrained:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise WeightsError(
-            f"models.{name}.pretrained: {where} does not load into {name}: {first}"
-        ) from None
+        raise WeightsError(f"models.{name}.pretrained: {where} does not load into {name}: {first}") from None
 
 
 def build_backbone(
@@ -133,9 +127,7 @@ def build_backbone(
             dropout=float(head_params.get("dropout", 0.0)),
         )
     model = TimmClassifier(body, head, name=name)
-    apply_freeze(
-        model, effective_freeze(params), unfreeze_last=int(params.get("unfreeze_last", 1))
-    )
+    apply_freeze(model, effective_freeze(params), unfreeze_last=int(params.get("unfreeze_last", 1)))
     return model
 
 
@@ -187,9 +179,7 @@ def apply_freeze(model: TimmClassifier, mode: str, *, unfreeze_last: int = 1) ->
     model.train(model.training)
 
 
-def param_groups(
-    model: TimmClassifier, *, lr: float, backbone_lr_mult: float
-) -> list[dict[str, Any]]:
+def param_groups(model: TimmClassifier, *, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
     """Optimizer groups: backbone at lr * backbone_lr_mult, then head at lr (the logged lr)."""
     head = [p for p in model.head_parameters() if p.requires_grad]
     head_ids = {id(p) for p in head}
@@ -204,20 +194,14 @@ def param_groups(
 # --------------------------------------------------------------------------- preprocessing
 
 
-def backbone_preprocess(
-    name: str, params: dict[str, Any], *, image_size: int | None
-) -> Preprocess:
+def backbone_preprocess(name: str, params: dict[str, Any], *, image_size: int | None) -> Preprocess:
     """mean/std from timm's pretrained config; size: own key, else `image_size`, else timm's."""
     from timm.data import resolve_data_config
     from timm.models import get_pretrained_cfg
 
     found = get_pretrained_cfg(name)
     cfg = found.to_dict() if found is not None else None
-    data = (
-        resolve_data_config({}, pretrained_cfg=cfg)
-        if cfg
-        else resolve_data_config({"input_size": (3, 224, 224)})
-    )
+    data = resolve_data_config({}, pretrained_cfg=cfg) if cfg else resolve_data_config({"input_size": (3, 224, 224)})
     size = params.get("image_size") or image_size or int(data["input_size"][-1])
     mean, std = tuple(float(v) for v in data["mean"]), tuple(float(v) for v in data["std"])
     return Preprocess(image_size=int(size), mean=mean, std=std)  # type: ignore[arg-type]

@@ -67,9 +67,7 @@ def _read_timm_catalog() -> dict[str, list[Any]]:
             cfg = get_pretrained_cfg(name)
         except RuntimeError:
             continue
-        source, location = (
-            _resolve_pretrained_source(cfg.to_dict()) if cfg is not None else ("", "")
-        )
+        source, location = _resolve_pretrained_source(cfg.to_dict()) if cfg is not None else ("", "")
         entries[name] = [source, list(location) if isinstance(location, tuple) else location]
     return entries
 
@@ -138,15 +136,10 @@ def no_weights_problem(name: str, *, path: str) -> str | None:
     if _weight_source(name)[0]:
         return None
     arch = name.split(".")[0]
-    archs = sorted(
-        {n.split(".")[0] for n, (source, _) in timm_catalog().items() if source} - {arch}
-    )
+    archs = sorted({n.split(".")[0] for n, (source, _) in timm_catalog().items() if source} - {arch})
     close = difflib.get_close_matches(arch, archs, n=3)
     hint = f"; pretrained relatives: {', '.join(close)}" if close else ""
-    return (
-        f"{path}.pretrained: timm has no pretrained weights for '{name}'{hint}; "
-        "use false or a local file"
-    )
+    return f"{path}.pretrained: timm has no pretrained weights for '{name}'{hint}; use false or a local file"
 
 
 # --------------------------------------------------------------------------- the weight cache
@@ -206,20 +199,14 @@ def list_cached_weights() -> list[CachedWeights]:
         repos = frozenset()
     for repo in sorted(repos, key=lambda r: r.repo_id):
         if repo.repo_type == "model" and repo.repo_id.startswith("timm/"):
-            rows.append(
-                CachedWeights(
-                    repo.repo_id.removeprefix("timm/"), repo.size_on_disk / 1e6, repo.repo_path
-                )
-            )
+            rows.append(CachedWeights(repo.repo_id.removeprefix("timm/"), repo.size_on_disk / 1e6, repo.repo_path))
     import torch
 
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
     if checkpoints.is_dir():
         for file in sorted(checkpoints.iterdir()):
             if file.is_file():
-                rows.append(
-                    CachedWeights(f"(torch hub) {file.name}", file.stat().st_size / 1e6, file)
-                )
+                rows.append(CachedWeights(f"(torch hub) {file.name}", file.stat().st_size / 1e6, file))
     return rows
 
 
@@ -238,9 +225,7 @@ def fetch_weights(names: list[str]) -> list[tuple[str, Path]]:
             with _online_hub():
                 timm.create_model(name, pretrained=True)
         except Exception as exc:  # noqa: BLE001 - network and hub errors all mean "not fetched"
-            raise WeightsError(
-                f"{name}: download failed ({exc.__class__.__name__}: {exc})"
-            ) from None
+            raise WeightsError(f"{name}: download failed ({exc.__class__.__name__}: {exc})") from None
         fetched.append((name, cached_weights(name) or hub_cache_dir()))
     return fetched
 
@@ -279,10 +264,7 @@ def check_backbones(spec: Spec) -> list[str]:
         if isinstance(space.pretrained, str):
             file = spec.resolve_path(space.pretrained)
             if not file.is_file():
-                problems.append(
-                    f"{path}.pretrained: weight file not found: {file} "
-                    "(paths are relative to the spec)"
-                )
+                problems.append(f"{path}.pretrained: weight file not found: {file} (paths are relative to the spec)")
         elif space.pretrained and (problem := no_weights_problem(name, path=path)):
             problems.append(problem)
         elif space.pretrained and cached_weights(name) is None:
@@ -299,7 +281,5 @@ def _unused_keys(path: str, space: TimmSpace) -> list[str]:
     freeze = space.freeze
     modes = set(getattr(freeze, "choices", [freeze]))
     if "unfreeze_last" in space.model_fields_set and "partial" not in modes:
-        return [
-            f"{path}.unfreeze_last: only used with freeze: partial, which this model never gets"
-        ]
+        return [f"{path}.unfreeze_last: only used with freeze: partial, which this model never gets"]
     return []
