@@ -194,6 +194,8 @@ class TrainSpec(StrictModel):
     scheduler: choosable(Literal["cosine", "onecycle", "plateau", "none"]) = "cosine"
     early_stopping: searchable(Annotated[int, Field(ge=0)]) = 0
     label_smoothing: searchable(Probability) = 0.0
+    # auto: mixed precision on CUDA and on CPUs with native bf16; not `on`/`off`, which YAML reads as booleans
+    precision: choosable(Literal["auto", "mixed", "fp32"]) = "auto"
 
 
 class CustomCNNSpace(StrictModel):

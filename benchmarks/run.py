@@ -97,7 +97,7 @@ CNN_32 = LoopCase(
     "custom_cnn",
     {"depth": 4, "width": 32, "dropout": 0.2},
     32,
-    variants=("same", "eager", "channels_last", "bf16"),
+    variants=("same", "eager", "channels_last", "other_precision"),
     repeats=10,
 )
 # ~100 img/s here: 5 trials of 4 epochs (3 timed), each with 2 bare loops, take about twelve minutes.
@@ -112,7 +112,7 @@ BARE_VARIANTS = {
     "same": "autocnn's settings: channels_last, its precision, freed memory kept for reuse",
     "eager": "plain PyTorch: fp32, contiguous NCHW, glibc's allocator defaults (fresh process)",
     "channels_last": "channels_last only, glibc's allocator defaults (fresh process)",
-    "bf16": "autocnn's settings + bf16 autocast",
+    "other_precision": "autocnn's settings in the other precision: fp32 where autocnn autocasts, bf16 where it does not",
 }
 PLAIN_VARIANTS = ("eager", "channels_last")
 
@@ -158,7 +158,7 @@ def render_markdown(info: dict[str, Any], items: Sequence[Item], *, command: str
     """results.md: machine, then one table per item; a reader sees every target and its figure."""
     lines = ["# Benchmark results", "", f"Produced by `{command}` on {info['date']}.", ""]
     lines += ["| machine | |", "|---|---|"]
-    for key in ("cpu", "cores", "device", "torch", "cpu_capability", "python", "threads", "load_before", "quiet"):
+    for key in ("cpu", "cores", "device", "torch", "cpu_capability", "cpu_native_bf16", "python", "threads", "load_before", "quiet"):
         if key in info:
             lines.append(f"| {key} | {info[key]} |")
     lines.append("")
@@ -272,7 +272,7 @@ def loop_spec(case: LoopCase, epochs: int) -> dict[str, Any]:
 def machine_info() -> dict[str, Any]:
     import torch
 
-    from autocnn.train import pick_device
+    from autocnn.train import cpu_has_native_bf16, pick_device
 
     cpu = platform.processor() or "unknown"
     try:
@@ -291,6 +291,7 @@ def machine_info() -> dict[str, Any]:
         "device": f"{device.type} ({name})",
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": "yes" if cpu_has_native_bf16() else "no",
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "load_before": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -318,10 +319,14 @@ def timed(item: Item) -> Iterator[None]:
 
 
 def default_amp_dtype(device: Any) -> Any:
-    """autocnn's own choice (mixed precision on CUDA, fp32 on CPU), so 'same settings' holds."""
-    from autocnn.train import _amp_dtype
+    """autocnn's own choice (train.precision auto), so 'same settings' holds."""
+    from autocnn.train import autocast_dtype
 
-    return _amp_dtype(device, None)
+    return autocast_dtype(device, "auto")
+
+
+def precision_name(dtype: Any) -> str:
+    return "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
 
 
 class BareLoop:
@@ -344,8 +349,11 @@ class BareLoop:
         torch.manual_seed(0)
         pre = preprocess_for(case.model, case.params, image_size=case.image_size)
         channels_last = variant != "eager"
-        self.amp = torch.bfloat16 if variant == "bf16" else (default_amp_dtype(device) if variant == "same" else None)
-        if variant in ("same", "bf16") and device.type == "cpu":
+        self.amp = {
+            "same": default_amp_dtype(device),
+            "other_precision": None if default_amp_dtype(device) is not None else torch.bfloat16,
+        }.get(variant)
+        if variant in ("same", "other_precision") and device.type == "cpu":
             keep_freed_memory_for_reuse()  # as autocnn's Trainer does
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
@@ -606,14 +614,16 @@ def item_trial_loop(settings: Settings, work: Path) -> tuple[Item, dict[str, lis
                 runs["autocnn"] += trial.epoch_images_per_s
                 for variant, speeds in bare.items():
                     runs[variant] += speeds
-            if "bf16" in case.variants:  # for information; one timed epoch: it is slow where the CPU lacks bf16
+            if "other_precision" in case.variants:  # for information; one timed epoch: bf16 crawls without bf16 units
                 with np.load(data) as arrays:
-                    runs["bf16"].append(
-                        bare_loop(case, arrays["images"], arrays["labels"], epochs=2, variant="bf16", device=device)
+                    runs["other_precision"].append(
+                        bare_loop(
+                            case, arrays["images"], arrays["labels"], epochs=2, variant="other_precision", device=device
+                        )
                     )
             timings[case.label] = trials
             item.raw[case.label] = {"images_per_s": runs, "trials": [asdict(t) for t in trials]}
-            add_loop_rows(item, case, runs, trials)
+            add_loop_rows(item, case, runs, trials, device)
     item.notes += [
         "autocnn side: `run_study` on a fixed-config digits spec, one trial per repeat (the first epoch untimed), MLflow on sqlite, per-epoch checkpoint, Optuna report and pruning check all on. Its images/s "
         "divide the training images by each epoch's wall time minus the validation pass (the bare loop validates nothing), "
@@ -624,7 +634,8 @@ def item_trial_loop(settings: Settings, work: Path) -> tuple[Item, dict[str, lis
         f"all timed epochs, ratios medians of per-epoch ratios (custom CNN {CNN_32.repeats} trials x {CNN_32.epochs - 1} "
         f"timed epochs, resnet18 {RESNET18_64.repeats} x {RESNET18_64.epochs - 1}).",
         "bare-loop variants: " + "; ".join(f"{name}: {what}" for name, what in BARE_VARIANTS.items()) + ". "
-        "autocnn turns bf16 autocast on for the CPU only when asked.",
+        "autocnn's train.precision auto autocasts to bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX); "
+        f"here: {precision_name(default_amp_dtype(device))}.",
     ]
     return item, timings
 
@@ -637,7 +648,7 @@ def interleaved_round(
     Returns the trial's timing and each bare loop's images/s in the same timed epochs (the first,
     warm-up, left out), so that epoch k of each side pairs with epoch k of autocnn.
     """
-    variants = [v for v in case.variants if v != "bf16"]
+    variants = [v for v in case.variants if v != "other_precision"]
     loops: dict[str, BareLoop | ChildBareLoop] = {}
     speeds: dict[str, list[float]] = {v: [] for v in variants}
 
@@ -667,7 +678,9 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     return median([ratio(x, y) for x, y in zip(a, b, strict=False)])
 
 
-def add_loop_rows(item: Item, case: LoopCase, runs: dict[str, list[float]], trials: list[TrialTiming]) -> None:
+def add_loop_rows(
+    item: Item, case: LoopCase, runs: dict[str, list[float]], trials: list[TrialTiming], device: Any
+) -> None:
     ours, same = runs["autocnn"], runs["same"]
     vs_same = paired_ratio(ours, same)
     item.rows.append(Row(f"{case.label}: autocnn trial img/s", f"{median(ours):,.0f}"))
@@ -698,11 +711,13 @@ def add_loop_rows(item: Item, case: LoopCase, runs: dict[str, list[float]], tria
         item.rows.append(
             Row(f"{case.label}: **autocnn defaults / plain eager bare loop**", f"{speedup:.2f}x", target, met)
         )
-    if "bf16" in runs:
+    if "other_precision" in runs:
+        default = default_amp_dtype(device)
+        other = "fp32" if default is not None else "bf16 autocast"
         item.rows.append(
             Row(
-                f"{case.label}: bare loop + bf16 autocast img/s (vs same settings)",
-                f"{median(runs['bf16']):,.0f} ({paired_ratio(runs['bf16'], same):.2f}x)",
+                f"{case.label}: bare loop in {other} instead of {precision_name(default)}, img/s (vs same settings)",
+                f"{median(runs['other_precision']):,.0f} ({paired_ratio(runs['other_precision'], same):.2f}x)",
             )
         )
 

@@ -161,13 +161,37 @@ def test_checkpoints_are_atomic_and_load_weights_only(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "ck").iterdir()] == ["trial-3.pt"]
     assert torch.equal(store.load(3)["trainer"]["w"], torch.ones(2))
     store.discard(3)
-    assert store.load(3) is None and not (tmp_path / "ck").exists()
+    assert store.load(3) is None
+    store.close()
+    assert not (tmp_path / "ck").exists()
     kept = Checkpoints(tmp_path / "keep", keep=True)
     kept.save(1, {"x": 1})
     kept.save(1, {"x": 2})
     kept.discard(1)
     assert kept.load(1) == {"x": 2}
+    kept.close()
     assert [p.name for p in (tmp_path / "keep").iterdir()] == ["trial-1.pt"]  # no spare left behind
+
+
+def test_an_ended_trials_files_are_rewritten_by_the_next_trial(tmp_path: Path) -> None:
+    import torch
+
+    store = Checkpoints(tmp_path / "ck")
+    for epoch in (1, 2):
+        store.save(0, {"epoch": epoch, "w": torch.zeros(1000)})
+        store.flush()
+    inodes = {store.path(0).stat().st_ino, (tmp_path / "ck" / ".trial-0.spare").stat().st_ino}
+    store.discard(0)
+    store.flush()
+    assert store.load(0) is None  # trial 0's checkpoint is gone under its name
+    for epoch in (1, 2):
+        store.save(1, {"epoch": epoch, "w": torch.ones(1000)})
+        store.flush()
+        assert store.path(1).stat().st_ino in inodes  # trial 0's files, rewritten in place
+    assert torch.load(store.path(1), weights_only=True)["epoch"] == 2
+    store.discard(1)
+    store.close()
+    assert not (tmp_path / "ck").exists()  # the pool goes with the study
 
 
 class Unpicklable:

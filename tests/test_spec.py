@@ -69,6 +69,15 @@ def test_int_key_rejects_float_bounds_and_every_problem_is_listed() -> None:
     assert any(line.startswith("s.yaml: study.metric: ") and "'accuracy'" in line for line in lines)
 
 
+def test_precision_is_a_word_and_yaml_booleans_are_refused(tmp_path: Path) -> None:
+    assert parse_spec(digits_spec_dict()).train.precision == "auto"
+    assert parse_spec(digits_spec_dict(train={"precision": {"choices": ["mixed", "fp32"]}})).train.precision
+    path = tmp_path / "on.yaml"
+    path.write_text("name: a\ndata: {source: digits}\ntrain: {precision: on}\nmodels: {custom_cnn: {}}\n")
+    with pytest.raises(SpecError, match=r"on\.yaml: train\.precision: .*'auto', 'mixed' or 'fp32'"):
+        load_spec(path)
+
+
 def test_name_is_safe_for_file_names() -> None:
     (line,) = errors(name="../etc/passwd")
     assert line.startswith("s.yaml: name: ")

@@ -11,7 +11,7 @@ from autocnn.data import DataCache
 from autocnn.models import Preprocess, build_model
 from autocnn.models.custom_cnn import CustomCNN, ModelTooDeepError
 from autocnn.spec import load_spec
-from autocnn.train import TensorBatches, Trainer, TrainSettings
+from autocnn.train import TensorBatches, Trainer, TrainSettings, autocast_dtype
 from tests.conftest import digits_spec_dict, write_spec
 
 
@@ -67,6 +67,29 @@ def test_trainer_learns_and_yields_every_epoch(tmp_path: Path, image_folder: Pat
     assert history[-1].train_loss < history[0].train_loss
     assert trainer.best_value == max(m.val_accuracy for m in history) >= 0.8
     assert all(m.train_images_per_s > 0 and m.lr > 0 for m in history)
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_precision_autocasts_on_cpus_with_native_bf16_or_when_asked(
+    monkeypatch: pytest.MonkeyPatch, native_bf16: bool
+) -> None:
+    import autocnn.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native_bf16)
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if native_bf16 else None)
+    assert autocast_dtype(cpu, "mixed") == torch.bfloat16
+    assert autocast_dtype(cpu, "fp32") is None
+
+
+def test_trainer_learns_in_mixed_precision_with_fp32_weights(tmp_path: Path, image_folder: Path) -> None:
+    train, val = _batches(tmp_path, image_folder)
+    trainer = _trainer(train, TrainSettings(epochs=8, lr=1e-2, weight_decay=0.0, precision="mixed"))
+    history = list(trainer.fit(train, val))
+    assert trainer.amp_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert history[-1].train_loss < history[0].train_loss
+    assert trainer.best_value >= 0.8
 
 
 def test_early_stopping_stops_after_patience(tmp_path: Path, image_folder: Path) -> None:
