@@ -53,6 +53,13 @@ def test_ab_order_alternates_and_ratios_pair_neighbours(bench: ModuleType) -> No
     assert bench.paired_ratio([10.0, 100.0, 30.0], [10.0, 50.0, 60.0]) == pytest.approx(1.0)
 
 
+def test_a_cost_paid_every_third_epoch_counts_in_the_per_trial_ratio(bench: ModuleType) -> None:
+    ours = [100.0, 100.0, 50.0] * 3  # the third epoch of each trial pays for all three
+    bare = [100.0] * 9
+    assert bench.paired_ratio(ours, bare) == pytest.approx(1.0)  # the median of epochs hides it
+    assert bench.per_trial_ratio(ours, bare, 3) == pytest.approx(0.75)  # 3 epochs in 4 epochs' time
+
+
 class Metrics:
     def __init__(self, epoch_seconds: float, train_seconds: float) -> None:
         self.epoch_seconds = epoch_seconds
