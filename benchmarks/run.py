@@ -497,31 +497,32 @@ class EpochStamp:
 
 
 class TimingReporter(SilentReporter):
-    """The study's Reporter, stamping each trial start and epoch; runs `between_epochs` after each.
+    """The study's Reporter, stamping each trial's start and epochs; runs `after_trial` after each.
 
-    Before `between_epochs`, it lets autocnn's writer threads (checkpoint, MLflow metrics) finish
-    for `settle_s` and measures the CPU they used meanwhile: that work would otherwise overlap the
-    bare loop's epoch, so it is charged to autocnn's next epoch instead (trial_timing).
+    Epochs follow one another as in any study, autocnn's writer threads (checkpoint, MLflow
+    metrics) overlapping the next epoch's training, so their cost shows in its wall time. The
+    time spent in `after_trial` (the bare loops' turn) is kept, to be taken off the trial's.
     """
 
-    def __init__(self, between_epochs: Callable[[int], None] | None = None, *, settle_s: float | None = None) -> None:
-        self.between_epochs = between_epochs
-        self.settle_s = SETTLE_S if settle_s is None else settle_s
+    def __init__(self, after_trial: Callable[[int], None] | None = None) -> None:
+        self.after_trial = after_trial
         self.started: dict[int, float] = {}
         self.epochs: dict[int, list[EpochStamp]] = {}
+        self.after_trial_s: dict[int, float] = {}
 
     def trial_started(self, number: int, config: Any, epochs: int) -> None:
         self.started[number] = time.time()
         self.epochs[number] = []
 
     def epoch_done(self, number: int, metrics: Any, metric: str) -> None:
-        done, cpu = time.time(), 0.0
-        if self.between_epochs is not None:
-            before = time.process_time()
-            time.sleep(self.settle_s)
-            cpu = time.process_time() - before
-            self.between_epochs(metrics.epoch)
-        self.epochs[number].append(EpochStamp(done, time.time(), cpu, metrics))
+        now = time.time()
+        self.epochs[number].append(EpochStamp(now, now, 0.0, metrics))
+
+    def trial_finished(self, number: int, state: str, value: float | None) -> None:
+        if self.after_trial is not None:
+            start = time.time()
+            self.after_trial(number)
+            self.after_trial_s[number] = time.time() - start
 
 
 @dataclass(frozen=True)
@@ -580,23 +581,28 @@ class TrialRunner:
         self.tracking = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
         self.trials = 0
 
-    def run(self, between_epochs: Callable[[int], None] | None = None) -> TrialTiming:
-        """One trial; `between_epochs(epoch)` runs after each of its epochs, outside its clock."""
+    def run_all(self, trials: int, after_trial: Callable[[int], None] | None = None) -> list[TrialTiming]:
+        """`trials` trials in one study run, as a user's study runs them; `after_trial(k)` after the k-th."""
         from autocnn.data import DataCache
         from autocnn.study import StudyOptions, load_study, run_study
 
-        reporter = TimingReporter(between_epochs)
-        self.trials += 1
+        first = self.trials
+        reporter = TimingReporter(None if after_trial is None else lambda number: after_trial(number - first))
+        self.trials += trials
+        time.sleep(SETTLE_S)
         result = run_study(self.spec, StudyOptions(trials=self.trials, tracking_uri=self.tracking), reporter)
         study = load_study(self.spec, result.storage, create=False)
-        trial = study.trials[-1]
-        if trial.state.name != "COMPLETE":
-            raise RuntimeError(f"benchmark trial ended {trial.state.name}: {trial.user_attrs}")
         n_train = len(DataCache(self.spec).get(self.case.image_size).train)
         seen = (n_train // self.case.batch_size) * self.case.batch_size
-        start = trial.datetime_start.replace(tzinfo=UTC).timestamp()  # naive UTC (Optuna 5)
-        end = trial.datetime_complete.replace(tzinfo=UTC).timestamp()
-        return trial_timing(reporter.epochs[trial.number], reporter.started[trial.number], start, end, seen)
+        timings = []
+        for trial in study.trials[first:]:
+            if trial.state.name != "COMPLETE":
+                raise RuntimeError(f"benchmark trial ended {trial.state.name}: {trial.user_attrs}")
+            start = trial.datetime_start.replace(tzinfo=UTC).timestamp()  # naive UTC (Optuna 5)
+            end = trial.datetime_complete.replace(tzinfo=UTC).timestamp() - reporter.after_trial_s.get(trial.number, 0)
+            stamps = reporter.epochs[trial.number]
+            timings.append(trial_timing(stamps, reporter.started[trial.number], start, end, seen))
+        return timings
 
 
 # --------------------------------------------------------------------------- item 1 (+ item 4's per-trial cost)
@@ -618,13 +624,10 @@ def item_trial_loop(settings: Settings, work: Path) -> tuple[Item, dict[str, lis
             data = work / f"loop-{case.model}" / "train.npz"
             np.savez(data, images=train.images, labels=train.labels)
             runs: dict[str, list[float]] = {"autocnn": [], **{v: [] for v in case.variants}}  # per timed epoch
-            trials: list[TrialTiming] = []
-            for r in range(repeats):
-                trial, bare = interleaved_round(case, runner, data, epochs=epochs, repeat=r, device=device)
-                trials.append(trial)
-                runs["autocnn"] += trial.epoch_images_per_s
-                for variant, speeds in bare.items():
-                    runs[variant] += speeds
+            trials, bare = alternating_rounds(case, runner, data, epochs=epochs, repeats=repeats, device=device)
+            runs["autocnn"] += [speed for trial in trials for speed in trial.epoch_images_per_s]
+            for variant, speeds in bare.items():
+                runs[variant] += speeds
             if "other_precision" in case.variants:  # for information; one timed epoch: bf16 crawls without bf16 units
                 with np.load(data) as arrays:
                     runs["other_precision"].append(
@@ -636,12 +639,14 @@ def item_trial_loop(settings: Settings, work: Path) -> tuple[Item, dict[str, lis
             item.raw[case.label] = {"images_per_s": runs, "trials": [asdict(t) for t in trials]}
             add_loop_rows(item, case, runs, trials, device)
     item.notes += [
-        "autocnn side: `run_study` on a fixed-config digits spec, one trial per repeat (the first epoch untimed), MLflow on sqlite, per-epoch checkpoint, Optuna report and pruning check all on. Its images/s "
-        "divide the training images by each epoch's wall time minus the validation pass (the bare loop validates nothing), "
-        "plus the CPU its checkpoint and MLflow writer threads used after the epoch.",
+        "autocnn side: one `run_study` of a fixed-config digits spec running all the trials (each one's first epoch untimed), "
+        "MLflow on sqlite, per-epoch checkpoint, Optuna report and pruning check all on. Its images/s divide the training "
+        "images by each epoch's wall time minus the validation pass (the bare loop validates nothing); the checkpoint and "
+        "MLflow writer threads run while the next epoch trains, so their cost is in that epoch's time.",
         "bare side: the same model (autocnn.models.build_model), cached digits tensors normalised once, AdamW + per-batch cosine, "
-        "batch 64, no logging. A/B alternates per epoch: after each of autocnn's epochs, one epoch of every bare loop (their "
-        f"order rotating), so each pair ran seconds apart, every epoch after a {SETTLE_S} s pause. Figures are medians over "
+        "batch 64, no logging. A/B alternates per trial: all trials run in one study, as a user's do, and after each one "
+        "every bare loop trains as many epochs (their order rotating), each run after a "
+        f"{SETTLE_S} s pause; within a run, epochs follow each other, autocnn's writer threads overlapping its training. Figures are medians over "
         f"all timed epochs (custom CNN {CNN_32.repeats} trials x {CNN_32.epochs - 1} timed epochs, resnet18 "
         f"{RESNET18_64.repeats} x {RESNET18_64.epochs - 1}). Ratios to autocnn: medians over trials of each trial's ratio, "
         "its timed epochs taken together (metrics reach MLflow once a second, not every epoch, so that cost counts in "
@@ -653,35 +658,37 @@ def item_trial_loop(settings: Settings, work: Path) -> tuple[Item, dict[str, lis
     return item, timings
 
 
-def interleaved_round(
-    case: LoopCase, runner: TrialRunner, data: Path, *, epochs: int, repeat: int, device: Any
-) -> tuple[TrialTiming, dict[str, float]]:
-    """One autocnn trial with an epoch of every bare loop after each of its epochs.
+def alternating_rounds(
+    case: LoopCase, runner: TrialRunner, data: Path, *, epochs: int, repeats: int, device: Any
+) -> tuple[list[TrialTiming], dict[str, list[float]]]:
+    """`repeats` autocnn trials in one study, each followed by `epochs` epochs of every bare loop.
 
-    Returns the trial's timing and each bare loop's images/s in the same timed epochs (the first,
-    warm-up, left out), so that epoch k of each side pairs with epoch k of autocnn.
+    Returns the trials' timings and each bare loop's images/s in its timed epochs (the first,
+    warm-up, left out), so that round k of each side pairs with autocnn's trial k.
     """
     variants = [v for v in case.variants if v != "other_precision"]
     loops: dict[str, BareLoop | ChildBareLoop] = {}
     speeds: dict[str, list[float]] = {v: [] for v in variants}
 
-    def between_epochs(epoch: int) -> None:
-        for variant in rotated(variants, epoch + repeat):
-            speeds[variant].append(loops[variant].epoch())
-            time.sleep(SETTLE_S)  # the next epoch, a bare loop's or autocnn's, starts after a pause too
+    def bare_turn(round_: int) -> None:
+        for variant in rotated(variants, round_):
+            time.sleep(SETTLE_S)
+            run = [loops[variant].epoch() for _ in range(epochs)]
+            speeds[variant] += run[1:] if len(run) > 1 else run
+        time.sleep(SETTLE_S)  # autocnn's next trial starts after the same pause
 
     try:
         for variant in variants:
-            loops[variant] = open_bare_loop(case, data, epochs=epochs, variant=variant, device=device)
-        trial = runner.run(between_epochs)
+            loops[variant] = open_bare_loop(case, data, epochs=epochs * repeats, variant=variant, device=device)
+        trials = runner.run_all(repeats, bare_turn)
     finally:
         for loop in loops.values():
             loop.close()
-    return trial, {v: s[1:] if len(s) > 1 else s for v, s in speeds.items()}
+    return trials, speeds
 
 
 def rotated(seq: Sequence[Any], k: int) -> list[Any]:
-    """`seq` started at position k: each bare loop takes its turn right after autocnn's epoch."""
+    """`seq` started at position k: each bare loop takes its turn right after autocnn's trial."""
     k %= max(len(seq), 1)
     return [*seq[k:], *seq[:k]]
 
@@ -713,9 +720,8 @@ def add_loop_rows(
     item.rows.append(Row(f"{case.label}: **autocnn / bare loop**", f"{vs_same:.3f}", ">= 0.95", vs_same >= 0.95))
     item.rows.append(
         Row(
-            f"{case.label}: per-epoch bookkeeping (log_batch, checkpoint, report, prune check)",
-            f"{median([t.per_epoch_overhead_s for t in trials]) * 1000:.0f} ms/epoch, of which writer threads' CPU "
-            f"{median([t.background_cpu_s for t in trials]) * 1000:.0f} ms; validation "
+            f"{case.label}: per-epoch bookkeeping in the loop (report, prune check, metrics, checkpoint snapshot)",
+            f"{median([t.per_epoch_overhead_s for t in trials]) * 1000:.0f} ms/epoch; validation "
             f"{median([t.validation_s for t in trials]) * 1000:.0f} ms/epoch",
         )
     )

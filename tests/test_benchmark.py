@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -89,17 +90,18 @@ def test_trial_timing_leaves_out_the_bare_epochs_and_charges_background_cpu(benc
     assert t.images_per_s == pytest.approx(200 / 2.8)  # epochs 2-3: 2 x (1.5 + 0.1 - 0.2) s
 
 
-def test_reporter_runs_work_between_epochs_outside_the_clock(bench: ModuleType) -> None:
+def test_reporter_runs_work_after_each_trial_and_keeps_its_time(bench: ModuleType) -> None:
     ran: list[int] = []
-    reporter = bench.TimingReporter(lambda epoch: ran.append(epoch), settle_s=0.0)
+    reporter = bench.TimingReporter(lambda number: (ran.append(number), time.sleep(0.05)))
     reporter.trial_started(3, None, 2)
     for epoch in (1, 2):
         metrics = Metrics(1.0, 1.0)
         metrics.epoch = epoch  # type: ignore[attr-defined]
         reporter.epoch_done(3, metrics, "val_accuracy")
-    assert ran == [1, 2]
+    reporter.trial_finished(3, "COMPLETE", 0.9)
+    assert ran == [3] and reporter.after_trial_s[3] >= 0.05
     stamps = reporter.epochs[3]
-    assert all(st.resumed >= st.done for st in stamps) and stamps[1].done >= stamps[0].resumed
+    assert len(stamps) == 2 and stamps[1].done >= stamps[0].resumed == stamps[0].done
 
 
 def test_synthetic_images_are_reproducible_and_written_as_a_folder(bench: ModuleType, tmp_path: Path) -> None:
@@ -167,7 +169,7 @@ def test_bare_loops_take_turns_after_autocnn_epochs(bench: ModuleType) -> None:
 
 
 @pytest.mark.slow
-def test_a_round_pairs_each_timed_autocnn_epoch_with_one_of_each_bare_loop(
+def test_rounds_pair_each_autocnn_trial_with_a_run_of_each_bare_loop(
     bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
@@ -179,9 +181,10 @@ def test_a_round_pairs_each_timed_autocnn_epoch_with_one_of_each_bare_loop(
     runner = bench.TrialRunner(case, tmp_path / "loop", 3)
     train = DataCache(runner.spec).get(16).train
     np.savez(tmp_path / "train.npz", images=train.images, labels=train.labels)
-    trial, bare = bench.interleaved_round(
-        case, runner, tmp_path / "train.npz", epochs=3, repeat=0, device=torch.device("cpu")
+    trials, bare = bench.alternating_rounds(
+        case, runner, tmp_path / "train.npz", epochs=3, repeats=2, device=torch.device("cpu")
     )
-    assert len(trial.epoch_images_per_s) == 2 and all(v > 0 for v in trial.epoch_images_per_s)
-    assert sorted(bare) == ["eager", "same"] and all(len(v) == 2 and min(v) > 0 for v in bare.values())
-    assert 0 < trial.fixed_s < 60 and trial.per_epoch_overhead_s >= 0
+    assert len(trials) == 2 and all(len(t.epoch_images_per_s) == 2 for t in trials)
+    assert all(v > 0 for t in trials for v in t.epoch_images_per_s)
+    assert sorted(bare) == ["eager", "same"] and all(len(v) == 4 and min(v) > 0 for v in bare.values())
+    assert all(0 < t.fixed_s < 60 and t.per_epoch_overhead_s >= 0 for t in trials)
