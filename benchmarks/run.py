@@ -649,7 +649,7 @@ def item_trial_loop(settings: Settings, work: Path) -> tuple[Item, dict[str, lis
         f"{SETTLE_S} s pause; within a run, epochs follow each other, autocnn's writer threads overlapping its training. Figures are medians over "
         f"all timed epochs (custom CNN {CNN_32.repeats} trials x {CNN_32.epochs - 1} timed epochs, resnet18 "
         f"{RESNET18_64.repeats} x {RESNET18_64.epochs - 1}). Ratios to autocnn: medians over trials of each trial's ratio, "
-        "its timed epochs taken together (metrics reach MLflow once a second, not every epoch, so that cost counts in "
+        "its timed epochs taken together (metrics reach MLflow and checkpoints the disk every few seconds, not every epoch, so those costs count in "
         "full); ratios between bare loops: medians of per-epoch ratios.",
         "bare-loop variants: " + "; ".join(f"{name}: {what}" for name, what in BARE_VARIANTS.items()) + ". "
         "autocnn's train.precision auto autocasts to bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX); "
@@ -701,7 +701,7 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
 def per_trial_ratio(a: Sequence[float], b: Sequence[float], per_trial: int) -> float:
     """Median over trials of each trial's ratio over all its timed epochs together.
 
-    autocnn pays some costs every few epochs (metrics go to MLflow once a second): a median of
+    autocnn pays some costs every few epochs (metrics to MLflow, checkpoints to disk): a median of
     per-epoch ratios would leave them out, a trial's epochs taken together count them in full.
     """
     starts = range(0, min(len(a), len(b)), max(per_trial, 1))

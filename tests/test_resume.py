@@ -164,7 +164,7 @@ def test_checkpoints_are_atomic_and_load_weights_only(tmp_path: Path) -> None:
     assert store.load(3) is None
     store.close()
     assert not (tmp_path / "ck").exists()
-    kept = Checkpoints(tmp_path / "keep", keep=True)
+    kept = Checkpoints(tmp_path / "keep", keep=True, every_s=0.0)
     kept.save(1, {"x": 1})
     kept.save(1, {"x": 2})
     kept.discard(1)
@@ -173,10 +173,33 @@ def test_checkpoints_are_atomic_and_load_weights_only(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "keep").iterdir()] == ["trial-1.pt"]  # no spare left behind
 
 
+def test_later_epochs_wait_in_memory_and_closing_writes_the_newest(tmp_path: Path) -> None:
+    import torch
+
+    store = Checkpoints(tmp_path / "ck", every_s=60.0)
+    for epoch in (1, 2, 3):
+        store.save(0, {"epoch": epoch, "w": torch.full((10,), float(epoch))})
+        store.flush()
+        assert torch.load(store.path(0), weights_only=True)["epoch"] == 1  # the first at once, then held
+    store.save(1, {"epoch": 1})  # another trial's first epoch is written at once too
+    store.flush()
+    assert torch.load(store.path(1), weights_only=True)["epoch"] == 1
+    assert store.load(0)["epoch"] == 3  # a resume in this process reads the newest
+    store.save(0, {"epoch": 4, "w": torch.zeros(10)})
+    store.close()  # Ctrl-C or the study's end: the held-back epoch reaches the disk
+    assert torch.load(store.path(0), weights_only=True)["epoch"] == 4
+    ended = Checkpoints(tmp_path / "ended", every_s=60.0)
+    ended.save(0, {"epoch": 1})
+    ended.save(0, {"epoch": 2})
+    ended.discard(0)  # the trial is over: nothing of it is written any more
+    ended.close()
+    assert not (tmp_path / "ended").exists()
+
+
 def test_an_ended_trials_files_are_rewritten_by_the_next_trial(tmp_path: Path) -> None:
     import torch
 
-    store = Checkpoints(tmp_path / "ck")
+    store = Checkpoints(tmp_path / "ck", every_s=0.0)
     for epoch in (1, 2):
         store.save(0, {"epoch": epoch, "w": torch.zeros(1000)})
         store.flush()
@@ -202,7 +225,7 @@ class Unpicklable:
 def test_each_epoch_rewrites_a_spare_in_place_and_a_torn_write_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     import torch
 
-    store = Checkpoints(tmp_path / "ck")
+    store = Checkpoints(tmp_path / "ck", every_s=0.0)
     for epoch in (1, 2, 3):
         store.save(0, {"epoch": epoch, "w": torch.full((1000,), float(epoch))})
         store.flush()
