@@ -481,18 +481,16 @@ def bare_loop_child(job_json: str) -> None:
 # --------------------------------------------------------------------------- autocnn's trial, timed
 
 
-# Every timed epoch, autocnn's or a bare loop's, starts after this pause: an epoch right after a
-# pause ran up to a few % slower than one right after another (same loop, A/A), so all get one.
+# Every run, autocnn's trial or a bare loop's epochs, starts after this pause: an epoch right
+# after a pause ran up to a few % slower than one right after another (same loop, A/A).
 SETTLE_S = 0.3
 
 
 @dataclass(frozen=True)
 class EpochStamp:
-    """When an epoch of autocnn's trial was reported, and what ran before the next one began."""
+    """When an epoch of autocnn's trial was reported, with the Trainer's metrics for it."""
 
     done: float  # wall clock when the study reported the epoch
-    resumed: float  # wall clock when the benchmark's between-epochs work ended
-    background_cpu_s: float  # CPU the trial's writer threads used after it (see TimingReporter)
     metrics: Any
 
 
@@ -515,8 +513,7 @@ class TimingReporter(SilentReporter):
         self.epochs[number] = []
 
     def epoch_done(self, number: int, metrics: Any, metric: str) -> None:
-        now = time.time()
-        self.epochs[number].append(EpochStamp(now, now, 0.0, metrics))
+        self.epochs[number].append(EpochStamp(time.time(), metrics))
 
     def trial_finished(self, number: int, state: str, value: float | None) -> None:
         if self.after_trial is not None:
@@ -534,7 +531,6 @@ class TrialTiming:
     before_s: float
     after_s: float
     validation_s: float  # median per epoch
-    background_cpu_s: float = 0.0  # median per epoch, charged into images_per_s and the overhead
     epoch_images_per_s: tuple[float, ...] = ()  # each timed epoch's, as images_per_s counts them
 
 
@@ -543,20 +539,19 @@ def trial_timing(
 ) -> TrialTiming:
     """Split a trial's wall time into training, validation, per-epoch bookkeeping and fixed cost.
 
-    Epoch e's interval runs from the end of the work between epochs e-1 and e to epoch e's
-    report, plus the background CPU that followed epoch e-1's report: it holds every per-epoch cost
-    (pruning check, batching, training, validation, MLflow log_batch, checkpoint, Optuna report)
-    exactly once. Validation (validation pass + metrics) comes from the Trainer's own clocks.
+    Epoch e's interval runs from epoch e-1's report to epoch e's: it holds every per-epoch cost
+    (pruning check, batching, training, validation, metrics, checkpoint, Optuna report, and the
+    writer threads' work overlapping it) exactly once. Validation (validation pass + metrics)
+    comes from the Trainer's own clocks.
     """
-    resumed = [started] + [st.resumed for st in stamps]
-    carried = [0.0] + [st.background_cpu_s for st in stamps]
-    intervals = [st.done - r + c for st, r, c in zip(stamps, resumed, carried, strict=False)]
+    reported = [started] + [st.done for st in stamps]
+    intervals = [b - a for a, b in zip(reported, reported[1:], strict=False)]
     train_s = [seen / st.metrics.train_images_per_s for st in stamps]
     val_s = [st.metrics.epoch_seconds - tr for st, tr in zip(stamps, train_s, strict=True)]
     timed = slice(1, None) if len(stamps) > 1 else slice(0, None)
     work = [iv - v for iv, v in zip(intervals[timed], val_s[timed], strict=True)]
     overhead = [iv - st.metrics.epoch_seconds for iv, st in zip(intervals[timed], stamps[timed], strict=True)]
-    before, after = started - trial_start, trial_end - resumed[-1] + carried[-1]
+    before, after = started - trial_start, trial_end - reported[-1]
     return TrialTiming(
         images_per_s=seen * len(work) / sum(work),
         train_only_images_per_s=seen * len(work) / sum(train_s[timed]),
@@ -565,13 +560,12 @@ def trial_timing(
         before_s=before,
         after_s=after,
         validation_s=median(val_s[timed]),
-        background_cpu_s=median(carried[1:][timed]) if stamps else 0.0,
         epoch_images_per_s=tuple(seen / w for w in work),
     )
 
 
 class TrialRunner:
-    """Runs one more trial of a fixed-config study per call, through `run_study` itself."""
+    """Runs more trials of a fixed-config study per call, through `run_study` itself."""
 
     def __init__(self, case: LoopCase, folder: Path, epochs: int) -> None:
         from autocnn.spec import load_spec

@@ -69,7 +69,7 @@ class Metrics:
 
 def test_trial_timing_splits_wall_time(bench: ModuleType) -> None:
     # trial starts at 0, training starts at 0.5; epochs end at 2.0, 3.5, 5.0; trial ends at 5.4
-    stamps = [bench.EpochStamp(t, t, 0.0, Metrics(1.2, 1.0)) for t in (2.0, 3.5, 5.0)]
+    stamps = [bench.EpochStamp(t, Metrics(1.2, 1.0)) for t in (2.0, 3.5, 5.0)]
     t = bench.trial_timing(stamps, 0.5, 0.0, 5.4, seen=100)
     assert t.fixed_s == pytest.approx(0.9) and t.before_s == pytest.approx(0.5) and t.after_s == pytest.approx(0.4)
     assert t.validation_s == pytest.approx(0.2)
@@ -77,17 +77,6 @@ def test_trial_timing_splits_wall_time(bench: ModuleType) -> None:
     assert t.images_per_s == pytest.approx(200 / 2.6)  # epochs 2-3: 2 x (1.5 - 0.2) s
     assert t.epoch_images_per_s == pytest.approx((100 / 1.3, 100 / 1.3))
     assert t.train_only_images_per_s == pytest.approx(100.0)
-
-
-def test_trial_timing_leaves_out_the_bare_epochs_and_charges_background_cpu(bench: ModuleType) -> None:
-    # the same trial, with 10 s of bare-loop epochs after each epoch and 0.1 s of writer CPU
-    stamps = [
-        bench.EpochStamp(t + 10 * i, t + 10 * (i + 1), 0.1, Metrics(1.2, 1.0)) for i, t in enumerate((2.0, 3.5, 5.0))
-    ]
-    t = bench.trial_timing(stamps, 0.5, 0.0, 35.4, seen=100)
-    assert t.before_s == pytest.approx(0.5) and t.after_s == pytest.approx(0.5)  # 0.4 s + the last epoch's writes
-    assert t.per_epoch_overhead_s == pytest.approx(0.4) and t.background_cpu_s == pytest.approx(0.1)
-    assert t.images_per_s == pytest.approx(200 / 2.8)  # epochs 2-3: 2 x (1.5 + 0.1 - 0.2) s
 
 
 def test_reporter_runs_work_after_each_trial_and_keeps_its_time(bench: ModuleType) -> None:
@@ -101,7 +90,7 @@ def test_reporter_runs_work_after_each_trial_and_keeps_its_time(bench: ModuleTyp
     reporter.trial_finished(3, "COMPLETE", 0.9)
     assert ran == [3] and reporter.after_trial_s[3] >= 0.05
     stamps = reporter.epochs[3]
-    assert len(stamps) == 2 and stamps[1].done >= stamps[0].resumed == stamps[0].done
+    assert len(stamps) == 2 and stamps[1].done >= stamps[0].done >= reporter.started[3]
 
 
 def test_synthetic_images_are_reproducible_and_written_as_a_folder(bench: ModuleType, tmp_path: Path) -> None:
