@@ -19,6 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autocnn.budget import BUDGET_ATTR
+from autocnn.defaults import DEFAULT_ATTR
+
 if TYPE_CHECKING:
     import optuna
 
@@ -242,12 +245,17 @@ def _copy_into(value: Any, buffers: dict[str, Any], key: str) -> Any:
     return value
 
 
+CARRIED_ATTRS = (BUDGET_ATTR, DEFAULT_ATTR)
+
+
 def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Queue the same parameters again, linked to the original and to its checkpoint."""
     original = trial.user_attrs.get(RETRY_OF_ATTR, trial.number)
+    # The budget (epochs, steps) travels with the checkpoint; a default stays a default.
+    carried = {k: trial.user_attrs[k] for k in CARRIED_ATTRS if k in trial.user_attrs}
     study.enqueue_trial(
         trial.params,
-        user_attrs={RETRY_OF_ATTR: original, RESUME_FROM_ATTR: trial.number},
+        user_attrs={**carried, RETRY_OF_ATTR: original, RESUME_FROM_ATTR: trial.number},
     )
 
 

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PlainValidator,
     PrivateAttr,
     Tag,
     ValidationError,
@@ -126,6 +127,31 @@ def choosable(scalar: Any) -> Any:
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
+
+
+def _fixed_epochs(value: Any) -> int | str:
+    """A whole number of epochs, or `auto`; one error line either way, not one per union member."""
+    if value == "auto" and isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise PydanticCustomError(
+            "spec",
+            "expected a whole number >= 1 or auto, got {value} (YAML reads yes/no/on/off as booleans)",
+            {"value": repr(value)},
+        )
+    if not isinstance(value, int) or value < 1:
+        raise PydanticCustomError("spec", "expected a whole number >= 1 or auto, got {value}", {"value": repr(value)})
+    return value
+
+
+# `train.epochs`: a number (fixed, ranged, chosen) or `auto`, which lets the noise-aware stop end
+# each trial within a cap the budget allows (autocnn.budget).
+Epochs = Annotated[
+    Annotated[Range[PositiveInt], Tag("{low,high}")]
+    | Annotated[Choices[PositiveInt], Tag("{choices}")]
+    | Annotated[Any, PlainValidator(_fixed_epochs), Tag("fixed")],
+    Discriminator(_searchable_kind),
+]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, lt=1)]
@@ -171,8 +197,12 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
+DEFAULT_TRIALS = 20
+
+
 class StudySpec(StrictModel):
-    trials: PositiveInt = 20
+    # None: DEFAULT_TRIALS, or with a timeout and no trials, as many as the time allows.
+    trials: PositiveInt | None = None
     timeout: Annotated[float, Field(gt=0)] | None = None
     metric: Literal["val_accuracy", "val_macro_f1", "val_loss"] = "val_accuracy"
     sampler: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
@@ -185,9 +215,16 @@ class StudySpec(StrictModel):
     def direction(self) -> str:
         return METRICS[self.metric]
 
+    @property
+    def target_trials(self) -> int | None:
+        """Trials to reach; None: keep starting trials until `timeout` is spent."""
+        if self.trials is None and self.timeout is not None:
+            return None
+        return self.trials or DEFAULT_TRIALS
+
 
 class TrainSpec(StrictModel):
-    epochs: searchable(PositiveInt) = 10
+    epochs: Epochs = 10
     batch_size: searchable(PositiveInt) = 64
     lr: searchable(PositiveFloat) = 1e-3
     weight_decay: searchable(NonNegativeFloat) = 1e-4

@@ -10,9 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from autocnn.budget import BUDGET_ATTR, auto_epochs, judge_floor_steps, steps_per_epoch
 from autocnn.checks import check_spec
 from autocnn.data import DataCache, Dataset
+from autocnn.defaults import DEFAULT_ATTR, enqueue_defaults
 from autocnn.errors import StudyError
+from autocnn.plan import Plan, make_plan, probe_seconds_per_step
 from autocnn.resume import (
     OWNER_ATTR,
     REASON_ATTR,
@@ -27,13 +30,13 @@ from autocnn.resume import (
     stale_trials,
 )
 from autocnn.space import TrialConfig, sample_config
-from autocnn.spec import Choices, Range, Spec
+from autocnn.spec import DEFAULT_TRIALS, Spec
 
 if TYPE_CHECKING:
     import optuna
 
     from autocnn.tracking import Tracker
-    from autocnn.train import EpochMetrics
+    from autocnn.train import EpochMetrics, TrainSettings
 
 MAX_FAILS_IN_A_ROW = 5
 DONE_STATES = ("COMPLETE", "PRUNED")
@@ -44,7 +47,7 @@ class Reporter(Protocol):
 
     def message(self, text: str) -> None: ...
     def data_progress(self, done: int, total: int) -> None: ...
-    def study_started(self, *, name: str, done: int, target: int, to_run: int) -> None: ...
+    def study_started(self, *, name: str, done: int, target: int | None, to_run: int | None) -> None: ...
     def trial_started(self, number: int, config: TrialConfig, epochs: int) -> None: ...
     def epoch_done(self, number: int, metrics: EpochMetrics, metric: str) -> None: ...
     def trial_finished(self, number: int, state: str, value: float | None) -> None: ...
@@ -57,7 +60,7 @@ class SilentReporter:
     def data_progress(self, done: int, total: int) -> None:
         pass
 
-    def study_started(self, *, name: str, done: int, target: int, to_run: int) -> None:
+    def study_started(self, *, name: str, done: int, target: int | None, to_run: int | None) -> None:
         pass
 
     def trial_started(self, number: int, config: TrialConfig, epochs: int) -> None:
@@ -129,33 +132,27 @@ def open_storage(url: str) -> Any:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs())
 
 
-def max_epochs(spec: Spec) -> int:
-    epochs = spec.train.epochs
-    if isinstance(epochs, Range):
-        return int(epochs.high)
-    if isinstance(epochs, Choices):
-        return int(max(epochs.choices))
-    return int(epochs)
+def build_pruner(spec: Spec, *, max_resource: int, n_val: int) -> Any:
+    """One of Optuna's pruners, wrapped so it waits for the judge floor and never cuts on noise.
 
-
-def build_pruner(spec: Spec) -> Any:
-    """Pruning needs curves to compare: no cut before a third of the epochs, or the first rung.
-
-    Hyperband starts its rungs at one epoch, Optuna's default: its brackets already hedge, one of
-    them stopping nothing early. A later first rung (a sixth of the epochs) cost 57-62% of the
-    unpruned epochs on 12-epoch digits, against 45-55% with 1, for the same best trial (issue 6).
+    The median pruner needs no warm-up of its own: the floor, counted in optimizer steps, is it.
+    Hyperband starts its rungs at one epoch, Optuna's default, and its brackets hedge; the floor
+    holds the early rungs back until trials have trained enough to be compared.
     """
     import optuna
 
-    epochs = max_epochs(spec)
+    from autocnn.pruning import NoiseAwarePruner
+
     name = spec.study.pruner
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 3))
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 6), reduction_factor=3)
-    return optuna.pruners.NopPruner()
+        inner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    elif name == "hyperband":
+        inner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_resource, reduction_factor=3)
+    elif name == "successive_halving":
+        inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, max_resource // 6), reduction_factor=3)
+    else:
+        return optuna.pruners.NopPruner()
+    return NoiseAwarePruner(inner, metric=spec.study.metric, n_val=n_val)
 
 
 def build_sampler(spec: Spec, *, n_existing: int) -> Any:
@@ -170,14 +167,15 @@ def build_sampler(spec: Spec, *, n_existing: int) -> Any:
         return optuna.samplers.GPSampler(seed=seed)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    startup = max(3, min(10, spec.study.trials // 4))
+    startup = max(3, min(10, (spec.study.target_trials or 40) // 4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # group=True: a conditional space (one sub-space per model) is modelled per group.
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
 
 
-def load_study(spec: Spec, storage: str, *, create: bool) -> optuna.Study:
+def load_study(spec: Spec, storage: str, *, create: bool, plan: Plan | None = None) -> optuna.Study:
+    """The spec's study; `create` (with the plan, which sizes the pruner) makes it if missing."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial outcomes are reported by autocnn itself
@@ -195,7 +193,7 @@ def load_study(spec: Spec, storage: str, *, create: bool) -> optuna.Study:
         storage=backend,
         direction=spec.study.direction,
         sampler=build_sampler(spec, n_existing=existing),
-        pruner=build_pruner(spec),
+        pruner=build_pruner(spec, max_resource=plan.largest_cap(), n_val=plan.n_val) if plan else None,
         load_if_exists=True,
     )
 
@@ -233,7 +231,43 @@ class TrialContext:
     parent_run_id: str
     reporter: Reporter
     checkpoints: Checkpoints
+    plan: Plan
     latencies: dict[tuple, float] = field(default_factory=dict)  # per architecture (model_facts)
+
+
+def trial_budget(config: TrialConfig, plan: Plan) -> dict[str, Any]:
+    """How long this trial may train, in epochs and optimizer steps; recorded on the trial.
+
+    `epochs: auto` becomes a cap and a patience for the noise-aware stop, sized by the slowest
+    model family so Hyperband's maximum resource holds for every trial.
+    """
+    per_epoch = steps_per_epoch(plan.n_train, int(config.train["batch_size"]))
+    epochs = config.train["epochs"]
+    if epochs == "auto":
+        slowest = max(plan.seconds_per_step.values()) if plan.seconds_per_step else None
+        auto = auto_epochs(per_epoch, seconds_per_step=slowest, timeout=plan.timeout)
+        return {"steps_per_epoch": per_epoch, "epochs": auto.cap, "patience": auto.patience, "auto": True}
+    return {
+        "steps_per_epoch": per_epoch,
+        "epochs": int(epochs),
+        "patience": int(config.train["early_stopping"]),
+        "auto": False,
+    }
+
+
+def train_settings(spec: Spec, config: TrialConfig, budget: dict[str, Any], *, n_val: int) -> TrainSettings:
+    """The trial's training settings: its sampled keys with the budget's epochs, patience and floor."""
+    from autocnn.train import TrainSettings
+
+    return TrainSettings.from_trial(
+        config.train,
+        monitor=spec.study.metric,
+        direction=spec.study.direction,
+        epochs=int(budget["epochs"]),
+        early_stopping=int(budget["patience"]),
+        min_steps=judge_floor_steps(int(budget["steps_per_epoch"]) * int(budget["epochs"])),
+        noise_n=n_val,
+    )
 
 
 def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_id: str) -> float:
@@ -248,13 +282,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
         optimizer_groups,
         preprocess_for,
     )
-    from autocnn.train import (
-        NonFiniteLossError,
-        TensorBatches,
-        Trainer,
-        TrainSettings,
-        pick_device,
-    )
+    from autocnn.train import NonFiniteLossError, TensorBatches, Trainer, pick_device
 
     spec = ctx.spec
     torch.manual_seed(spec.seed * 100_003 + trial.number)
@@ -270,7 +298,12 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
         image_size=pre.image_size,
         base_dir=spec.base_dir,
     )
-    settings = TrainSettings.from_trial(config.train, monitor=spec.study.metric, direction=spec.study.direction)
+    budget = trial.user_attrs.get(BUDGET_ATTR) or trial_budget(config, ctx.plan)  # a retry keeps its original's
+    trial.set_user_attr(BUDGET_ATTR, budget)
+    ctx.tracker.set_tags(
+        run_id, {"autocnn.max_epochs": budget["epochs"], "autocnn.steps_per_epoch": budget["steps_per_epoch"]}
+    )
+    settings = train_settings(spec, config, budget, n_val=len(data.val))
     batch_size = int(config.train["batch_size"])
     train = train_batches(
         ctx, run_id, config, data, pre, batch_size=batch_size, seed=spec.seed + trial.number, device=device
@@ -280,7 +313,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
     facts = model_facts(trainer.model, image_size=pre.image_size, device=device, latencies=ctx.latencies)
     ctx.tracker.log_facts(run_id, facts)
-    ctx.tracker.client.set_tag(run_id, "autocnn.freeze", freeze_mode(model))
+    ctx.tracker.set_tags(run_id, {"autocnn.freeze": freeze_mode(model)})
     ctx.reporter.trial_started(trial.number, config, settings.epochs)
     history = resume_trainer(ctx, trial, trainer)
     # NopPruner never prunes, but asking it still reads the trial back from storage every epoch.
@@ -298,7 +331,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
                 ctx.checkpoints.save(trial.number, {"trainer": trainer.state_dict(), "history": history})
             ctx.reporter.epoch_done(trial.number, metrics, spec.study.metric)
             if prune:
-                raise optuna.TrialPruned(f"pruned at epoch {metrics.epoch}: {spec.study.metric} = {value:.4f}")
+                raise optuna.TrialPruned(_prune_reason(trial, metrics.epoch, spec.study.metric, value))
     except NonFiniteLossError as exc:
         raise optuna.TrialPruned(f"diverged: {exc}") from None
     trainer.restore_best()
@@ -307,6 +340,12 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     if _is_new_best(trial, trainer.best_value):
         ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
     return float(trainer.best_value)  # type: ignore[arg-type]
+
+
+def _prune_reason(trial: optuna.Trial, epoch: int, metric: str, value: float) -> str:
+    """The pruner's own account (what the trial was compared to, by how much) when it has one."""
+    reason = getattr(trial.study.pruner, "reason", lambda _number: None)(trial.number)
+    return reason or f"pruned at epoch {epoch}: {metric} = {value:.4f}"
 
 
 def train_batches(
@@ -332,7 +371,7 @@ def train_batches(
         from autocnn import augment
 
         ctx.tracker.log_dict(run_id, augment.describe(pipeline), "augment.json")
-        ctx.tracker.client.set_tag(run_id, "autocnn.augment_seed", str(seed))
+        ctx.tracker.set_tags(run_id, {"autocnn.augment_seed": seed})
         grid = augment.grid_figure(data.train, pipeline, classes=data.classes, seed=seed)
         ctx.tracker.log_figure(run_id, grid, "augment_grid.png")
     return batches
@@ -409,7 +448,9 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
         run_id = ctx.tracker.start_trial(ctx.parent_run_id, trial.number, config.flat(), config.as_yaml_dict())
         trial.set_user_attr("mlflow_run_id", run_id)
         if RETRY_OF_ATTR in trial.user_attrs:
-            ctx.tracker.client.set_tag(run_id, "autocnn.retry_of", str(trial.user_attrs[RETRY_OF_ATTR]))
+            ctx.tracker.set_tags(run_id, {"autocnn.retry_of": trial.user_attrs[RETRY_OF_ATTR]})
+        if DEFAULT_ATTR in trial.user_attrs:
+            ctx.tracker.set_tags(run_id, {DEFAULT_ATTR: "true"})
         done_with = [trial.number, trial.user_attrs.get(RESUME_FROM_ATTR, trial.number)]
         try:
             value = run_trial(ctx, trial, config, run_id)
@@ -476,10 +517,16 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
     if data.skipped:
         reporter.message(f"warning: skipped {len(data.skipped)} unreadable image(s)")
 
-    target = options.trials or spec.study.trials
+    timeout = options.timeout or spec.study.timeout
+    target = trial_target(spec, options)
+    plan = study_plan(spec, data, timeout=timeout, target=target)
+    for warning in plan.warnings:
+        reporter.message(f"warning: {warning}")
     storage = storage_url(spec, options.storage)
     tracking_uri = options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri()
-    study = load_study(spec, storage, create=True)
+    study = load_study(spec, storage, create=True, plan=plan)
+    if enqueue_defaults(study, spec):
+        reporter.message(f"first trials: the default configuration of {', '.join(spec.models.spaces())}")
     tracker = Tracker(tracking_uri, spec.experiment_name)
     parent = tracker.open_study_run(
         spec.name, spec_text=spec.path.read_text() if spec.path.exists() else "", storage=storage
@@ -488,28 +535,27 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
         reporter.message(f"trial {number} was running when its process died: marked failed, queued again to resume")
     close_orphan_runs(study, tracker, parent)
     counts = count_states(study)
-    to_run = max(0, target - counts["COMPLETE"] - counts["PRUNED"])
-    reporter.study_started(name=spec.name, done=counts["COMPLETE"] + counts["PRUNED"], target=target, to_run=to_run)
+    done_before = counts["COMPLETE"] + counts["PRUNED"]
+    to_run = None if target is None else max(0, target - done_before)
+    reporter.study_started(name=spec.name, done=done_before, target=target, to_run=to_run)
 
     checkpoints = Checkpoints(spec.base_dir / ".autocnn" / spec.name / "checkpoints", keep=options.keep_checkpoints)
-    ctx = TrialContext(spec, cache, tracker, parent, reporter, checkpoints)
+    ctx = TrialContext(spec, cache, tracker, parent, reporter, checkpoints, plan)
     streak = FailStreak()
     status = "KILLED"
     started = time.perf_counter()
     try:
-        if to_run:
+        if to_run is None or to_run > 0:
             import optuna
             from optuna.trial import TrialState
 
-            # Failed trials do not count: run until `target` trials are complete or pruned.
-            done = optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))
-            with graceful_interrupts():
-                study.optimize(
-                    make_objective(ctx),
-                    timeout=options.timeout or spec.study.timeout,
-                    catch=(Exception,),
-                    callbacks=[done, streak],
+            callbacks: list[Any] = [streak]
+            if target is not None:  # failed trials do not count: run until `target` are complete or pruned
+                callbacks.append(
+                    optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))
                 )
+            with graceful_interrupts():
+                study.optimize(make_objective(ctx), timeout=timeout, catch=(Exception,), callbacks=callbacks)
         status = "FINISHED"
     finally:
         try:
@@ -530,6 +576,21 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
     if result.best_number is not None:
         log_best_model(spec, study, tracker, parent, data)
     return result
+
+
+def trial_target(spec: Spec, options: StudyOptions) -> int | None:
+    """Trials to reach: the command line's, the spec's, or none with a time limit (run until it is spent)."""
+    if options.trials:
+        return options.trials
+    if spec.study.trials is not None:
+        return spec.study.trials
+    return None if (options.timeout or spec.study.timeout) else DEFAULT_TRIALS
+
+
+def study_plan(spec: Spec, data: Dataset, *, timeout: float | None, target: int | None) -> Plan:
+    """The plan; a timed study also probes each model family, to size `epochs: auto` to the time."""
+    timings = probe_seconds_per_step(spec, data) if timeout is not None else None
+    return make_plan(spec, data, seconds_per_step=timings, timeout=timeout, target_trials=target)
 
 
 def log_best_model(spec: Spec, study: optuna.Study, tracker: Tracker, parent: str, data: Dataset) -> None:

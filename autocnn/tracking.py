@@ -173,6 +173,10 @@ class Tracker:
         for future in pending:
             future.result()
 
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
     def log_facts(self, run_id: str, facts: dict[str, Any]) -> None:
         """One-off numbers about a trial (parameter counts, sizes), as step-0 metrics."""
         self.log_epoch(run_id, {k: float(v) for k, v in facts.items()}, step=0)

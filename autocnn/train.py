@@ -36,12 +36,18 @@ class TrainSettings:
     precision: str = "auto"
     monitor: str = "val_accuracy"
     mode: str = "max"
+    # Early stopping never acts before this many optimizer steps (autocnn.budget's judge floor) ...
+    min_steps: int = 0
+    # ... and, with n validation images, counts an epoch as progress only when it beats the last
+    # progress by more than the sampling error; 0 counts any improvement.
+    noise_n: int = 0
 
     @classmethod
-    def from_trial(cls, train: dict[str, Any], *, monitor: str, direction: str) -> TrainSettings:
+    def from_trial(cls, train: dict[str, Any], *, monitor: str, direction: str, **resolved: Any) -> TrainSettings:
+        """`resolved` overrides sampled keys the caller has worked out (what `epochs: auto` means)."""
         keys = {"epochs", "lr", "weight_decay", "scheduler", "early_stopping", "label_smoothing", "precision"}
         return cls(
-            **{k: v for k, v in train.items() if k in keys},
+            **{**{k: v for k, v in train.items() if k in keys}, **resolved},
             monitor=monitor,
             mode="max" if direction == "maximize" else "min",
         )
@@ -51,6 +57,7 @@ class TrainSettings:
 class EpochMetrics:
     epoch: int  # 1-based; the Optuna step and the MLflow step
     train_loss: float
+    train_accuracy: float  # on the training batches as trained (augmented, dropout on): memorisation shows here
     val_loss: float
     val_accuracy: float
     val_macro_f1: float
@@ -181,6 +188,8 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_eval: Evaluation | None = None  # the best epoch's validation, kept for the trial's end
         self.stale_epochs = 0
+        self.progress_value: float | None = None  # the value at the last epoch that counted as progress
+        self.steps = 0  # optimizer steps taken
 
     # ---------------------------------------------------------------- one epoch each way
 
@@ -189,14 +198,17 @@ class Trainer:
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         )
 
-    def train_one_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, int]:
+    def train_one_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float, int]:
+        """(mean loss, accuracy, images seen) over the epoch's batches as they were trained."""
         self.model.train()
         total, seen = torch.zeros((), device=self.device), 0
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
         for x, y in batches:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                loss = self.criterion(self.model(x), y)
+                logits = self.model(x)
+                loss = self.criterion(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -204,11 +216,13 @@ class Trainer:
             if self.step_per_batch and self.scheduler is not None:
                 self.scheduler.step()
             total += loss.detach() * len(y)
+            correct += (logits.detach().argmax(dim=1) == y).sum()
             seen += len(y)
+            self.steps += 1
         mean_loss = float(total) / max(seen, 1)
         if not math.isfinite(mean_loss):
             raise NonFiniteLossError(f"training loss became {mean_loss} at epoch {self.epoch + 1}")
-        return mean_loss, seen
+        return mean_loss, int(correct) / max(seen, 1), seen
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Evaluation:
@@ -242,13 +256,14 @@ class Trainer:
             lr = self.optimizer.param_groups[-1]["lr"]
             if hasattr(train, "set_epoch"):
                 train.set_epoch(self.epoch)
-            train_loss, seen = self.train_one_epoch(train)
+            train_loss, train_accuracy, seen = self.train_one_epoch(train)
             train_seconds = time.perf_counter() - start
             ev = self.evaluate(val)
             self.epoch += 1
             metrics = EpochMetrics(
                 epoch=self.epoch,
                 train_loss=train_loss,
+                train_accuracy=train_accuracy,
                 val_loss=ev.loss,
                 val_accuracy=float(accuracy_score(ev.labels, ev.preds)),
                 val_macro_f1=float(f1_score(ev.labels, ev.preds, average="macro", zero_division=0)),
@@ -260,8 +275,13 @@ class Trainer:
             if self.best_epoch == self.epoch:
                 self.best_eval = ev  # the best weights' evaluation: no second pass at the trial's end
             yield metrics
-            if self.settings.early_stopping and self.stale_epochs >= self.settings.early_stopping:
+            if self.should_stop():
                 return
+
+    def should_stop(self) -> bool:
+        """Early stopping: `early_stopping` epochs without progress, once past the judge floor."""
+        patience = self.settings.early_stopping
+        return bool(patience) and self.stale_epochs >= patience and self.steps >= self.settings.min_steps
 
     def _end_epoch(self, metrics: EpochMetrics) -> None:
         value = getattr(metrics, self.settings.monitor)
@@ -273,8 +293,10 @@ class Trainer:
             else:
                 self.scheduler.step()
         if self.is_better(value):
-            self.best_value, self.best_epoch, self.stale_epochs = value, metrics.epoch, 0
+            self.best_value, self.best_epoch = value, metrics.epoch
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        if self.is_progress(value):
+            self.progress_value, self.stale_epochs = value, 0
         else:
             self.stale_epochs += 1
 
@@ -282,6 +304,24 @@ class Trainer:
         if self.best_value is None:
             return True
         return value > self.best_value if self.settings.mode == "max" else value < self.best_value
+
+    def is_progress(self, value: float) -> bool:
+        """Better than the last progress by more than one sampling error of the validation set.
+
+        Without it, a plateau that wobbles by one image resets the patience for ever, and a
+        trial on a small validation set never stops; the margin is cumulative, so slow, steady
+        learners still count as progressing.
+        """
+        if self.progress_value is None:
+            return True
+        margin = 0.0
+        if self.settings.noise_n:
+            from autocnn.budget import improvement_margin
+
+            margin = improvement_margin(self.settings.monitor, self.progress_value, self.settings.noise_n)
+        if self.settings.mode == "max":
+            return value > self.progress_value + margin
+        return value < self.progress_value - margin
 
     def restore_best(self) -> None:
         """Load the best epoch's weights back, for the final artifacts and the logged model."""
@@ -308,6 +348,8 @@ class Trainer:
             "best_state": None if best_is_model else self.best_state,
             "best_is_model": best_is_model,
             "stale_epochs": self.stale_epochs,
+            "progress_value": self.progress_value,
+            "steps": self.steps,
             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state()},
         }
 
@@ -324,6 +366,8 @@ class Trainer:
         if state.get("best_is_model"):
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         self.stale_epochs = int(state["stale_epochs"])
+        self.progress_value = state.get("progress_value", self.best_value)
+        self.steps = int(state.get("steps", 0))
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(_numpy_rng_tuple(state["rng"]["numpy"]))
 

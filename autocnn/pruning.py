@@ -1,0 +1,134 @@
+"""Pruning that waits for real training and never cuts on a coin flip.
+
+Optuna's pruners compare a trial's intermediate value with other trials' at the same step and
+cut it when it falls short by any amount. On small validation sets that amount is often noise:
+with 300 images, two models of equal skill differ by several points, and every model sits at
+chance for its first few dozen optimizer steps. NoiseAwarePruner wraps one of Optuna's pruners,
+which still decides rungs, brackets and percentiles, and adds two rules before a cut stands:
+
+1. the trial has trained for the judge floor (`autocnn.budget.judge_floor_steps`), counted in
+   optimizer steps from the budget the objective records on the trial;
+2. the trial's value is worse than what the inner pruner compared it to by more than the noise
+   band of the validation set (`autocnn.budget.noise_band`).
+
+Each cut leaves a sentence saying what the trial was compared to and by how much.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.pruners import BasePruner, HyperbandPruner, PercentilePruner, SuccessiveHalvingPruner
+
+from autocnn.budget import BUDGET_ATTR, judge_floor_steps, noise_band
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+_RUNG_PREFIX = "completed_rung_"  # Optuna's successive-halving bookkeeping on each trial
+
+
+class NoiseAwarePruner(BasePruner):
+    """An Optuna pruner whose cuts must clear the judge floor and the validation noise band."""
+
+    def __init__(self, inner: BasePruner, *, metric: str, n_val: int) -> None:
+        self.inner = inner
+        self.metric = metric
+        self.n_val = n_val
+        self.reasons: dict[int, str] = {}  # trial number -> why it was cut
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or not self._past_floor(trial, step):
+            return False
+        if not self.inner.prune(study, trial):
+            return False
+        comparison = self.comparison(study, trial, step)
+        if comparison is None:
+            self.reasons[trial.number] = f"pruned at epoch {step} by {type(self.inner).__name__}"
+            return True
+        value, reference, what = comparison
+        band = noise_band(self.metric, value, reference, self.n_val)
+        gap = reference - value if self.metric != "val_loss" else value - reference
+        if gap <= band:
+            return False
+        self.reasons[trial.number] = (
+            f"pruned at epoch {step}{self._steps_note(trial, step)}: {self.metric} {value:.4f} against {what} "
+            f"{reference:.4f}, {gap:.4f} worse, beyond the noise band of {band:.4f} ({self.n_val} validation images)"
+        )
+        return True
+
+    def reason(self, number: int) -> str | None:
+        return self.reasons.get(number)
+
+    # ------------------------------------------------------------------ the floor
+
+    @staticmethod
+    def _past_floor(trial: FrozenTrial, step: int) -> bool:
+        budget = trial.user_attrs.get(BUDGET_ATTR)
+        if not budget:
+            return True
+        per_epoch = int(budget["steps_per_epoch"])
+        return step * per_epoch >= judge_floor_steps(per_epoch * int(budget["epochs"]))
+
+    @staticmethod
+    def _steps_note(trial: FrozenTrial, step: int) -> str:
+        budget = trial.user_attrs.get(BUDGET_ATTR)
+        return f" ({step * int(budget['steps_per_epoch'])} optimizer steps)" if budget else ""
+
+    # ------------------------------------------------------------------ what the inner pruner compared
+
+    def comparison(self, study: Study, trial: FrozenTrial, step: int) -> tuple[float, float, str] | None:
+        """(trial's value, the value it was compared to, what that value is), as the inner pruner saw them."""
+        inner = self.inner
+        try:
+            if isinstance(inner, HyperbandPruner):
+                bracket = inner._get_bracket_id(study, trial)
+                bracket_study = inner._create_bracket_study(study, bracket)
+                return _rung_comparison(bracket_study, trial, inner._pruners[bracket], f"bracket {bracket}'s ")
+            if isinstance(inner, SuccessiveHalvingPruner):
+                return _rung_comparison(study, trial, inner, "")
+            if isinstance(inner, PercentilePruner):
+                return _percentile_comparison(study, trial, step, float(inner._percentile))
+        except (AttributeError, KeyError, IndexError, TypeError):
+            return None
+        return None
+
+
+def _maximize(study: Any) -> bool:
+    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def _percentile_comparison(study: Study, trial: FrozenTrial, step: int, percentile: float) -> tuple[float, float, str]:
+    """A percentile pruner compares the trial's best value so far with completed trials at `step`."""
+    import numpy as np
+
+    maximize = _maximize(study)
+    own = [v for s, v in trial.intermediate_values.items() if s <= step and not math.isnan(v)]
+    value = (max if maximize else min)(own)
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    at_step = [t.intermediate_values[step] for t in done if step in t.intermediate_values]
+    reference = float(np.nanpercentile(np.asarray(at_step, dtype=float), 100 - percentile if maximize else percentile))
+    what = "the median" if percentile == 50 else f"the {percentile:g}th percentile"
+    return float(value), reference, f"{what} of {len(at_step)} completed trials at epoch {step}"
+
+
+def _rung_comparison(
+    study: Any, trial: FrozenTrial, halving: SuccessiveHalvingPruner, scope: str
+) -> tuple[float, float, str]:
+    """Successive halving promotes the top 1/eta of a rung: the bar is the last promoted value."""
+    current = {t.number: t for t in study.get_trials(deepcopy=False)}[trial.number]
+    rungs = [int(k.removeprefix(_RUNG_PREFIX)) for k in current.system_attrs if k.startswith(_RUNG_PREFIX)]
+    rung = max(rungs)
+    key = f"{_RUNG_PREFIX}{rung}"
+    value = float(current.system_attrs[key])
+    competing = sorted(
+        (float(t.system_attrs[key]) for t in study.get_trials(deepcopy=False) if key in t.system_attrs),
+        reverse=_maximize(study),
+    )
+    promoted = max(len(competing) // int(halving._reduction_factor), 1)
+    reference = competing[promoted - 1]
+    return value, reference, f"{scope}rung {rung} bar (top {promoted} of {len(competing)})"
