@@ -265,6 +265,12 @@ def _random_split(image_size: int, num_classes: int) -> Any:
     )
 
 
+def plan_for(spec: Spec, cache: Any, *, probe: bool = True) -> Plan:
+    """The plan `autocnn validate` prints: the spec's data decoded, each model family timed."""
+    data = cache.get()
+    return make_plan(spec, data, seconds_per_step=probe_seconds_per_step(spec, data) if probe else None)
+
+
 def describe(plan: Plan) -> list[tuple[str, str]]:
     """The plan as rows for `autocnn validate`."""
     low, high = plan.trial_steps()
@@ -292,11 +298,17 @@ def describe(plan: Plan) -> list[tuple[str, str]]:
     for model in plan.seconds_per_step:
         span = plan.seconds_per_trial(model)
         if span is not None:
-            rows.append((f"{model} trial", f"{_seconds(span[0])} to {_seconds(span[1])} at full length (timed probe)"))
+            length = (
+                _seconds(span[0])
+                if _seconds(span[0]) == _seconds(span[1])
+                else f"{_seconds(span[0])} to {_seconds(span[1])}"
+            )
+            rows.append((f"{model} trial", f"{length} at full length (timed probe)"))
     if plan.timeout is not None and plan.seconds_per_step:
         longest = max(t[1] for m in plan.seconds_per_step if (t := plan.seconds_per_trial(m)) is not None)
         shortest = min(t[0] for m in plan.seconds_per_step if (t := plan.seconds_per_trial(m)) is not None)
-        fit = f"{math.floor(plan.timeout / longest)} to {math.floor(plan.timeout / max(shortest, 1e-9))}"
+        most, fewest = math.floor(plan.timeout / max(shortest, 1e-9)), math.floor(plan.timeout / longest)
+        fit = str(most) if most == fewest else f"{fewest} to {most}"
         target = "until the time is spent" if plan.target_trials is None else f"target {plan.target_trials} trials"
         rows.append(("trials in study.timeout", f"{fit} full-length trials in {_minutes(plan.timeout)} ({target})"))
     return rows

@@ -38,7 +38,7 @@ FACT_KEYS: dict[str, tuple[str, ...]] = {
         "latency_ms_batch1",
     ),
 }
-CURVE_KEYS = ("val_accuracy", "val_macro_f1", "val_loss", "train_loss")
+CURVE_KEYS = ("val_accuracy", "val_macro_f1", "val_loss", "train_loss", "train_accuracy")
 N_CURVES = 5  # learning curves of the top trials
 SECTIONS = {
     "leaderboard": "Leaderboard",
@@ -320,19 +320,28 @@ def optuna_plot(kind: str, study: optuna.Study, n_complete: int) -> str:
 
 
 def curves_html(trials: Sequence[TrialFacts], metric: str) -> str:
-    """The study metric and both losses per epoch, for the best few complete trials."""
+    """The study metric beside train accuracy, and both losses, per epoch for the best few trials.
+
+    Train accuracy far above validation accuracy is memorisation: on small data it is the first
+    thing to look for, and the validation curve alone does not show it.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     top = [t for t in trials if t.state == "COMPLETE" and t.curves][:N_CURVES]
     if not top:
         return "<p class=note>No complete trial has metric histories in MLflow yet.</p>"
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(metric, "loss (solid: val, dotted: train)"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(f"{metric} (solid), train accuracy (dotted)", "loss (solid: val, dotted: train)"),
+    )
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
     for i, t in enumerate(top):
         color, name = palette[i % len(palette)], f"trial {t.number} ({t.model})"
         for key, col, dash, legend in (
             (metric, 1, "solid", True),
+            ("train_accuracy", 1, "dot", False),
             ("val_loss", 2, "solid", False),
             ("train_loss", 2, "dot", False),
         ):

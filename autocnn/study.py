@@ -562,7 +562,9 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
             checkpoints.close()
         except Exception as exc:  # the study's runs are closed all the same
             reporter.message(f"warning: the last checkpoint could not be written: {exc}")
-        result = summarize(spec, study, storage, tracking_uri, ran=len(study.trials) - sum(counts.values()))
+        result = summarize(
+            spec, study, storage, tracking_uri, ran=_started(study) - (sum(counts.values()) - counts["WAITING"])
+        )
         if streak.streak >= MAX_FAILS_IN_A_ROW:
             result.stopped_reason = f"the last {MAX_FAILS_IN_A_ROW} trials all failed; last error: {streak.last_error}"
             status = "FAILED"
@@ -576,6 +578,11 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
     if result.best_number is not None:
         log_best_model(spec, study, tracker, parent, data)
     return result
+
+
+def _started(study: optuna.Study) -> int:
+    """Trials that have run or are running: queued ones (defaults, retries) are not started."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name != "WAITING")
 
 
 def trial_target(spec: Spec, options: StudyOptions) -> int | None:

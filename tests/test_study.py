@@ -8,6 +8,8 @@ import mlflow
 import optuna
 import pytest
 
+from autocnn.budget import BUDGET_ATTR
+from autocnn.defaults import DEFAULT_ATTR
 from autocnn.spec import load_spec
 from autocnn.study import StudyOptions, load_study, run_study, storage_url
 from autocnn.tracking import RUN_STATUS, STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
@@ -51,6 +53,12 @@ def test_study_runs_then_resumes_only_missing_trials(in_tmp: Path) -> None:
     assert_one_to_one(study, runs)
     # Resumed params are new points, not a replay of the first trials (sampler seed moved on).
     assert study.trials[3].params != study.trials[0].params
+    # Trial 0 is the default configuration, moved inside the spec's ranges, and says so.
+    assert study.trials[0].user_attrs[DEFAULT_ATTR] == "custom_cnn"
+    assert study.trials[0].params == {"model": "custom_cnn", "models.custom_cnn.depth": 3, "train.lr": 1e-3}
+    assert [t.number for t in study.trials if DEFAULT_ATTR in t.user_attrs] == [0]
+    tags = {int(r.data.tags[TRIAL_TAG]): r.data.tags.get(DEFAULT_ATTR) for r in runs}
+    assert tags == {0: "true", 1: None, 2: None, 3: None, 4: None}
 
     third = run_study(spec, StudyOptions(trials=5))
     assert third.ran == 0 and len(trial_runs(spec.name)) == 5
@@ -61,7 +69,15 @@ def test_study_runs_then_resumes_only_missing_trials(in_tmp: Path) -> None:
     history = client.get_metric_history(best_run.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1, 2]
     assert best_run.data.metrics["val_accuracy"] == pytest.approx(history[-1].value)
-    for metric in ("train_loss", "val_loss", "val_macro_f1", "lr", "epoch_seconds", "train_images_per_s"):
+    for metric in (
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_macro_f1",
+        "lr",
+        "epoch_seconds",
+        "train_images_per_s",
+    ):
         assert len(client.get_metric_history(best_run.info.run_id, metric)) == 2
     artifacts = {a.path for a in client.list_artifacts(best_run.info.run_id)}
     assert {"config.yaml", "confusion_matrix.png", "per_class_metrics.json", "weights"} <= artifacts
@@ -103,3 +119,42 @@ def test_pruned_and_failed_trials_match_too(in_tmp: Path, monkeypatch: pytest.Mo
             assert run.data.tags["autocnn.reason"].startswith("pruned at epoch")
     # failed trials do not count toward the target
     assert result.counts["COMPLETE"] + result.counts["PRUNED"] == 5
+
+
+def test_a_timeout_only_study_keeps_starting_trials_until_the_time_is_spent(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import autocnn.spec
+    import autocnn.study
+
+    monkeypatch.setattr(autocnn.spec, "DEFAULT_TRIALS", 1)
+    monkeypatch.setattr(autocnn.study, "DEFAULT_TRIALS", 1)
+    monkeypatch.setattr(autocnn.study, "run_trial", lambda ctx, trial, config, run_id: 0.5)  # no training
+    monkeypatch.setattr(autocnn.study, "log_best_model", lambda *args: None)  # so no weights either
+    spec_dict = digits_spec_dict(study={"timeout": 2, "pruner": "none"})
+    del spec_dict["study"]["trials"]
+    spec = load_spec(write_spec(in_tmp, spec_dict))
+    assert spec.study.trials is None and spec.study.target_trials is None
+    start = time.monotonic()
+    result = run_study(spec)
+    assert time.monotonic() - start >= 2
+    assert result.counts["COMPLETE"] >= 2  # no trial target: more than the (patched) default of 1
+
+
+def test_an_auto_epochs_trial_stops_by_itself(in_tmp: Path) -> None:
+    spec_dict = digits_spec_dict(
+        study={"trials": 1, "pruner": "none"},
+        train={"epochs": "auto", "batch_size": 64, "lr": 3e-3},
+        models={"custom_cnn": {"depth": 3, "width": 16}},
+    )
+    spec = load_spec(write_spec(in_tmp, spec_dict))
+    run_study(spec)
+    (trial,) = load_study(spec, storage_url(spec), create=False).trials
+    budget = trial.user_attrs[BUDGET_ATTR]
+    # 1,077 training images at batch 64: 16 steps an epoch; a 1,000-step cap; a 100-step patience.
+    assert budget == {"steps_per_epoch": 16, "epochs": 63, "patience": 7, "auto": True}
+    assert trial.state.name == "COMPLETE"
+    epochs = len(trial.intermediate_values)
+    assert 8 <= epochs < 63  # past the judge floor, then stopped by the plateau, far before the cap
