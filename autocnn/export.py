@@ -1,9 +1,12 @@
 """From a finished study to a shippable model: `autocnn finalize`.
 
-The best trial (or `--trial N`) is rebuilt from its Optuna params, given weights (its own saved
-best-epoch weights, or trained again with `--retrain` / `--refit`), evaluated once on the test
-split, logged to a `final` MLflow run nested under the study, registered under the study's name,
-and exported to a folder that `autocnn predict` (or any ONNX runtime) can use on its own.
+The best trial (or `--trial N`, or with `--top-k K --seeds S` the best of the K best configs by
+their mean over S re-trainings) is rebuilt from its Optuna params and given weights: refit on
+train + val by default (val has picked the config and its epoch count; its images are worth
+learning from), the trial's own saved weights with `--no-refit`, or trained again on train with
+`--retrain`. The model is evaluated once on the test split, logged to a `final` MLflow run nested
+under the study, registered under the study's name, and exported to a folder that
+`autocnn predict` (or any ONNX runtime) can use on its own.
 """
 
 from __future__ import annotations
@@ -39,14 +42,45 @@ if TYPE_CHECKING:
 Say = Callable[[str], None]
 
 
+TRIAL_WEIGHTS = "trial weights"
+RETRAINED = "retrained on train"
+REFIT = "refit on train+val"
+# Seed s of a re-training offsets the trial's own seeds by s strides; a stride larger than any
+# trial number keeps every (trial, seed) pair of a study on seeds of its own.
+SEED_STRIDE = 1_000_003
+
+
 @dataclass(frozen=True)
 class FinalizeOptions:
     trial: int | None = None  # default: the study's best trial
     retrain: bool = False  # train the trial's config again on train (val picks the best epoch)
-    refit: bool = False  # train on train + val for the trial's best number of epochs
+    refit: bool = True  # train on train + val for the trial's best number of epochs
+    top_k: int = 1  # re-train the K best complete configs and pick by their mean val score
+    seeds: int = 1  # re-trainings per config when comparing
     storage: str | None = None
     tracking_uri: str | None = None
     out_dir: Path | None = None  # default: ./models/<study>
+
+    @property
+    def compares(self) -> bool:
+        """K=1, S=1 is one config trained once: nothing to compare, so no re-training for it."""
+        return self.top_k > 1 or self.seeds > 1
+
+    @property
+    def weights_from(self) -> str:
+        """--retrain wins over the refit default: it asks val to pick the epoch, which a refit cannot."""
+        if self.retrain:
+            return RETRAINED
+        return REFIT if self.refit else TRIAL_WEIGHTS
+
+
+def check_options(options: FinalizeOptions) -> None:
+    """Reject option combinations before anything trains or loads."""
+    for name, value in (("--top-k", options.top_k), ("--seeds", options.seeds)):
+        if value < 1:
+            raise ExportError(f"{name} {value}: must be at least 1")
+    if options.trial is not None and options.top_k > 1:
+        raise ExportError(f"--trial {options.trial} with --top-k {options.top_k}: --top-k picks the trial; give one")
 
 
 @dataclass(frozen=True)
@@ -69,12 +103,76 @@ class Scores:
         return confusion_matrix(self.labels, self.preds, labels=list(range(len(self.classes)))).tolist()
 
 
+@dataclass(frozen=True)
+class Retrained:
+    """A model trained again, with the Trainer's own val score of its best epoch.
+
+    That score is what a top-k comparison ranks by, so no second evaluation path can disagree with
+    the one the study itself used. After a refit it was measured on images the model learnt from.
+    """
+
+    model: nn.Module
+    value: float
+    best_epoch: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration re-trained with several seeds: its study value against its mean."""
+
+    trial: int
+    model: str
+    study_value: float
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (n - 1): a few seeds estimate the spread, they are not all of it."""
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial,
+            "model": self.model,
+            "study_value": self.study_value,
+            "mean": self.mean,
+            "std": self.std,
+            "values": list(self.values),
+        }
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The top-k comparison: every candidate in the study's order, the pick, and why."""
+
+    metric: str
+    direction: str
+    seeds: int
+    candidates: tuple[Candidate, ...]
+    picked: Candidate
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "direction": self.direction,
+            "seeds": self.seeds,
+            "picked": self.picked.trial,
+            "reason": self.reason,
+            "candidates": [c.as_dict() for c in self.candidates],
+        }
+
+
 @dataclass
 class FinalizeResult:
     study: str
     trial: int
     model: str
-    weights_from: str  # "trial weights" | "retrained on train" | "refit on train+val"
+    weights_from: str  # TRIAL_WEIGHTS | RETRAINED | REFIT
     scores: Scores
     onnx_max_abs_diff: float
     onnx_accuracy: float
@@ -86,6 +184,7 @@ class FinalizeResult:
     run_id: str
     registered: str  # "<name> version <n>"
     warnings: list[str] = field(default_factory=list)
+    top_k: TopK | None = None  # only when --top-k or --seeds compared re-trained configs
 
 
 # ------------------------------------------------------------------- which trial, which weights
@@ -131,7 +230,7 @@ def load_trial_weights(tracker: Tracker, trial: optuna.trial.FrozenTrial, model:
     except Exception:  # noqa: BLE001 - any missing artifact means: no saved weights for this trial
         raise ExportError(
             f"trial {trial.number} has no saved weights (only trials that were the best so far "
-            "keep them); add --retrain to train its config again"
+            "keep them); drop --no-refit to refit its config, or add --retrain"
         ) from None
     model.load_state_dict(state)
 
@@ -145,6 +244,12 @@ def best_epoch(trial: optuna.trial.FrozenTrial, direction: str) -> int:
     return int(pick(curve, key=lambda step: curve[step]))
 
 
+def run_seeds(spec: Spec, trial_number: int, seed: int) -> tuple[int, int]:
+    """(torch seed, batch seed) of re-training seed `seed`; seed 0 is how the trial itself was seeded."""
+    offset = seed * SEED_STRIDE
+    return spec.seed * 100_003 + trial_number + offset, spec.seed + trial_number + offset
+
+
 def retrain(
     spec: Spec,
     trial: optuna.trial.FrozenTrial,
@@ -153,15 +258,17 @@ def retrain(
     pre: Preprocessing,
     *,
     refit: bool,
-) -> nn.Module:
-    """Train the trial's config again, seeded as the trial was; refit also learns from val."""
+    seed: int = 0,
+) -> Retrained:
+    """Train the trial's config again, seeded as the trial was (seed 0) or offset; refit also learns from val."""
     import torch
 
     from autocnn.models import build_model, optimizer_groups
     from autocnn.study import make_train_batches
     from autocnn.train import TensorBatches, Trainer, TrainSettings, pick_device
 
-    torch.manual_seed(spec.seed * 100_003 + trial.number)
+    torch_seed, batch_seed = run_seeds(spec, trial.number, seed)
+    torch.manual_seed(torch_seed)
     model = build_model(
         config.model,
         config.model_params,
@@ -184,7 +291,7 @@ def retrain(
         train_split,
         pre,
         batch_size=batch_size,
-        seed=spec.seed + trial.number,
+        seed=batch_seed,
         device=device,
     )
     val = TensorBatches(data.val, pre, batch_size=max(256, batch_size), shuffle=False, device=device)
@@ -194,7 +301,92 @@ def retrain(
         pass
     if not refit:
         trainer.restore_best()
-    return trainer.model
+    return Retrained(trainer.model, float(trainer.best_value), trainer.best_epoch)
+
+
+# --------------------------------------------------------------------------- top-k by mean
+
+
+def top_trials(study: optuna.Study, k: int, direction: str) -> tuple[list[optuna.trial.FrozenTrial], list[str]]:
+    """The k best COMPLETE trials, best first (ties: the earlier trial); fewer, with a warning, if so many."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not complete:
+        raise StudyError(f"study '{study.study_name}' has no complete trial yet; run `autocnn study` first")
+    sign = -1.0 if direction == "maximize" else 1.0
+    ranked = sorted(complete, key=lambda t: (sign * float(t.value), t.number))
+    if len(ranked) >= k:
+        return ranked[:k], []
+    return ranked, [f"--top-k {k}: the study has {len(ranked)} complete trials; compared those"]
+
+
+def pick_by_mean(candidates: list[Candidate], direction: str) -> Candidate:
+    """The best mean in the study's direction; a tie goes to the candidate the study ranked higher."""
+    pick = max if direction == "maximize" else min
+    return pick(candidates, key=lambda c: c.mean)
+
+
+def why_picked(picked: Candidate, candidates: list[Candidate], metric: str, seeds: int) -> str:
+    """The pick and its reason, in words a user can check against the table."""
+    runs = f"{seeds} seed{'s' if seeds > 1 else ''}"
+    chosen = (
+        f"trial {picked.trial} ({picked.model}): best mean {metric} over {runs}, {picked.mean:.4f} ± {picked.std:.4f}"
+    )
+    if len(candidates) == 1:
+        return f"{chosen}; the only configuration compared, its seeds show how much its score varies"
+    first = candidates[0]
+    why = f"the maximum of {len(candidates)} noisy validation scores flatters its winner"
+    if picked is first:
+        return f"{chosen}; also the study's best single value, which held up (ranked by mean: {why})"
+    single = f"trial {first.trial}, {first.study_value:.4f}, mean {first.mean:.4f}"
+    return f"{chosen}; not the study's best single value ({single}): {why}"
+
+
+def compare_top_k(
+    spec: Spec,
+    trials: list[optuna.trial.FrozenTrial],
+    cache: DataCache,
+    seeds: int,
+    say: Say,
+) -> tuple[TopK, nn.Module]:
+    """Re-train each config with `seeds` seeds on train, val picking each run's epoch; pick by mean.
+
+    Returns the comparison and the pick's seed-0 model, which is exactly what `--retrain` would
+    train for it. Only the leader's is kept, so a long comparison does not pile up models.
+    """
+    direction, metric = spec.study.direction, spec.study.metric
+    say(f"re-training the {len(trials)} best configurations on train, {seeds} seed(s) each, to pick by mean {metric}")
+    candidates: list[Candidate] = []
+    leader: dict[int, nn.Module] = {}
+    for trial in trials:
+        candidate, seed0_model = rerun_config(spec, trial, cache, seeds, say)
+        candidates.append(candidate)
+        if pick_by_mean(candidates, direction) is candidate:
+            leader = {candidate.trial: seed0_model}
+    picked = pick_by_mean(candidates, direction)
+    reason = why_picked(picked, candidates, metric, seeds)
+    say(f"picked {reason}")
+    return TopK(metric, direction, seeds, tuple(candidates), picked, reason), leader[picked.trial]
+
+
+def rerun_config(
+    spec: Spec, trial: optuna.trial.FrozenTrial, cache: DataCache, seeds: int, say: Say
+) -> tuple[Candidate, nn.Module]:
+    """One config's seeds on train, and its seed-0 model (the one `--retrain` would give)."""
+    from autocnn.space import config_from_params
+
+    config = config_from_params(spec, trial.params)
+    pre = model_preprocessing(spec, config)
+    data = cache.get(pre.image_size)
+
+    def run(seed: int) -> Retrained:
+        done = retrain(spec, trial, config, data, pre, refit=False, seed=seed)
+        say(f"trial {trial.number} ({config.model}) seed {seed}: {spec.study.metric} {done.value:.4f}")
+        return done
+
+    first = run(0)
+    seed0_model = first.model.cpu()
+    values = (first.value, *(run(seed).value for seed in range(1, seeds)))
+    return Candidate(trial.number, config.model, float(trial.value), values), seed0_model
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -302,6 +494,7 @@ def log_final_run(
     facts: dict[str, float],
     out: Path,
     how: str,
+    top_k: TopK | None = None,
 ) -> tuple[str, str]:
     """A `final` run nested under the study's run; the model registered under the study's name."""
     from autocnn.figures import confusion_matrix_figure
@@ -326,7 +519,11 @@ def log_final_run(
         split = scores.split
         metrics = {f"{split}_accuracy": scores.accuracy, f"{split}_macro_f1": scores.macro_f1}
         metrics.update({k.replace("accuracy", f"{split}_accuracy"): v for k, v in facts.items()})
+        if top_k is not None:
+            metrics.update(topk_mean=top_k.picked.mean, topk_std=top_k.picked.std)
+            tracker.log_dict(run_id, top_k.as_dict(), "top_k.json")
         tracker.log_facts(run_id, metrics)
+        tracker.flush()  # log_facts only gathers: the run must hold its metrics before it closes
         figure = confusion_matrix_figure(scores.labels, scores.preds, scores.classes)
         tracker.log_figure(run_id, figure, "confusion_matrix.png")
         tracker.log_dict(run_id, scores.per_class, "per_class_metrics.json")
@@ -357,14 +554,32 @@ def obtain_model(
     tracker: Tracker,
     options: FinalizeOptions,
     say: Say,
+    *,
+    retrained: nn.Module | None = None,
 ) -> tuple[nn.Module, str]:
-    """The trial's saved best-epoch weights, or its config trained again; and which it was."""
+    """The final weights, and where they came from: a refit, a retrain or the trial's own.
+
+    `retrained` is a seed-0 run of this config on train (from the top-k comparison): it is exactly
+    what `--retrain` trains, so it is used instead of training the same model a second time.
+    """
     from autocnn.models import build_model
 
-    if options.retrain or options.refit:
-        how = "refit on train+val" if options.refit else "retrained on train"
+    how = options.weights_from
+    if how == REFIT:
+        epochs = best_epoch(trial, spec.study.direction)
+        n_images = len(data.train) + len(data.val)
+        say(
+            f"trial {trial.number} ({config.model}): refitting on train+val ({n_images} images) for {epochs} "
+            "epochs, where the trial peaked (--no-refit keeps its saved weights)"
+        )
+        return retrain(spec, trial, config, data, pre, refit=True).model, how
+    if how == RETRAINED:
+        if retrained is not None:
+            say(f"trial {trial.number} ({config.model}): its seed-0 run on train from the comparison ({how})")
+            return retrained, how
         say(f"trial {trial.number} ({config.model}): training its config again ({how})")
-        return retrain(spec, trial, config, data, pre, refit=options.refit), how
+        return retrain(spec, trial, config, data, pre, refit=False).model, how
+    say(f"trial {trial.number} ({config.model}): its saved best-epoch weights ({how})")
     model = build_model(  # no pretrained weights: the trial's own replace them at once
         config.model,
         config.model_params,
@@ -373,7 +588,23 @@ def obtain_model(
         load_weights=False,
     )
     load_trial_weights(tracker, trial, model)
-    return model, "trial weights"
+    return model, how
+
+
+def choose_trial(
+    spec: Spec, study: optuna.Study, cache: DataCache, options: FinalizeOptions, say: Say, warnings: list[str]
+) -> tuple[optuna.trial.FrozenTrial, TopK | None, nn.Module | None]:
+    """The trial to finalize; with --top-k/--seeds also the comparison and the pick's seed-0 model."""
+    if not options.compares:
+        return pick_trial(study, options.trial), None, None
+    if options.trial is not None:
+        trials = [pick_trial(study, options.trial)]
+    else:
+        trials, short = top_trials(study, options.top_k, spec.study.direction)
+        warnings.extend(short)
+    top_k, seed0_model = compare_top_k(spec, trials, cache, options.seeds, say)
+    picked = next(t for t in trials if t.number == top_k.picked.trial)
+    return picked, top_k, seed0_model
 
 
 def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None = None) -> FinalizeResult:
@@ -384,20 +615,23 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
     from autocnn.tracking import Tracker, default_tracking_uri
 
     options = options or FinalizeOptions()
+    check_options(options)
     say = say or (lambda _text: None)
+    warnings: list[str] = []
     study = load_study(spec, storage_url(spec, options.storage), create=False)
-    trial = pick_trial(study, options.trial)
+    cache = DataCache(spec)
+    trial, top_k, seed0_model = choose_trial(spec, study, cache, options, say, warnings)
     config = config_from_params(spec, trial.params)
     pre = model_preprocessing(spec, config)
-    data = DataCache(spec).get(pre.image_size)
+    data = cache.get(pre.image_size)
     tracker = Tracker(
         options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri(),
         spec.experiment_name,
     )
-    model, how = obtain_model(spec, trial, config, data, pre, tracker, options, say)
+    model, how = obtain_model(spec, trial, config, data, pre, tracker, options, say, retrained=seed0_model)
 
     split, evaluated = eval_split(data)
-    warnings = _split_warnings(split, options)
+    warnings.extend(_split_warnings(split, how))
     say(f"evaluating trial {trial.number} once on the {split} split ({len(evaluated)} images)")
     reference = torch_logits(model, evaluated.images, pre)
     scores = score(split, evaluated.labels, reference, data.classes)
@@ -406,12 +640,14 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
     write_bundle(out, model=model, config=config, data=data, pre=pre, spec=spec, trial_number=trial.number)
     say(f"exporting ONNX (float, then int8) to {out}")
     facts = export_and_check(out, model, evaluated, reference, data, pre, spec.seed, warnings)
-    about = {"study": spec.name, "trial": trial.number, "model": config.model, "weights_from": how}
+    about: dict[str, Any] = {"study": spec.name, "trial": trial.number, "model": config.model, "weights_from": how}
+    if top_k is not None:
+        about["top_k"] = top_k.as_dict()
     write_metrics(out, about, scores, facts)
     if tracker.find_study_run(spec.name) is None:
         warnings.append(f"no MLflow run for study '{spec.name}': the final run stands on its own")
     say("logging the final run to MLflow and registering the model")
-    run_id, version = log_final_run(tracker, spec, trial, config, model, scores, facts, out, how)
+    run_id, version = log_final_run(tracker, spec, trial, config, model, scores, facts, out, how, top_k)
     return FinalizeResult(
         study=spec.name,
         trial=trial.number,
@@ -428,13 +664,16 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
         run_id=run_id,
         registered=f"{spec.name} version {version}",
         warnings=warnings,
+        top_k=top_k,
     )
 
 
-def _split_warnings(split: str, options: FinalizeOptions) -> list[str]:
+def _split_warnings(split: str, how: str) -> list[str]:
     if split == "test":
         return []
     out = ["no test split (split.test is 0 and no test/ folder): evaluated on val, labelled as such"]
-    if options.refit:
-        out.append("--refit trained on val too: these val numbers are optimistic")
+    if how == REFIT:
+        out.append(
+            "the refit trained on val too (--no-refit keeps the trial's weights): these val numbers are optimistic"
+        )
     return out

@@ -1,15 +1,18 @@
 """`autocnn finalize` and `autocnn predict` on a short digits study.
 
-One study and one finalize are shared by the module: the exported folder is then checked file by
-file, against PyTorch, against MLflow, and by predicting on digits images written as PNG files.
+One study and one finalize (the default: a refit on train + val) are shared by the module: the
+exported folder is then checked file by file, against PyTorch, against MLflow, and by predicting
+on digits images written as PNG files.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,16 +22,26 @@ from autocnn.cli import app
 from autocnn.data import DataCache, Dataset
 from autocnn.errors import ExportError, StudyError
 from autocnn.export import (
+    REFIT,
+    RETRAINED,
+    TRIAL_WEIGHTS,
+    Candidate,
     FinalizeOptions,
     FinalizeResult,
+    Retrained,
     _split_warnings,
+    check_options,
     eval_split,
     finalize,
     load_trial_weights,
     model_preprocessing,
+    pick_by_mean,
     pick_trial,
     retrain,
+    run_seeds,
+    top_trials,
     torch_logits,
+    why_picked,
 )
 from autocnn.predict import Predictor, Preprocessing, predict_files
 from autocnn.space import config_from_params
@@ -53,6 +66,7 @@ class Finalized:
     study: FinishedStudy
     result: FinalizeResult
     data: Dataset
+    said: list[str]
 
     @property
     def out(self) -> Path:
@@ -65,8 +79,9 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Finalized]:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         study = finish_study(root)
-        result = finalize(study.spec, FinalizeOptions(tracking_uri=study.tracking_uri))
-        yield Finalized(study, result, DataCache(study.spec).get(16))
+        said: list[str] = []
+        result = finalize(study.spec, FinalizeOptions(tracking_uri=study.tracking_uri), say=said.append)
+        yield Finalized(study, result, DataCache(study.spec).get(16), said)
 
 
 def reference_model(folder: Path):  # type: ignore[no-untyped-def]
@@ -86,6 +101,25 @@ def reference_model(folder: Path):  # type: ignore[no-untyped-def]
     return model.eval()
 
 
+def exported_state(folder: Path) -> dict[str, Any]:
+    import torch
+
+    return torch.load(folder / "weights.pt", weights_only=True)
+
+
+def trial_state(done: Finalized, number: int) -> dict[str, Any]:
+    """The weights the study saved for trial `number` in its MLflow run."""
+    spec = done.study.spec
+    trial = load_study(spec, storage_url(spec), create=False).trials[number]
+    return Tracker(done.study.tracking_uri, spec.name).load_state_dict(trial.user_attrs["mlflow_run_id"])
+
+
+def same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+
 def exported_pre(folder: Path) -> Preprocessing:
     pre = json.loads((folder / "preprocess.json").read_text())
     return Preprocessing(pre["image_size"], tuple(pre["mean"]), tuple(pre["std"]))
@@ -99,7 +133,16 @@ def test_finalize_writes_the_bundle_into_models_study(done: Finalized) -> None:
     pre = json.loads((done.out / "preprocess.json").read_text())
     assert (pre["image_size"], pre["mean"], pre["std"]) == (16, [0.5] * 3, [0.5] * 3)
     assert done.result.trial == done.study.result.best_number
-    assert done.result.weights_from == "trial weights"
+    assert done.result.top_k is None  # K=1, S=1: no comparison, no re-training for it
+
+
+def test_finalize_refits_on_train_and_val_by_default(done: Finalized) -> None:
+    assert done.result.weights_from == REFIT
+    n_images = len(done.data.train) + len(done.data.val)
+    assert any(f"refitting on train+val ({n_images} images)" in line for line in done.said), done.said
+    assert not same_weights(exported_state(done.out), trial_state(done, done.result.trial))
+    metrics = json.loads((done.out / "metrics.json").read_text())
+    assert metrics["weights_from"] == REFIT and "top_k" not in metrics
 
 
 def test_evaluation_is_on_the_test_split_and_matches_the_weights(done: Finalized) -> None:
@@ -273,7 +316,7 @@ def test_pick_trial_and_missing_weights_are_user_errors(done: Finalized) -> None
         def load_state_dict(self, run_id: str) -> dict:
             raise OSError("artifact not found")
 
-    with pytest.raises(ExportError, match=r"trial 1 has no saved weights.*--retrain"):
+    with pytest.raises(ExportError, match=r"trial 1 has no saved weights.*--no-refit.*--retrain"):
         load_trial_weights(NoWeights(), pick_trial(study, 1), None)  # type: ignore[arg-type]
 
 
@@ -282,34 +325,48 @@ def test_no_test_split_evaluates_on_val_and_says_so(done: Finalized) -> None:
     no_test = Dataset(data.classes, data.train, data.val, None)
     split, images = eval_split(no_test)
     assert split == "val" and images is data.val
-    assert "evaluated on val" in _split_warnings("val", FinalizeOptions())[0]
-    assert len(_split_warnings("val", FinalizeOptions(refit=True))) == 2
-    assert eval_split(data)[0] == "test" and _split_warnings("test", FinalizeOptions()) == []
+    assert "evaluated on val" in _split_warnings("val", TRIAL_WEIGHTS)[0]
+    assert "refit trained on val too" in _split_warnings("val", REFIT)[1]
+    assert len(_split_warnings("val", RETRAINED)) == 1
+    assert eval_split(data)[0] == "test" and _split_warnings("test", REFIT) == []
 
 
-def test_retrain_reproduces_the_trial(done: Finalized) -> None:
+@pytest.fixture(scope="module")
+def best_retrained(done: Finalized) -> Retrained:
+    """`--retrain` of the best trial (seed 0): shared, as training is what makes these tests slow."""
+    spec = done.study.spec
+    trial = load_study(spec, storage_url(spec), create=False).best_trial
+    config = config_from_params(spec, trial.params)
+    return retrain(spec, trial, config, done.data, model_preprocessing(spec, config), refit=False)
+
+
+def test_retrain_reproduces_the_trial(done: Finalized, best_retrained: Retrained) -> None:
     from sklearn.metrics import accuracy_score
 
     spec = done.study.spec
-    study = load_study(spec, storage_url(spec), create=False)
-    trial = study.best_trial
-    cfg = config_from_params(spec, trial.params)
-    pre = model_preprocessing(spec, cfg)
-    model = retrain(spec, trial, cfg, done.data, pre, refit=False)
-    val = torch_logits(model, done.data.val.images, pre).argmax(1)
-    assert accuracy_score(done.data.val.labels, val) == pytest.approx(trial.value, abs=0.03)
+    trial = load_study(spec, storage_url(spec), create=False).best_trial
+    pre = model_preprocessing(spec, config_from_params(spec, trial.params))
+    val = torch_logits(best_retrained.model, done.data.val.images, pre).argmax(1)
+    val_accuracy = accuracy_score(done.data.val.labels, val)
+    assert val_accuracy == pytest.approx(trial.value, abs=0.03)
+    # The value top-k ranks by is the Trainer's val score of the weights it returns (one image of slack
+    # for a CPU where autocast runs in bf16).
+    assert best_retrained.value == pytest.approx(val_accuracy, abs=1 / len(done.data.val))
+    assert 1 <= best_retrained.best_epoch <= 2
+    assert not same_weights(best_retrained.model.state_dict(), exported_state(done.out))  # the refit learnt val too
 
 
-def test_finalize_command_refit_exports_and_reports_both_models(done: Finalized) -> None:
-    out = done.study.root / "refit"
+def test_finalize_command_no_refit_exports_the_trials_own_weights(done: Finalized) -> None:
+    out = done.study.root / "no-refit"
+    best = done.study.result.best_number  # a best-so-far trial: its weights were saved
     result = CliRunner().invoke(
         app,
         [
             "finalize",
             str(done.study.spec_path),
-            "--refit",
+            "--no-refit",
             "--trial",
-            "1",
+            str(best),
             "--out",
             str(out),
             "--tracking-uri",
@@ -319,9 +376,134 @@ def test_finalize_command_refit_exports_and_reports_both_models(done: Finalized)
     )
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == BUNDLE
-    assert "trial 1 (custom_cnn, refit on train+val) on test" in result.output
+    assert same_weights(exported_state(out), trial_state(done, best))
+    assert f"trial {best} (custom_cnn, trial weights) on test" in result.output
     assert "model.onnx (float32)" in result.output and "model.int8.onnx (int8 QDQ)" in result.output
-    assert "registered as digits-test version 2" in result.output
+    version = re.search(r"registered as digits-test version (\d+)", result.output)
+    assert version, result.output
+    tracker = Tracker(done.study.tracking_uri, "digits-test")
+    registered = tracker.client.get_model_version("digits-test", version.group(1))
+    assert tracker.client.get_run(registered.run_id).data.tags["autocnn.weights_from"] == TRIAL_WEIGHTS
+
+
+# --------------------------------------------------------------------------- top-k by mean over seeds
+
+
+def test_top_k_retrains_k_configs_with_s_seeds_and_picks_by_mean(
+    done: Finalized, best_retrained: Retrained, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import autocnn.export as export
+
+    runs: list[tuple[int, int, bool, dict[str, Any]]] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Retrained:
+        run = retrain(*args, **kwargs)
+        state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        runs.append((args[1].number, kwargs.get("seed", 0), kwargs["refit"], state))
+        return run
+
+    monkeypatch.setattr(export, "retrain", counted)
+    spec = done.study.spec
+    options = FinalizeOptions(
+        retrain=True, top_k=2, seeds=2, tracking_uri=done.study.tracking_uri, out_dir=done.study.root / "top-k"
+    )
+    result = finalize(spec, options)
+
+    # 2 configs x 2 seeds on train, and no fifth run: --retrain's model is the pick's seed-0 run.
+    top_k = result.top_k
+    assert top_k is not None
+    ranked = sorted(load_study(spec, storage_url(spec), create=False).trials, key=lambda t: (-t.value, t.number))
+    assert [c.trial for c in top_k.candidates] == [t.number for t in ranked]
+    assert sorted((n, seed, refit) for n, seed, refit, _ in runs) == [(n, s, False) for n in (0, 1) for s in (0, 1)]
+    for n in (0, 1):  # distinct seeds train distinct models
+        seed0, seed1 = (state for m, _, _, state in sorted(runs, key=lambda r: r[1]) if m == n)
+        assert not same_weights(seed0, seed1)
+    for c in top_k.candidates:
+        assert len(c.values) == 2
+        assert c.mean == pytest.approx(np.mean(c.values)) and c.std == pytest.approx(np.std(c.values, ddof=1))
+    best_mean = max(top_k.candidates, key=lambda c: c.mean)
+    assert top_k.picked == best_mean and result.trial == best_mean.trial
+    assert result.weights_from == RETRAINED
+
+    # Seed 0 of the comparison is --retrain's model bit for bit, and --retrain exports the pick's seed-0 run.
+    seed0 = {n: state for n, seed, _, state in runs if seed == 0}
+    assert same_weights(seed0[done.study.result.best_number], best_retrained.model.state_dict())
+    assert same_weights(exported_state(result.out_dir), seed0[result.trial])
+
+    # The table reaches metrics.json, the final run and the terminal.
+    assert json.loads((result.out_dir / "metrics.json").read_text())["top_k"] == top_k.as_dict()
+    tracker = Tracker(done.study.tracking_uri, spec.name)
+    run = tracker.client.get_run(result.run_id)
+    assert run.data.metrics["topk_mean"] == pytest.approx(best_mean.mean)
+    assert run.data.metrics["topk_std"] == pytest.approx(best_mean.std)
+    logged = tracker.client.download_artifacts(result.run_id, "top_k.json", str(tmp_path))
+    assert json.loads(Path(logged).read_text()) == top_k.as_dict()
+    text = rendered(result)
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines()]
+    for c in top_k.candidates:
+        row = next(row for row in rows if row[:2] == [str(c.trial), c.model])
+        assert row[2:] == [
+            f"{c.study_value:.4f}",
+            f"{c.mean:.4f}",
+            f"{c.std:.4f}",
+            ", ".join(f"{v:.4f}" for v in c.values),
+            "✓" if c is top_k.picked else "",
+        ]
+    assert "the maximum of 2 noisy validation scores flatters its winner" in " ".join(text.split())
+
+
+def rendered(result: FinalizeResult) -> str:
+    from rich.console import Console
+
+    from autocnn.console import finalize_tables
+
+    console = Console(record=True, width=200)
+    for table in finalize_tables(result):
+        console.print(table)
+    return console.export_text()
+
+
+def test_top_k_picks_the_best_mean_not_the_best_single_value() -> None:
+    lucky = Candidate(4, "custom_cnn", study_value=0.95, values=(0.90, 0.88))
+    steady = Candidate(7, "resnet18", study_value=0.93, values=(0.92, 0.93))
+    assert pick_by_mean([lucky, steady], "maximize") is steady
+    assert pick_by_mean([lucky, steady], "minimize") is lucky  # val_loss: lower is better
+    tied = Candidate(9, "custom_cnn", study_value=0.90, values=(0.925, 0.925))
+    assert pick_by_mean([steady, tied], "maximize") is steady  # a tie keeps the study's order
+    reason = why_picked(steady, [lucky, steady], "val_accuracy", 2)
+    assert reason.startswith("trial 7 (resnet18): best mean val_accuracy over 2 seeds, 0.9250 ± 0.0071")
+    assert "not the study's best single value (trial 4, 0.9500, mean 0.8900)" in reason
+    assert "the maximum of 2 noisy validation scores flatters its winner" in reason
+    assert "also the study's best single value, which held up" in why_picked(lucky, [lucky, steady], "val_accuracy", 2)
+    assert "the only configuration compared" in why_picked(steady, [steady], "val_accuracy", 2)
+    assert Candidate(1, "m", 0.5, (0.5,)).std == 0.0
+
+
+def test_seeds_are_distinct_and_seed_zero_is_the_trials_own(done: Finalized) -> None:
+    spec = done.study.spec
+    seeds = {(n, s): run_seeds(spec, n, s) for n in range(200) for s in range(5)}
+    assert len({torch_seed for torch_seed, _ in seeds.values()}) == len(seeds)
+    assert len({batch_seed for _, batch_seed in seeds.values()}) == len(seeds)
+    assert run_seeds(spec, 7, 0) == (spec.seed * 100_003 + 7, spec.seed + 7)
+
+
+def test_top_k_options_and_too_few_trials(done: Finalized) -> None:
+    spec = done.study.spec
+    study = load_study(spec, storage_url(spec), create=False)
+    trials, warnings = top_trials(study, 5, "maximize")
+    assert [t.number for t in trials] == sorted((0, 1), key=lambda n: -study.trials[n].value)
+    assert warnings == ["--top-k 5: the study has 2 complete trials; compared those"]
+    assert top_trials(study, 1, "minimize")[0][0].number == min((0, 1), key=lambda n: study.trials[n].value)
+    with pytest.raises(ExportError, match=r"^--seeds 0: must be at least 1$"):
+        check_options(FinalizeOptions(seeds=0))
+    with pytest.raises(ExportError, match=r"^--trial 1 with --top-k 2"):
+        check_options(FinalizeOptions(trial=1, top_k=2))
+    assert FinalizeOptions(retrain=True).weights_from == RETRAINED  # --retrain wins over the refit default
+    assert FinalizeOptions(refit=False).weights_from == TRIAL_WEIGHTS
+    assert not FinalizeOptions().compares and FinalizeOptions(seeds=3).compares
+    for option in ("--top-k", "--seeds"):
+        refused = CliRunner().invoke(app, ["finalize", str(done.study.spec_path), option, "0"])
+        assert refused.exit_code == 2 and f"Invalid value for '{option}'" in refused.output, refused.output
 
 
 def test_a_timm_backbone_exports_to_onnx_and_int8(tmp_path: Path) -> None:
