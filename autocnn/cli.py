@@ -117,20 +117,33 @@ def _duration(value: str | None) -> float | None:
 
 
 @app.command()
-def validate(spec: SpecPath) -> None:
-    """Check a spec and its data, print the search space; trains nothing, writes nothing.
+def validate(
+    spec: SpecPath,
+    probe: Annotated[
+        bool, typer.Option("--probe/--no-probe", help="Time a few training steps per model family for the plan.")
+    ] = True,
+) -> None:
+    """Check a spec and its data, print the search space and the plan; writes nothing.
+
+    The plan says how many optimizer steps each trial gets, when pruning first judges it, and
+    (after a few timed training steps per model family) how long trials take and how many fit.
 
     Example: autocnn validate studies/20classes.yaml
     """
     from autocnn.checks import check_spec
-    from autocnn.console import check_tables
+    from autocnn.console import check_tables, plan_table
+    from autocnn.data import DataCache
+    from autocnn.plan import plan_for
 
     with user_errors():
-        report = check_spec(_load(spec))
+        loaded = _load(spec)
+        cache = DataCache(loaded)
+        report = check_spec(loaded, cache)
+        plan = plan_for(loaded, cache, probe=probe)
     console = _console()
-    for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
-    for table in check_tables(report):
+    for warning in [*report.warnings, *plan.warnings]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    for table in [*check_tables(report), plan_table(plan)]:
         console.print(table)
     console.print(f"[green]ok:[/] {spec} is valid ({len(report.params)} searched parameters)")
 
@@ -149,7 +162,7 @@ def status(spec: SpecPath, storage: Storage = None) -> None:
         url = storage_url(loaded, storage)
         result = summarize(loaded, load_study(loaded, url, create=False), url, "")
     console = _console()
-    console.print(counts_table(result, loaded.study.trials))
+    console.print(counts_table(result, loaded.study.target_trials))
     for number in result.stale:
         console.print(
             f"[yellow]stale:[/] trial {number} is RUNNING but its process is gone; it resumes on the next `autocnn study`"
@@ -185,22 +198,41 @@ def report(
 def finalize(
     spec: SpecPath,
     trial: Annotated[int | None, typer.Option(help="Trial number to finalize (default: the best).")] = None,
-    retrain: Annotated[bool, typer.Option(help="Train the trial's config again on train.")] = False,
-    refit: Annotated[bool, typer.Option(help="Train again on train + val, for the trial's best epoch count.")] = False,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            "--refit/--no-refit",
+            help="Refit on train + val for the trial's best epoch count; --no-refit keeps the trial's saved weights.",
+        ),
+    ] = True,
+    retrain: Annotated[
+        bool, typer.Option(help="Instead of a refit, train the config again on train (val picks the epoch).")
+    ] = False,
+    top_k: Annotated[
+        int, typer.Option("--top-k", min=1, help="Re-train the K best configs on train; pick the best mean val score.")
+    ] = 1,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per config for --top-k: mean and std over them.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Export folder (default: models/<name>/).")] = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Evaluate the best trial once on the test split, register it, export ONNX and int8 ONNX.
+    """Refit the best trial on train + val, evaluate it once on test, register it, export ONNX and int8 ONNX.
 
-    Example: autocnn finalize studies/digits.yaml --refit
+    Example: autocnn finalize studies/digits.yaml --top-k 3 --seeds 3
     """
     from autocnn.console import finalize_tables
     from autocnn.export import FinalizeOptions
     from autocnn.export import finalize as run_finalize
 
     options = FinalizeOptions(
-        trial=trial, retrain=retrain, refit=refit, storage=storage, tracking_uri=tracking_uri, out_dir=out
+        trial=trial,
+        retrain=retrain,
+        refit=refit,
+        top_k=top_k,
+        seeds=seeds,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        out_dir=out,
     )
     console = _console()
     with user_errors():

@@ -10,7 +10,8 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from autocnn.checks import CheckReport
-    from autocnn.export import FinalizeResult
+    from autocnn.export import FinalizeResult, TopK
+    from autocnn.plan import Plan
     from autocnn.predict import PredictResult
     from autocnn.space import TrialConfig
     from autocnn.study import StudyResult
@@ -52,8 +53,10 @@ class RichReporter:
             self.data_task = self.progress.add_task("decoding images", total=total, info="")
         self.progress.update(self.data_task, completed=done, total=total)
 
-    def study_started(self, *, name: str, done: int, target: int, to_run: int) -> None:
-        if done:
+    def study_started(self, *, name: str, done: int, target: int | None, to_run: int | None) -> None:
+        if done and target is None:
+            self.message(f"resuming study '{name}': {done} trials done, more until the time is spent")
+        elif done:
             self.message(f"resuming study '{name}': {done} of {target} trials done, {to_run} to run")
         self.trials_task = self.progress.add_task(f"study {name}", total=target, completed=done, info="")
 
@@ -98,14 +101,14 @@ def leaderboard_table(result: StudyResult, metric: str) -> Table:
     return table
 
 
-def counts_table(result: StudyResult, target: int) -> Table:
+def counts_table(result: StudyResult, target: int | None) -> Table:
     table = Table(title=f"{result.name}: trials by state", title_justify="left")
     table.add_column("state")
     table.add_column("trials", justify="right")
     for state, n in result.counts.items():
         table.add_row(f"[{STATE_STYLE.get(state, '')}]{state.lower()}[/]", str(n))
     done = result.counts.get("COMPLETE", 0) + result.counts.get("PRUNED", 0)
-    table.add_row("remaining", str(max(0, target - done)))
+    table.add_row("remaining", "until study.timeout" if target is None else str(max(0, target - done)))
     return table
 
 
@@ -121,6 +124,18 @@ def check_tables(report: CheckReport) -> list[Table]:
     for param in report.params:
         space.add_row(param.name, param.distribution, param.domain)
     return [data, space]
+
+
+def plan_table(plan: Plan) -> Table:
+    """How much training trials get and when they are first judged: what decides small-data studies."""
+    from autocnn.plan import describe
+
+    table = Table(title="plan", title_justify="left", show_header=False)
+    table.add_column("key")
+    table.add_column("value")
+    for key, value in describe(plan):
+        table.add_row(key, value)
+    return table
 
 
 def finalize_tables(result: FinalizeResult) -> list[Table]:
@@ -154,7 +169,26 @@ def finalize_tables(result: FinalizeResult) -> list[Table]:
         )
     else:
         exports.add_row("model.int8.onnx (int8 QDQ)", "—", "—", "[red]not exported[/]")
-    return [scores, exports]
+    return [scores, exports] if result.top_k is None else [top_k_table(result.top_k), scores, exports]
+
+
+def top_k_table(top_k: TopK) -> Table:
+    """Each compared config's mean and spread over seeds, beside the single value the study saw."""
+    title = f"top {len(top_k.candidates)} configurations re-trained on train, {top_k.seeds} seed(s) each"
+    table = Table(title=title, title_justify="left", caption=f"picked {top_k.reason}", caption_justify="left")
+    for column in ("trial", "model", f"study {top_k.metric}", "mean", "std", "values", "picked"):
+        table.add_column(column, justify="left" if column in ("model", "values") else "right")
+    for c in top_k.candidates:
+        table.add_row(
+            str(c.trial),
+            c.model,
+            f"{c.study_value:.4f}",
+            f"{c.mean:.4f}",
+            f"{c.std:.4f}",
+            ", ".join(f"{v:.4f}" for v in c.values),
+            "[green]✓[/]" if c is top_k.picked else "",
+        )
+    return table
 
 
 def predictions_table(result: PredictResult) -> Table:

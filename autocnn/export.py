@@ -250,6 +250,21 @@ def run_seeds(spec: Spec, trial_number: int, seed: int) -> tuple[int, int]:
     return spec.seed * 100_003 + trial_number + offset, spec.seed + trial_number + offset
 
 
+def recorded_budget(trial: optuna.trial.FrozenTrial, config: TrialConfig, data: Dataset) -> dict[str, Any]:
+    """The epochs and patience the trial trained with (what `epochs: auto` became for it)."""
+    from autocnn.budget import BUDGET_ATTR, steps_per_epoch
+
+    recorded = trial.user_attrs.get(BUDGET_ATTR)
+    if recorded:
+        return dict(recorded)
+    return {  # a trial from before budgets were recorded: its epochs were a number
+        "steps_per_epoch": steps_per_epoch(len(data.train), int(config.train["batch_size"])),
+        "epochs": int(config.train["epochs"]),
+        "patience": int(config.train["early_stopping"]),
+        "auto": False,
+    }
+
+
 def retrain(
     spec: Spec,
     trial: optuna.trial.FrozenTrial,
@@ -264,8 +279,8 @@ def retrain(
     import torch
 
     from autocnn.models import build_model, optimizer_groups
-    from autocnn.study import make_train_batches
-    from autocnn.train import TensorBatches, Trainer, TrainSettings, pick_device
+    from autocnn.study import make_train_batches, train_settings
+    from autocnn.train import TensorBatches, Trainer, pick_device
 
     torch_seed, batch_seed = run_seeds(spec, trial.number, seed)
     torch.manual_seed(torch_seed)
@@ -276,7 +291,7 @@ def retrain(
         image_size=pre.image_size,
         base_dir=spec.base_dir,
     )
-    settings = TrainSettings.from_trial(config.train, monitor=spec.study.metric, direction=spec.study.direction)
+    settings = train_settings(spec, config, recorded_budget(trial, config, data), n_val=len(data.val))
     train_split = data.train
     if refit:  # no held-out data left to stop on: train as long as the trial's best epoch
         settings = replace(settings, epochs=best_epoch(trial, spec.study.direction), early_stopping=0)

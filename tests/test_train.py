@@ -99,6 +99,38 @@ def test_early_stopping_stops_after_patience(tmp_path: Path, image_folder: Path)
     assert [m.epoch for m in trainer.fit(train, val)] == [1, 2, 3]
 
 
+def test_early_stopping_waits_for_the_judge_floor(tmp_path: Path, image_folder: Path) -> None:
+    train, val = _batches(tmp_path, image_folder)
+    assert len(train) == 2  # steps an epoch
+    # lr 0: no progress after epoch 1; patience 1 alone would stop at epoch 2, the 8-step floor at 4
+    settings = TrainSettings(epochs=10, lr=1e-12, weight_decay=0.0, scheduler="none", early_stopping=1, min_steps=8)
+    assert [m.epoch for m in _trainer(train, settings).fit(train, val)] == [1, 2, 3, 4]
+
+
+def test_progress_must_beat_the_sampling_error() -> None:
+    """On 100 validation images, one image better is no progress; a steady climb still is."""
+    model = build_model("custom_cnn", {"depth": 1, "width": 4}, num_classes=2, image_size=8)
+    settings = TrainSettings(epochs=10, lr=1e-3, weight_decay=0.0, early_stopping=3, noise_n=100)
+    trainer = Trainer(model, settings, steps_per_epoch=1, device=torch.device("cpu"))
+    trainer.progress_value = 0.50
+    assert not trainer.is_progress(0.51)  # one image in 100: within one standard error (0.05)
+    assert trainer.is_progress(0.56)
+    plain = Trainer(
+        model, TrainSettings(epochs=10, lr=1e-3, weight_decay=0.0), steps_per_epoch=1, device=torch.device("cpu")
+    )
+    plain.progress_value = 0.50
+    assert plain.is_progress(0.51)  # without a validation size, any gain counts
+
+
+def test_train_accuracy_is_measured_on_the_trained_batches(tmp_path: Path, image_folder: Path) -> None:
+    train, val = _batches(tmp_path, image_folder)
+    trainer = _trainer(train, TrainSettings(epochs=6, lr=5e-3, weight_decay=0.0))
+    history = list(trainer.fit(train, val))
+    assert all(0.0 <= m.train_accuracy <= 1.0 for m in history)
+    assert history[-1].train_accuracy > history[0].train_accuracy
+    assert "train_accuracy" in history[-1].as_dict()
+
+
 def test_state_dict_resumes_the_same_run(tmp_path: Path, image_folder: Path) -> None:
     train, val = _batches(tmp_path, image_folder)
     settings = TrainSettings(epochs=4, lr=5e-3, weight_decay=1e-4)
