@@ -56,7 +56,7 @@ def test_fixed_trial_rebuilds_a_config() -> None:
     assert config.model == "custom_cnn"
     assert config.augment["rotate"] == 5.0 and config.augment["hflip"] == 0.0
     assert config.model_params == {"depth": 3, "width": 32, "dropout": 0.25, "activation": "relu"}
-    assert config.train["lr"] == 0.003 and config.train["epochs"] == 6
+    assert config.train["lr"] == 0.003 and config.train["epochs"] == 10
 
 
 def test_out_of_range_fixed_param_is_rejected() -> None:
