@@ -185,8 +185,11 @@ def render_markdown(info: dict[str, Any], items: Sequence[Item], *, command: str
 
 
 def write_results(out: Path, info: dict[str, Any], items: Sequence[Item], *, command: str) -> None:
+    from benchmarks.search_quality import keep_marked_section
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_markdown(info, items, command=command))
+    text = render_markdown(info, items, command=command)
+    out.write_text(keep_marked_section(out.read_text(), text) if out.exists() else text)
     payload = {"machine": info, "items": [asdict(item) for item in items]}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
