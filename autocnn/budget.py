@@ -32,13 +32,15 @@ JUDGE_FLOOR_MAX_FRACTION = 0.5
 AUTO_TARGET_STEPS = 1000
 AUTO_MIN_EPOCHS = 10
 AUTO_MAX_EPOCHS = 200
-AUTO_PATIENCE_STEPS = 100
+AUTO_PATIENCE_STEPS = 150
 AUTO_MIN_PATIENCE = 3
-AUTO_MAX_PATIENCE = 8
+AUTO_MAX_PATIENCE = 10
 # Two scores closer than NOISE_Z standard errors of their difference are not told apart.
 NOISE_Z = 2.0
-# With a study.timeout, `epochs: auto` leaves room for at least this many full-length trials.
-AUTO_MIN_TRIALS_IN_BUDGET = 8
+# With a study.timeout, `epochs: auto` shortens the cap so this many full-length trials fit, but
+# never below MIN_TRIAL_STEPS: fewer, long-enough trials beat many that never leave chance (most
+# trials stop well before the cap anyway).
+AUTO_MIN_TRIALS_IN_BUDGET = 3
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -70,14 +72,15 @@ class AutoEpochs:
 def auto_epochs(
     steps_in_epoch: int, *, seconds_per_step: float | None = None, timeout: float | None = None
 ) -> AutoEpochs:
-    """Enough epochs for AUTO_TARGET_STEPS, trimmed so a timed study still fits several trials.
+    """Enough epochs for AUTO_TARGET_STEPS, trimmed so a timed study still fits a few trials.
 
     The cap only bounds a trial; the noise-aware stop ends most trials well before it.
     """
-    cap = math.ceil(AUTO_TARGET_STEPS / max(steps_in_epoch, 1))
+    per_epoch = max(steps_in_epoch, 1)
+    cap = math.ceil(AUTO_TARGET_STEPS / per_epoch)
     if seconds_per_step and timeout:
-        affordable = timeout / AUTO_MIN_TRIALS_IN_BUDGET / (seconds_per_step * max(steps_in_epoch, 1))
-        cap = min(cap, math.floor(affordable))
+        affordable = timeout / AUTO_MIN_TRIALS_IN_BUDGET / (seconds_per_step * per_epoch)
+        cap = min(cap, max(math.floor(affordable), math.ceil(MIN_TRIAL_STEPS / per_epoch)))
     cap = min(max(cap, AUTO_MIN_EPOCHS), AUTO_MAX_EPOCHS)
     patience = math.ceil(AUTO_PATIENCE_STEPS / max(steps_in_epoch, 1))
     return AutoEpochs(cap=cap, patience=min(max(patience, AUTO_MIN_PATIENCE), AUTO_MAX_PATIENCE))

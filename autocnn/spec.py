@@ -208,6 +208,7 @@ class StudySpec(StrictModel):
     sampler: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
     pruner: Literal["none", "median", "hyperband", "successive_halving"] = "median"
     storage: str | None = None
+    defaults: bool = True  # start a new study with one known-good configuration per model family
 
     _parse_timeout = field_validator("timeout", mode="before")(parse_duration)
 

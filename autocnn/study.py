@@ -525,7 +525,7 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
     storage = storage_url(spec, options.storage)
     tracking_uri = options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri()
     study = load_study(spec, storage, create=True, plan=plan)
-    if enqueue_defaults(study, spec):
+    if spec.study.defaults and enqueue_defaults(study, spec):
         reporter.message(f"first trials: the default configuration of {', '.join(spec.models.spaces())}")
     tracker = Tracker(tracking_uri, spec.experiment_name)
     parent = tracker.open_study_run(

@@ -63,10 +63,14 @@ def test_a_timeout_the_trials_cannot_fill_warns_about_study_trials() -> None:
 
 
 def test_auto_epochs_fill_the_step_target_and_fit_the_time() -> None:
-    assert auto_epochs(16).cap == 63 and auto_epochs(16).patience == 7
+    assert auto_epochs(16).cap == 63 and auto_epochs(16).patience == 10
     assert auto_epochs(400).cap == 10  # big data: at least AUTO_MIN_EPOCHS
-    # 25 steps an epoch at 0.1 s a step, 10 minutes: 8 full trials leave 30 epochs each.
-    assert auto_epochs(25, seconds_per_step=0.1, timeout=600).cap == 30
+    # 25 steps an epoch at 0.1 s a step, 10 minutes: 3 full trials leave 80 epochs each (cap 40 wins) ...
+    assert auto_epochs(25, seconds_per_step=0.1, timeout=600).cap == 40
+    # ... 2 minutes: 3 trials would get 32 epochs each
+    assert auto_epochs(25, seconds_per_step=0.1, timeout=120).cap == 16
+    # ... 30 seconds: never below the 300 steps small data needs (12 epochs)
+    assert auto_epochs(25, seconds_per_step=0.1, timeout=30).cap == 12
 
 
 def test_the_floor_and_the_noise() -> None:

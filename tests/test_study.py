@@ -133,7 +133,7 @@ def test_a_timeout_only_study_keeps_starting_trials_until_the_time_is_spent(
     monkeypatch.setattr(autocnn.study, "DEFAULT_TRIALS", 1)
     monkeypatch.setattr(autocnn.study, "run_trial", lambda ctx, trial, config, run_id: 0.5)  # no training
     monkeypatch.setattr(autocnn.study, "log_best_model", lambda *args: None)  # so no weights either
-    spec_dict = digits_spec_dict(study={"timeout": 2, "pruner": "none"})
+    spec_dict = digits_spec_dict(study={"timeout": 2, "pruner": "none", "defaults": False})
     del spec_dict["study"]["trials"]
     spec = load_spec(write_spec(in_tmp, spec_dict))
     assert spec.study.trials is None and spec.study.target_trials is None
@@ -141,6 +141,8 @@ def test_a_timeout_only_study_keeps_starting_trials_until_the_time_is_spent(
     result = run_study(spec)
     assert time.monotonic() - start >= 2
     assert result.counts["COMPLETE"] >= 2  # no trial target: more than the (patched) default of 1
+    study = load_study(spec, storage_url(spec), create=False)
+    assert not [t for t in study.trials if DEFAULT_ATTR in t.user_attrs]  # study.defaults: false
 
 
 def test_an_auto_epochs_trial_stops_by_itself(in_tmp: Path) -> None:
@@ -153,8 +155,8 @@ def test_an_auto_epochs_trial_stops_by_itself(in_tmp: Path) -> None:
     run_study(spec)
     (trial,) = load_study(spec, storage_url(spec), create=False).trials
     budget = trial.user_attrs[BUDGET_ATTR]
-    # 1,077 training images at batch 64: 16 steps an epoch; a 1,000-step cap; a 100-step patience.
-    assert budget == {"steps_per_epoch": 16, "epochs": 63, "patience": 7, "auto": True}
+    # 1,077 training images at batch 64: 16 steps an epoch; a 1,000-step cap; a 150-step patience.
+    assert budget == {"steps_per_epoch": 16, "epochs": 63, "patience": 10, "auto": True}
     assert trial.state.name == "COMPLETE"
     epochs = len(trial.intermediate_values)
     assert 8 <= epochs < 63  # past the judge floor, then stopped by the plateau, far before the cap
