@@ -86,7 +86,7 @@ class Settings:
     aug_images: int
     aug_repeats: int
     prune_trials: int
-    prune_epochs: int  # the quickstart's 6 leave pruning no room: a rung at epoch 3 is half the budget
+    prune_epochs: int  # more than the quickstart's 10, so pruning has room after the judge floor
     startup_repeats: int
     mem_images: int
     mem_epochs: int
@@ -848,19 +848,24 @@ def loader_images_per_s(batches: Any, device: Any) -> float:
 def pruning_spec(base: dict[str, Any], pruner: str, settings: Settings) -> dict[str, Any]:
     raw = json.loads(json.dumps(base))
     raw["name"] = f"prune-{pruner}"
-    raw["study"].update({"trials": settings.prune_trials, "sampler": "random", "pruner": pruner})
+    raw["study"].update({"trials": settings.prune_trials, "sampler": "random", "pruner": pruner, "defaults": False})
     raw["study"].pop("timeout", None)
     raw["train"]["epochs"] = settings.prune_epochs
     return raw
 
 
-def replay(curves: Sequence[Sequence[float]], pruner: Any, *, name: str, direction: str) -> tuple[int, float]:
+def replay(
+    curves: Sequence[Sequence[float]], pruner: Any, *, name: str, direction: str, steps_per_epoch: int
+) -> tuple[int, float]:
     """(epochs, best value) had these learning curves met `pruner`: an in-memory Optuna study.
 
     Exact for autocnn's trials, whose curves do not depend on the pruner (each trial's seed is
-    fixed by its number), so other pruner settings can be judged without training again.
+    fixed by its number), so other pruner settings can be judged without training again. Each
+    trial carries the budget autocnn records, so the judge floor applies as in a real study.
     """
     import optuna
+
+    from autocnn.budget import BUDGET_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(study_name=name, direction=direction, pruner=pruner)
@@ -868,6 +873,7 @@ def replay(curves: Sequence[Sequence[float]], pruner: Any, *, name: str, directi
     epochs, best = 0, None
     for curve in curves:
         trial = study.ask()
+        trial.set_user_attr(BUDGET_ATTR, {"steps_per_epoch": steps_per_epoch, "epochs": len(curve)})
         for step, value in enumerate(curve, start=1):
             trial.report(value, step)
             epochs += 1
@@ -880,8 +886,8 @@ def replay(curves: Sequence[Sequence[float]], pruner: Any, *, name: str, directi
     return epochs, float("nan") if best is None else float(best)
 
 
-def replay_candidates(spec: Any) -> dict[str, tuple[str, Any]]:
-    """autocnn's own settings (checked against the real runs) and a few other common ones."""
+def replay_candidates(spec: Any, n_val: int) -> dict[str, tuple[str, Any]]:
+    """autocnn's own settings (checked against the real runs) and a few of Optuna's bare ones."""
     import optuna
 
     from autocnn.study import build_pruner
@@ -893,8 +899,11 @@ def replay_candidates(spec: Any) -> dict[str, tuple[str, Any]]:
         for name in ("median", "hyperband")
     }
     return {
-        "median, autocnn's settings": ("median", build_pruner(with_pruner["median"])),
-        "hyperband, autocnn's settings": ("hyperband", build_pruner(with_pruner["hyperband"])),
+        "median, autocnn's settings": ("median", build_pruner(with_pruner["median"], max_resource=epochs, n_val=n_val)),
+        "hyperband, autocnn's settings": (
+            "hyperband",
+            build_pruner(with_pruner["hyperband"], max_resource=epochs, n_val=n_val),
+        ),
         "median, 3 startup trials, warm-up 1": ("median", pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)),
         "median, 2 startup trials, warm-up 1": ("median", pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)),
         "hyperband, reduction factor 2": (
@@ -917,14 +926,33 @@ def replay_candidates(spec: Any) -> dict[str, tuple[str, Any]]:
 
 
 def hyperband_spread(
-    curves: Sequence[Sequence[float]], spec: Any, *, direction: str, names: int = 8
+    curves: Sequence[Sequence[float]], spec: Any, *, direction: str, n_val: int, steps_per_epoch: int, names: int = 8
 ) -> list[tuple[int, float]]:
     """Hyperband's replay under other study names: Optuna assigns trials to brackets by a hash of
     the study name and trial number, so one name's saving is one draw among several."""
     from autocnn.study import build_pruner
 
     hyperband = spec.model_copy(update={"study": spec.study.model_copy(update={"pruner": "hyperband"})})
-    return [replay(curves, build_pruner(hyperband), name=f"digits-{i}", direction=direction) for i in range(names)]
+    epochs = int(spec.train.epochs)
+    return [
+        replay(
+            curves,
+            build_pruner(hyperband, max_resource=epochs, n_val=n_val),
+            name=f"digits-{i}",
+            direction=direction,
+            steps_per_epoch=steps_per_epoch,
+        )
+        for i in range(names)
+    ]
+
+
+def replay_shape(spec: Any) -> dict[str, int]:
+    """Validation images and steps per epoch of the pruning study: what the noise band and floor need."""
+    from autocnn.budget import steps_per_epoch
+    from autocnn.data import DataCache
+
+    data = DataCache(spec).get()
+    return {"n_val": len(data.val), "steps_per_epoch": steps_per_epoch(len(data.train), int(spec.train.batch_size))}
 
 
 def item_pruning(settings: Settings, work: Path) -> Item:
@@ -959,6 +987,7 @@ def item_pruning(settings: Settings, work: Path) -> Item:
             }
     direction = spec.study.direction if spec is not None else "maximize"
     none = out["none"]
+    shape = replay_shape(spec) if spec is not None else {"n_val": 0, "steps_per_epoch": 1}
     for pruner, row in out.items():
         share = ratio(row["epochs"], none["epochs"])
         gap_pp = (none["best"] - row["best"]) * 100 * (1 if direction == "maximize" else -1)
@@ -972,8 +1001,10 @@ def item_pruning(settings: Settings, work: Path) -> Item:
             )
     replays = {}
     if spec is not None:
-        for label, (kind, pruner_obj) in replay_candidates(spec).items():
-            epochs, best = replay(curves, pruner_obj, name=f"prune-{kind}", direction=direction)
+        for label, (kind, pruner_obj) in replay_candidates(spec, shape["n_val"]).items():
+            epochs, best = replay(
+                curves, pruner_obj, name=f"prune-{kind}", direction=direction, steps_per_epoch=shape["steps_per_epoch"]
+            )
             gap_pp = (none["best"] - best) * 100 * (1 if direction == "maximize" else -1)
             replays[label] = {"epochs": epochs, "best": best}
             item.rows.append(
@@ -982,7 +1013,7 @@ def item_pruning(settings: Settings, work: Path) -> Item:
                     f"{epochs} epochs ({ratio(epochs, none['epochs']):.0%}), {gap_pp:.2f} pp below none",
                 )
             )
-        spread = hyperband_spread(curves, spec, direction=direction)
+        spread = hyperband_spread(curves, spec, direction=direction, **shape)
         shares = sorted(ratio(e, none["epochs"]) for e, _ in spread)
         gaps = [(none["best"] - best) * 100 * (1 if direction == "maximize" else -1) for _, best in spread]
         replays["hyperband, other study names"] = [{"epochs": e, "best": best} for e, best in spread]
@@ -995,8 +1026,9 @@ def item_pruning(settings: Settings, work: Path) -> Item:
         )
     same = all(p == params["none"] for p in params.values())
     item.notes += [
-        f"Spec: studies/digits.yaml with study.trials={settings.prune_trials}, train.epochs={settings.prune_epochs} (the quickstart's 6 "
-        f"put Hyperband's second rung at half the budget), sampler random (seed {base.get('seed', 0)}): "
+        f"Spec: studies/digits.yaml with study.trials={settings.prune_trials}, train.epochs={settings.prune_epochs}, sampler "
+        f"random (seed {base.get('seed', 0)}), study.defaults off; every pruner waits for the 60-step judge floor and "
+        "cuts only beyond the validation noise band: "
         f"all three runs trained identical configs: {'yes' if same else 'NO'}. Target: median or hyperband meets both bounds.",
         "Replay rows: the none run's learning curves fed to other pruner settings in an in-memory Optuna study (no training); "
         "the first two replay autocnn's own settings and must match the real runs above.",
