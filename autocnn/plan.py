@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from autocnn.budget import (
@@ -93,6 +93,18 @@ class Plan:
         eval_share = 1 + self.n_val / (3 * max(self.n_train, 1))
         return low * per_step * eval_share, high * per_step * eval_share
 
+    @property
+    def slowest_step_seconds(self) -> float | None:
+        """The slowest family's probed seconds per step: what sizes `epochs: auto` under a timeout."""
+        return max(self.seconds_per_step.values()) if self.seconds_per_step else None
+
+    def trial_seconds_range(self) -> tuple[float, float] | None:
+        """Shortest and longest full-length trial over all probed model families."""
+        spans = [span for model in self.seconds_per_step if (span := self.seconds_per_trial(model)) is not None]
+        if not spans:
+            return None
+        return min(s[0] for s in spans), max(s[1] for s in spans)
+
     def noise_at_half(self) -> float:
         """The noise band of two accuracies near 0.5 on this validation set: the widest it gets."""
         return noise_band("val_accuracy", 0.5, 0.5, self.n_val)
@@ -136,8 +148,7 @@ def make_plan(
         timeout=timeout,
         target_trials=target_trials,
     )
-    plan.warnings.extend(plan_warnings(spec, plan))
-    return plan
+    return replace(plan, warnings=plan_warnings(spec, plan))
 
 
 def plan_warnings(spec: Spec, plan: Plan) -> list[str]:
@@ -168,9 +179,10 @@ def _early_stopping(spec: Spec) -> bool:
 
 
 def _budget_warnings(spec: Spec, plan: Plan) -> list[str]:
-    if plan.timeout is None or plan.target_trials is None or not plan.seconds_per_step:
+    span = plan.trial_seconds_range()
+    if plan.timeout is None or plan.target_trials is None or span is None:
         return []
-    longest = max(t[1] for m in plan.seconds_per_step if (t := plan.seconds_per_trial(m)) is not None)
+    longest = span[1]
     needed = plan.target_trials * longest
     if needed >= 0.5 * plan.timeout:
         return []
@@ -210,8 +222,8 @@ def probe_seconds_per_step(spec: Spec, data: Dataset) -> dict[str, float]:
             pre = preprocess_for(
                 config.model, config.model_params, image_size=spec.data.image_size, native_size=native_size(spec)
             )
-            images = data if pre.image_size == spec.data.image_size else None
-            split = images.train if images is not None else _random_split(pre.image_size, data.num_classes)
+            same_size = pre.image_size == spec.data.image_size
+            split = data.train if same_size else _random_split(pre.image_size, data.num_classes)
             batch = min(int(config.train["batch_size"]), max(len(split) - 1, 2))
             model = build_model(
                 config.model,
@@ -304,9 +316,9 @@ def describe(plan: Plan) -> list[tuple[str, str]]:
                 else f"{_seconds(span[0])} to {_seconds(span[1])}"
             )
             rows.append((f"{model} trial", f"{length} at full length (timed probe)"))
-    if plan.timeout is not None and plan.seconds_per_step:
-        longest = max(t[1] for m in plan.seconds_per_step if (t := plan.seconds_per_trial(m)) is not None)
-        shortest = min(t[0] for m in plan.seconds_per_step if (t := plan.seconds_per_trial(m)) is not None)
+    span = plan.trial_seconds_range()
+    if plan.timeout is not None and span is not None:
+        shortest, longest = span
         most, fewest = math.floor(plan.timeout / max(shortest, 1e-9)), math.floor(plan.timeout / longest)
         fit = str(most) if most == fewest else f"{fewest} to {most}"
         target = "until the time is spent" if plan.target_trials is None else f"target {plan.target_trials} trials"

@@ -244,8 +244,7 @@ def trial_budget(config: TrialConfig, plan: Plan) -> dict[str, Any]:
     per_epoch = steps_per_epoch(plan.n_train, int(config.train["batch_size"]))
     epochs = config.train["epochs"]
     if epochs == "auto":
-        slowest = max(plan.seconds_per_step.values()) if plan.seconds_per_step else None
-        auto = auto_epochs(per_epoch, seconds_per_step=slowest, timeout=plan.timeout)
+        auto = auto_epochs(per_epoch, seconds_per_step=plan.slowest_step_seconds, timeout=plan.timeout)
         return {"steps_per_epoch": per_epoch, "epochs": auto.cap, "patience": auto.patience, "auto": True}
     return {
         "steps_per_epoch": per_epoch,
