@@ -46,9 +46,11 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: import this chec
 from autocnn.study import SilentReporter  # noqa: E402 - after the path set-up above
 from benchmarks.datasets import (  # noqa: E402
     DIGITS_COUNTS,
+    DIGITS_SHIFTED_COUNTS,
     MAX_TILT_DEGREES,
     REGIMES,
     SHAPES20_COUNTS,
+    SHIFT_ROTATE_DEGREES,
     SIZE,
     write_imagefolder,
 )
@@ -466,16 +468,22 @@ def method_row(regime: str, method: str, runs: Sequence[RunRecord]) -> str:
     return f"| {regime} | {METHOD_LABELS[method]} | {fmt(mean_accuracy(runs))} | {per_seed} | {trials} | {seconds} |"
 
 
-def section_header(payload: dict[str, Any]) -> list[str]:
-    info, search = payload["machine"], payload["search"]
+def source_line(source: dict[str, Any]) -> str:
+    info, search = source["machine"], source["search"]
     stand_in = "" if search["trials"] is None else f", `study.trials: {search['trials']}` on both searches"
+    return (
+        f"{', '.join(source['regimes'])}: produced by `{source['command']}` on {info['date']} "
+        f"({source['total_seconds']:.0f} s); {info['cpu']}, {info['cores']} cores, {info['device']}, torch "
+        f"{info['torch']}; budget per search {search['budget_s']:.0f} s of `study.timeout`; seeds "
+        f"{', '.join(map(str, source['seeds']))}; autocnn `train.epochs: {search['autocnn_epochs']}`{stand_in}."
+    )
+
+
+def section_header(payload: dict[str, Any]) -> list[str]:
     return [
         "## Search quality on small datasets: autocnn vs a fixed recipe vs random search",
         "",
-        f"Produced by `{payload['command']}` on {info['date']} ({payload['total_seconds']:.0f} s); "
-        f"{info['cpu']}, {info['cores']} cores, {info['device']}, torch {info['torch']}.",
-        f"Budget per search: {search['budget_s']:.0f} s of `study.timeout`; "
-        f"seeds {', '.join(map(str, payload['seeds']))}; autocnn `train.epochs: {search['autocnn_epochs']}`{stand_in}.",
+        *(f"- {source_line(source)}" for source in payload["sources"]),
         "",
     ]
 
@@ -519,6 +527,9 @@ def section_notes() -> list[str]:
     return [
         "Regimes (benchmarks/datasets.py, 64 px PNG folders read with `data.source: imagefolder`): digits-small is "
         f"scikit-learn's digits upscaled bilinearly from 8x8, {per_class(DIGITS_COUNTS)} per class, disjoint draws; "
+        f"digits-shifted is the same digits, {per_class(DIGITS_SHIFTED_COUNTS)} per class, the training images clean "
+        "and the validation and test images from a shifted source (moved, tilted up to "
+        f"{SHIFT_ROTATE_DEGREES:g} degrees, resized, thicker or thinner strokes, grainy unevenly lit paper); "
         f"shapes20 is 5 shapes x 4 fills, tilted up to {MAX_TILT_DEGREES:g} degrees, on gradient backgrounds with "
         f"line clutter, {per_class(SHAPES20_COUNTS)} per class, the test images from another generator stream in a "
         "shifted style (blotchy backgrounds, ring clutter, paler colours).",
@@ -564,6 +575,41 @@ def keep_marked_section(previous: str, text: str) -> str:
     results.md as a whole, and must not drop this benchmark's hour of results."""
     span = marked_span(previous)
     return text if span is None else splice_section(text, previous[span[0] : span[1]])
+
+
+def earlier_sources(previous: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs behind an earlier file, one entry per command; a file from before sources were
+    recorded has a single source in its top-level fields."""
+    if "sources" in previous:
+        return previous["sources"]
+    keys = ("regimes", "command", "machine", "seeds", "search", "work", "total_seconds")
+    return [{key: previous[key] for key in keys}] if "runs" in previous else []
+
+
+def merged_payload(
+    previous: dict[str, Any], source: dict[str, Any], methods: list[str], records: Sequence[RunRecord]
+) -> dict[str, Any]:
+    """This run's regimes, plus the earlier file's regimes that this run left alone: rerunning one
+    regime must not throw away an hour of another's results."""
+    rerun = set(source["regimes"])
+    kept_runs = [run for run in previous.get("runs", []) if run["regime"] not in rerun]
+    sources = []
+    for earlier in earlier_sources(previous):
+        still = [regime for regime in earlier["regimes"] if regime not in rerun]
+        if still:
+            sources.append(earlier | {"regimes": still})
+    sources.append(source)
+    measured = {regime for s in sources for regime in s["regimes"]}
+    regimes = [regime for regime in REGIMES if regime in measured]
+    runs = kept_runs + [asdict(r) for r in records]
+    all_records = [RunRecord(**run) for run in runs]
+    return {
+        "sources": sources,
+        "regimes": regimes,
+        "methods": list(dict.fromkeys([*methods, *previous.get("methods", [])])),
+        "runs": sorted(runs, key=lambda run: (regimes.index(run["regime"]), run["seed"], METHODS.index(run["method"]))),
+        "targets": [asdict(t) | {"met": t.met} for regime in regimes for t in regime_targets(regime, all_records)],
+    }
 
 
 def write_outputs(payload: dict[str, Any], section: str, *, json_path: Path, markdown: Path) -> None:
@@ -637,22 +683,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine_info()
     log(f"work folder {plan.work}; budget {plan.search.budget_s:.0f} s per search; seeds {list(plan.seeds)}")
     records = run_all(plan, log)
-    command = " ".join(["benchmarks/search_quality.py", *(sys.argv[1:] if argv is None else argv)])
-    payload = {
-        "machine": info,
-        "command": command,
+    source = {
         "regimes": list(plan.regimes),
+        "command": " ".join(["benchmarks/search_quality.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": info,
         "seeds": list(plan.seeds),
-        "methods": list(plan.methods),
         "search": asdict(plan.search),
         "work": str(plan.work),
         "total_seconds": time.perf_counter() - started,
-        "runs": [asdict(r) for r in records],
-        "targets": [asdict(t) | {"met": t.met} for regime in plan.regimes for t in regime_targets(regime, records)],
     }
-    section = render_section(payload, records)
     out = plan.work if args.quick else REPO / "benchmarks"
-    write_outputs(payload, section, json_path=out / "search_quality.json", markdown=out / "results.md")
+    json_path = out / "search_quality.json"
+    previous = json.loads(json_path.read_text()) if json_path.exists() else {}
+    payload = merged_payload(previous, source, list(plan.methods), records)
+    records = [RunRecord(**run) for run in payload["runs"]]
+    section = render_section(payload, records)
+    write_outputs(payload, section, json_path=json_path, markdown=out / "results.md")
     print(section)
     print(f"wrote {out / 'search_quality.json'} and the search-quality section of {out / 'results.md'}")
     return 0

@@ -3,6 +3,7 @@ model, the specs it hands autocnn, its verdicts and its results.md section. No s
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,17 @@ def test_digits_small_is_reproducible_per_seed_and_differs_between_seeds() -> No
 
 
 # --------------------------------------------------------------------------- shapes20
+
+
+def test_digits_shifted_trains_on_clean_digits_and_scores_on_a_shifted_source() -> None:
+    shifted, clean = ds.digits_shifted(0), ds.digits_small(0, ds.DIGITS_SHIFTED_COUNTS)
+    assert {split: len(images) for split, images in shifted.splits.items()} == {"train": 200, "val": 100, "test": 500}
+    assert np.array_equal(shifted.splits["train"].images, clean.splits["train"].images)
+    for split in ("val", "test"):
+        assert np.array_equal(shifted.splits[split].labels, clean.splits[split].labels)
+        gap = np.abs(shifted.splits[split].images.astype(int) - clean.splits[split].images).mean()
+        assert gap > 20, f"{split} is not shifted: mean difference {gap:.1f} grey levels"
+    assert np.array_equal(ds.digits_shifted(0).splits["test"].images, shifted.splits["test"].images)
 
 
 def test_shapes20_has_twenty_classes_in_the_requested_counts() -> None:
@@ -178,20 +190,23 @@ def test_a_failed_seed_leaves_no_mean_and_no_verdict() -> None:
 # --------------------------------------------------------------------------- results.md section
 
 
+SOURCE = {
+    "regimes": ["r"],
+    "command": "benchmarks/search_quality.py --quick",
+    "machine": {"date": "today", "cpu": "test cpu", "cores": 2, "device": "cpu (cpu)", "torch": "x"},
+    "search": {"budget_s": 45.0, "autocnn_epochs": "auto", "trials": None},
+    "seeds": [0],
+    "work": "/tmp/w",
+    "total_seconds": 100.0,
+}
+
+
 def test_the_section_shows_every_method_target_and_failure_between_its_markers() -> None:
     searched = sq.RunRecord("r", "autocnn", 0, test_accuracy=0.9, trials={"COMPLETE": 3, "PRUNED": 5})
     searched.final_trial, searched.final_is_default = 0, True
     fixed = sq.RunRecord("r", "fixed", 0, test_accuracy=0.8, best_val_epoch_test_accuracy=0.82, train_seconds=30.0)
     broken = sq.RunRecord("r", "random", 0, error="StudyError: no complete trial")
-    payload = {
-        "machine": {"date": "today", "cpu": "test cpu", "cores": 2, "device": "cpu (cpu)", "torch": "x"},
-        "command": "benchmarks/search_quality.py --quick",
-        "search": {"budget_s": 45.0, "autocnn_epochs": "auto", "trials": None},
-        "seeds": [0],
-        "regimes": ["r"],
-        "methods": list(sq.METHODS),
-        "total_seconds": 100.0,
-    }
+    payload = {"sources": [SOURCE], "regimes": ["r"], "methods": list(sq.METHODS)}
     section = sq.render_section(payload, [fixed, searched, broken])
     assert section.startswith(sq.SECTION_START) and section.endswith(sq.SECTION_END)
     assert "| 0.900 | 0.900 | 3 / 5 / 0, shipped 0 (default) | - / - |" in section
@@ -199,6 +214,27 @@ def test_the_section_shows_every_method_target_and_failure_between_its_markers()
     assert "| r | autocnn >= fixed recipe + 5 pp | +10.0 pp (0.900 vs 0.800) | met |" in section
     assert "| r | autocnn >= random search | - | no figure" in section
     assert "- failed: r seed 0 random: StudyError: no complete trial" in section
+    assert "- r: produced by `benchmarks/search_quality.py --quick` on today (100 s)" in section
+
+
+def test_rerunning_one_regime_keeps_the_other_regimes_runs_and_their_provenance() -> None:
+    earlier_source = SOURCE | {"regimes": ["shapes20", "digits-small"], "command": "earlier"}
+    earlier = [sq.RunRecord(regime, "fixed", 0, test_accuracy=0.5) for regime in ("digits-small", "shapes20")]
+    keys = ("regimes", "command", "machine", "seeds", "search", "work", "total_seconds")
+    previous = {key: earlier_source[key] for key in keys} | {
+        "methods": ["fixed"],
+        "runs": [asdict(r) for r in earlier],
+    }
+    rerun = sq.RunRecord("digits-small", "fixed", 0, test_accuracy=0.9)
+    payload = sq.merged_payload(previous, SOURCE | {"regimes": ["digits-small"]}, ["fixed"], [rerun])
+    assert payload["regimes"] == ["digits-small", "shapes20"]
+    assert [(r["regime"], r["test_accuracy"]) for r in payload["runs"]] == [("digits-small", 0.9), ("shapes20", 0.5)]
+    assert [(s["command"], s["regimes"]) for s in payload["sources"]] == [
+        ("earlier", ["shapes20"]),
+        ("benchmarks/search_quality.py --quick", ["digits-small"]),
+    ]
+    again = sq.merged_payload(payload, SOURCE | {"regimes": ["shapes20"]}, ["fixed"], earlier[1:])
+    assert [s["command"] for s in again["sources"]] == ["benchmarks/search_quality.py --quick"] * 2
 
 
 SECTION = f"{sq.SECTION_START}\n## Search quality\nnew figures\n{sq.SECTION_END}"
