@@ -276,6 +276,39 @@ def predict(
 
 
 @app.command()
+def schema(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the schema to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the spec's JSON Schema, for editor completion and checks (yaml-language-server) and other tools.
+
+    Example: autocnn schema -o studies/autocnn.schema.json
+    """
+    from autocnn.spec import json_schema_text
+
+    text = json_schema_text()
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        _replace_file(out, text)
+    except OSError as exc:
+        _console(stderr=True).print(f"[bold red]error:[/] {out}: cannot write ({exc.strerror or exc})", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write beside the target, then rename: an editor reading the schema never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@app.command()
 def ui(
     host: Annotated[str, typer.Option(help="Interface to bind; only this machine by default.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,

@@ -15,7 +15,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -45,10 +45,32 @@ SCHEDULERS = ("cosine", "onecycle", "plateau", "none")
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu")
 
 
+def _type_label(tp: Any) -> str:
+    """`Annotated[float, Field(ge=0, le=1)]` -> `float, ge=0, le=1`; pydantic's default is the repr."""
+    if get_origin(tp) is Annotated:
+        base, *extras = get_args(tp)
+        bounds = [
+            f"{bound}={getattr(item, bound)}"
+            for extra in extras
+            for item in getattr(extra, "metadata", [extra])
+            for bound in ("gt", "ge", "lt", "le")
+            if hasattr(item, bound)
+        ]
+        return ", ".join([_type_label(base), *bounds])
+    if get_origin(tp) is Literal:
+        return "|".join(str(arg) for arg in get_args(tp))
+    return getattr(tp, "__name__", repr(tp))
+
+
 class StrictModel(BaseModel):
     """Typos fail, YAML 1.1 booleans are not numbers, NaN/inf are not bounds, nothing mutates."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @classmethod
+    def model_parametrized_name(cls, params: tuple[Any, ...]) -> str:
+        """`Range[float, gt=0]`: the name is the JSON Schema's title for it, which editors show."""
+        return f"{cls.__name__}[{', '.join(_type_label(param) for param in params)}]"
 
 
 def _sub_error(field: str, message: str) -> PydanticCustomError:
@@ -149,7 +171,7 @@ def _fixed_epochs(value: Any) -> int | str:
 Epochs = Annotated[
     Annotated[Range[PositiveInt], Tag("{low,high}")]
     | Annotated[Choices[PositiveInt], Tag("{choices}")]
-    | Annotated[Any, PlainValidator(_fixed_epochs), Tag("fixed")],
+    | Annotated[Any, PlainValidator(_fixed_epochs, json_schema_input_type=PositiveInt | Literal["auto"]), Tag("fixed")],
     Discriminator(_searchable_kind),
 ]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -183,10 +205,15 @@ class DataSpec(StrictModel):
         return self
 
 
+# ASCII digits only: the same pattern, anchored, is the JSON Schema's, and ECMA regex `\d` is ASCII.
+DURATION_PATTERN = r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh]?)\s*"
+Duration = Annotated[str, Field(pattern=f"^{DURATION_PATTERN}$")]
+
+
 def parse_duration(value: Any) -> Any:
     """`90`, `90s`, `45m`, `3h` -> seconds; anything else is left for pydantic to reject."""
     if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", value)
+        match = re.fullmatch(DURATION_PATTERN, value)
         if not match:
             raise PydanticCustomError(
                 "spec", "expected seconds or a duration like 90s, 45m, 3h, got {value}", {"value": repr(value)}
@@ -210,7 +237,9 @@ class StudySpec(StrictModel):
     storage: str | None = None
     defaults: bool = True  # start a new study with one known-good configuration per model family
 
-    _parse_timeout = field_validator("timeout", mode="before")(parse_duration)
+    _parse_timeout = field_validator(
+        "timeout", mode="before", json_schema_input_type=Annotated[float, Field(gt=0)] | Duration | None
+    )(parse_duration)
 
     @property
     def direction(self) -> str:
@@ -290,10 +319,16 @@ class TimmSpace(StrictModel):
         return self
 
 
+def _models_json_schema(schema: dict[str, Any]) -> None:
+    """What the before-validator allows: a bare backbone name (null), and at least one model."""
+    schema["additionalProperties"] = {"anyOf": [schema["additionalProperties"], {"type": "null"}]}
+    schema["minProperties"] = 1
+
+
 class ModelsSpec(StrictModel):
     """`custom_cnn` and any number of timm backbones, each key a timm model name."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_models_json_schema)
 
     custom_cnn: CustomCNNSpace | None = None
     __pydantic_extra__: dict[str, TimmSpace] = Field(init=False)  # type: ignore[assignment]
@@ -376,6 +411,54 @@ class Spec(StrictModel):
     @property
     def experiment_name(self) -> str:
         return self.mlflow.experiment or self.name
+
+
+# --------------------------------------------------------------------------- JSON Schema
+
+# Draft-07: the newest draft yaml-language-server (behind VS Code's YAML extension and others)
+# validates with. pydantic writes draft 2020-12 but, for these models, nothing newer than draft-07
+# except the name `$defs`, renamed `definitions` below.
+JSON_SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
+
+
+def json_schema() -> dict[str, Any]:
+    """The spec's JSON Schema, for editors and other tools; built from the models so it cannot drift.
+
+    It accepts every spec the models accept; checks across keys (`low <= high`, `val + test`,
+    `root` with `source`) are left to `autocnn validate`, so the schema is looser there.
+    """
+    schema = _definitions_by_title(Spec.model_json_schema(mode="validation"))
+    return {
+        "$schema": JSON_SCHEMA_DIALECT,
+        "title": "autocnn study spec",
+        "description": "A study spec for `autocnn study`; `autocnn validate SPEC` checks what a schema cannot.",
+        **{key: value for key, value in schema.items() if key != "title"},
+    }
+
+
+def _definitions_by_title(schema: dict[str, Any]) -> dict[str, Any]:
+    """pydantic's `$defs` as draft-07 `definitions`, keyed by title (`Range_float_gt_0`), not by a type's repr."""
+    names = {key: re.sub(r"[^A-Za-z0-9.-]+", "_", sub["title"]).strip("_") for key, sub in schema["$defs"].items()}
+    if len(set(names.values())) != len(names):
+        raise RuntimeError(f"two spec models share a JSON Schema title: {sorted(names.values())}")
+    refs = {f"#/$defs/{old}": f"#/definitions/{new}" for old, new in names.items()}
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: refs[value] if key == "$ref" else rewrite(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [rewrite(item) for item in node]
+        return node
+
+    definitions = {names[key]: rewrite(sub) for key, sub in schema["$defs"].items()}
+    return {**rewrite({key: value for key, value in schema.items() if key != "$defs"}), "definitions": definitions}
+
+
+def json_schema_text() -> str:
+    """The schema as `autocnn schema` prints it and `studies/autocnn.schema.json` holds it, byte for byte."""
+    import json
+
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 # --------------------------------------------------------------------------- loading
