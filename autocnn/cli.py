@@ -30,6 +30,25 @@ Storage = Annotated[
 TrackingUri = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: sqlite in ./mlruns).")]
 
 
+@app.callback()
+def quiet_libraries() -> None:
+    """Settings for the command line only; the Python API leaves them to its caller.
+
+    MLflow logs at INFO on import ("Creating initial MLflow database tables") and draws its own
+    artifact progress bars; autocnn shows progress itself. Environment variables, so they hold
+    whenever MLflow is first imported, and a user's own setting wins.
+    """
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _quiet_optuna() -> None:
+    """Trial outcomes are reported by autocnn itself: Optuna's own lines would repeat them."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
@@ -51,7 +70,7 @@ def user_errors() -> Iterator[None]:
 
 
 def _load(spec_path: Path) -> Any:
-    from autocnn.spec import load_spec
+    from autocnn import load_spec
 
     return load_spec(spec_path)
 
@@ -73,9 +92,10 @@ def study(
 
     Example: autocnn study studies/digits.yaml --trials 20
     """
+    from autocnn import StudyOptions, run_study
     from autocnn.console import RichReporter, leaderboard_table
-    from autocnn.study import StudyOptions, run_study
 
+    _quiet_optuna()
     with user_errors():
         loaded = _load(spec)
         seconds = _duration(timeout)
@@ -154,13 +174,13 @@ def status(spec: SpecPath, storage: Storage = None) -> None:
 
     Example: autocnn status studies/digits.yaml
     """
+    from autocnn import study_status
     from autocnn.console import counts_table, leaderboard_table
-    from autocnn.study import load_study, storage_url, summarize
 
+    _quiet_optuna()
     with user_errors():
         loaded = _load(spec)
-        url = storage_url(loaded, storage)
-        result = summarize(loaded, load_study(loaded, url, create=False), url, "")
+        result = study_status(loaded, storage=storage)
     console = _console()
     console.print(counts_table(result, loaded.study.target_trials))
     for number in result.stale:
@@ -183,8 +203,9 @@ def report(
 
     Example: autocnn report studies/digits.yaml
     """
-    from autocnn.report import build_report
+    from autocnn import build_report
 
+    _quiet_optuna()
     with user_errors():
         result = build_report(_load(spec), storage=storage, tracking_uri=tracking_uri, out=out)
     console = _console()
@@ -220,9 +241,11 @@ def finalize(
 
     Example: autocnn finalize studies/digits.yaml --top-k 3 --seeds 3
     """
+    from autocnn import FinalizeOptions
+    from autocnn import finalize as run_finalize
     from autocnn.console import finalize_tables
-    from autocnn.export import FinalizeOptions
-    from autocnn.export import finalize as run_finalize
+
+    _quiet_optuna()
 
     options = FinalizeOptions(
         trial=trial,
@@ -258,8 +281,8 @@ def predict(
     """
     import json
 
+    from autocnn import Predictor, predict_files
     from autocnn.console import predictions_table
-    from autocnn.predict import Predictor, predict_files
 
     with user_errors():
         predictor = Predictor(model_dir, backend="torch" if torch else "onnx")
@@ -318,7 +341,8 @@ def ui(
 
     Example: autocnn ui --port 5001
     """
-    from autocnn.tracking import default_tracking_uri, enable_wal, sqlite_path
+    from autocnn.storage import enable_wal, sqlite_path
+    from autocnn.tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     db = sqlite_path(uri)

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autocnn.data import DataCache, Dataset, Split
-from autocnn.errors import ExportError, StudyError
+from autocnn.errors import ExportError
+from autocnn.objectives import Objective, primary
 from autocnn.predict import (
     LABELS_FILE,
     METRICS_FILE,
@@ -30,6 +31,7 @@ from autocnn.predict import (
     Preprocessing,
     normalize,
 )
+from autocnn.results import best_epoch, pick_trial, top_trials
 from autocnn.spec import Spec
 
 if TYPE_CHECKING:
@@ -45,9 +47,6 @@ Say = Callable[[str], None]
 TRIAL_WEIGHTS = "trial weights"
 RETRAINED = "retrained on train"
 REFIT = "refit on train+val"
-# Seed s of a re-training offsets the trial's own seeds by s strides; a stride larger than any
-# trial number keeps every (trial, seed) pair of a study on seeds of its own.
-SEED_STRIDE = 1_000_003
 
 
 @dataclass(frozen=True)
@@ -190,34 +189,11 @@ class FinalizeResult:
 # ------------------------------------------------------------------- which trial, which weights
 
 
-def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
-    """The best complete trial, or trial `number` if it completed."""
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if number is None:
-        try:
-            return study.best_trial
-        except ValueError:
-            raise StudyError(
-                f"study '{study.study_name}' has no complete trial yet; run `autocnn study` first"
-            ) from None
-    if number not in trials:
-        raise StudyError(f"--trial {number}: no such trial in study '{study.study_name}' (0..{len(trials) - 1})")
-    if trials[number].state.name != "COMPLETE":
-        raise StudyError(f"--trial {number}: trial is {trials[number].state.name}; pick a COMPLETE trial")
-    return trials[number]
-
-
 def model_preprocessing(spec: Spec, config: TrialConfig) -> Preprocessing:
     """The input size and mean/std the trial trained with (a backbone's own, or the spec's)."""
-    from autocnn.models import preprocess_for
-    from autocnn.study import native_size
+    from autocnn.assembly import preprocessing
 
-    pre = preprocess_for(
-        config.model,
-        config.model_params,
-        image_size=spec.data.image_size,
-        native_size=native_size(spec),
-    )
+    pre = preprocessing(spec, config)
     return Preprocessing(pre.image_size, tuple(pre.mean), tuple(pre.std))
 
 
@@ -235,21 +211,6 @@ def load_trial_weights(tracker: Tracker, trial: optuna.trial.FrozenTrial, model:
     model.load_state_dict(state)
 
 
-def best_epoch(trial: optuna.trial.FrozenTrial, direction: str) -> int:
-    """The epoch at which the trial's metric peaked: how long a refit on train+val trains."""
-    curve = trial.intermediate_values
-    if not curve:
-        return 1
-    pick = max if direction == "maximize" else min
-    return int(pick(curve, key=lambda step: curve[step]))
-
-
-def run_seeds(spec: Spec, trial_number: int, seed: int) -> tuple[int, int]:
-    """(torch seed, batch seed) of re-training seed `seed`; seed 0 is how the trial itself was seeded."""
-    offset = seed * SEED_STRIDE
-    return spec.seed * 100_003 + trial_number + offset, spec.seed + trial_number + offset
-
-
 def recorded_budget(trial: optuna.trial.FrozenTrial, config: TrialConfig, data: Dataset) -> dict[str, Any]:
     """The epochs and patience the trial trained with (what `epochs: auto` became for it)."""
     from autocnn.budget import BUDGET_ATTR, steps_per_epoch
@@ -258,9 +219,9 @@ def recorded_budget(trial: optuna.trial.FrozenTrial, config: TrialConfig, data: 
     if recorded:
         return dict(recorded)
     return {  # a trial from before budgets were recorded: its epochs were a number
-        "steps_per_epoch": steps_per_epoch(len(data.train), int(config.train["batch_size"])),
-        "epochs": int(config.train["epochs"]),
-        "patience": int(config.train["early_stopping"]),
+        "steps_per_epoch": steps_per_epoch(len(data.train), config.train.batch_size),
+        "epochs": int(config.train.epochs),
+        "patience": config.train.early_stopping,
         "auto": False,
     }
 
@@ -270,49 +231,27 @@ def retrain(
     trial: optuna.trial.FrozenTrial,
     config: TrialConfig,
     data: Dataset,
-    pre: Preprocessing,
     *,
     refit: bool,
     seed: int = 0,
 ) -> Retrained:
     """Train the trial's config again, seeded as the trial was (seed 0) or offset; refit also learns from val."""
-    import torch
+    from autocnn.assembly import assemble_trial, train_settings, trial_seeds
 
-    from autocnn.models import build_model, optimizer_groups
-    from autocnn.study import make_train_batches, train_settings
-    from autocnn.train import TensorBatches, Trainer, pick_device
-
-    torch_seed, batch_seed = run_seeds(spec, trial.number, seed)
-    torch.manual_seed(torch_seed)
-    model = build_model(
-        config.model,
-        config.model_params,
-        num_classes=data.num_classes,
-        image_size=pre.image_size,
-        base_dir=spec.base_dir,
-    )
     settings = train_settings(spec, config, recorded_budget(trial, config, data), n_val=len(data.val))
-    train_split = data.train
+    train_split = None
     if refit:  # no held-out data left to stop on: train as long as the trial's best epoch
-        settings = replace(settings, epochs=best_epoch(trial, spec.study.direction), early_stopping=0)
+        settings = replace(settings, epochs=best_epoch(trial, primary(spec)), early_stopping=0)
         train_split = Split(
             np.concatenate([data.train.images, data.val.images]),
             np.concatenate([data.train.labels, data.val.labels]),
         )
-    device = pick_device()
-    batch_size = int(config.train["batch_size"])
-    train, _ = make_train_batches(  # augmented exactly as the trial was, if it was
-        config.augment,
-        train_split,
-        pre,
-        batch_size=batch_size,
-        seed=batch_seed,
-        device=device,
+    # Augmented exactly as the trial was, if it was.
+    assembled = assemble_trial(
+        spec, config, data, settings, seeds=trial_seeds(spec, trial.number, seed), train_split=train_split
     )
-    val = TensorBatches(data.val, pre, batch_size=max(256, batch_size), shuffle=False, device=device)
-    groups = optimizer_groups(config.model, model, config.model_params, lr=settings.lr)
-    trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
-    for _ in trainer.fit(train, val):
+    trainer = assembled.trainer
+    for _ in trainer.fit(assembled.train, assembled.val):
         pass
     if not refit:
         trainer.restore_best()
@@ -322,22 +261,9 @@ def retrain(
 # --------------------------------------------------------------------------- top-k by mean
 
 
-def top_trials(study: optuna.Study, k: int, direction: str) -> tuple[list[optuna.trial.FrozenTrial], list[str]]:
-    """The k best COMPLETE trials, best first (ties: the earlier trial); fewer, with a warning, if so many."""
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if not complete:
-        raise StudyError(f"study '{study.study_name}' has no complete trial yet; run `autocnn study` first")
-    sign = -1.0 if direction == "maximize" else 1.0
-    ranked = sorted(complete, key=lambda t: (sign * float(t.value), t.number))
-    if len(ranked) >= k:
-        return ranked[:k], []
-    return ranked, [f"--top-k {k}: the study has {len(ranked)} complete trials; compared those"]
-
-
-def pick_by_mean(candidates: list[Candidate], direction: str) -> Candidate:
-    """The best mean in the study's direction; a tie goes to the candidate the study ranked higher."""
-    pick = max if direction == "maximize" else min
-    return pick(candidates, key=lambda c: c.mean)
+def pick_by_mean(candidates: list[Candidate], objective: Objective) -> Candidate:
+    """The best mean by the objective; a tie goes to the candidate the study ranked higher."""
+    return objective.best(candidates, lambda c: c.mean)
 
 
 def why_picked(picked: Candidate, candidates: list[Candidate], metric: str, seeds: int) -> str:
@@ -368,19 +294,20 @@ def compare_top_k(
     Returns the comparison and the pick's seed-0 model, which is exactly what `--retrain` would
     train for it. Only the leader's is kept, so a long comparison does not pile up models.
     """
-    direction, metric = spec.study.direction, spec.study.metric
+    objective = primary(spec)
+    metric = objective.metric
     say(f"re-training the {len(trials)} best configurations on train, {seeds} seed(s) each, to pick by mean {metric}")
     candidates: list[Candidate] = []
     leader: dict[int, nn.Module] = {}
     for trial in trials:
         candidate, seed0_model = rerun_config(spec, trial, cache, seeds, say)
         candidates.append(candidate)
-        if pick_by_mean(candidates, direction) is candidate:
+        if pick_by_mean(candidates, objective) is candidate:
             leader = {candidate.trial: seed0_model}
-    picked = pick_by_mean(candidates, direction)
+    picked = pick_by_mean(candidates, objective)
     reason = why_picked(picked, candidates, metric, seeds)
     say(f"picked {reason}")
-    return TopK(metric, direction, seeds, tuple(candidates), picked, reason), leader[picked.trial]
+    return TopK(metric, objective.direction, seeds, tuple(candidates), picked, reason), leader[picked.trial]
 
 
 def rerun_config(
@@ -394,8 +321,8 @@ def rerun_config(
     data = cache.get(pre.image_size)
 
     def run(seed: int) -> Retrained:
-        done = retrain(spec, trial, config, data, pre, refit=False, seed=seed)
-        say(f"trial {trial.number} ({config.model}) seed {seed}: {spec.study.metric} {done.value:.4f}")
+        done = retrain(spec, trial, config, data, refit=False, seed=seed)
+        say(f"trial {trial.number} ({config.model}) seed {seed}: {primary(spec).metric} {done.value:.4f}")
         return done
 
     first = run(0)
@@ -475,7 +402,7 @@ def write_bundle(
         "image_size": pre.image_size,
         "study": spec.name,
         "trial": trial_number,
-        "train": config.train,
+        "train": asdict(config.train),
     }
     (out / MODEL_FILE).write_text(json.dumps(rebuild, indent=2, default=str))
 
@@ -525,12 +452,8 @@ def log_final_run(
         "autocnn.weights_from": how,
         "autocnn.eval_split": scores.split,
     }
-    if parent is not None:
-        tags["mlflow.parentRunId"] = parent.info.run_id
-    run_id = tracker.client.create_run(tracker.experiment_id, run_name="final", tags=tags).info.run_id
+    run_id = tracker.start_final_run(parent.info.run_id if parent is not None else None, tags, config.flat())
     try:
-        for key, value in config.flat().items():
-            tracker.client.log_param(run_id, key, str(value))
         split = scores.split
         metrics = {f"{split}_accuracy": scores.accuracy, f"{split}_macro_f1": scores.macro_f1}
         metrics.update({k.replace("accuracy", f"{split}_accuracy"): v for k, v in facts.items()})
@@ -543,7 +466,7 @@ def log_final_run(
         tracker.log_figure(run_id, figure, "confusion_matrix.png")
         tracker.log_dict(run_id, scores.per_class, "per_class_metrics.json")
         tracker.log_text(run_id, scores.per_class_text, "per_class_metrics.txt")
-        tracker.client.log_artifacts(run_id, str(out), "export")
+        tracker.log_artifact(run_id, out, "export")
         uri = tracker.log_model(run_id, model)
         version = tracker.register_model(
             uri,
@@ -551,9 +474,9 @@ def log_final_run(
             tags={"trial": str(trial.number), f"{split}_accuracy": f"{scores.accuracy:.4f}"},
         )
     except BaseException:
-        tracker.client.set_terminated(run_id, status="FAILED")
+        tracker.end_run(run_id, "FAILED")
         raise
-    tracker.client.set_terminated(run_id, status="FINISHED")
+    tracker.end_run(run_id, "FINISHED")
     return run_id, version
 
 
@@ -581,19 +504,19 @@ def obtain_model(
 
     how = options.weights_from
     if how == REFIT:
-        epochs = best_epoch(trial, spec.study.direction)
+        epochs = best_epoch(trial, primary(spec))
         n_images = len(data.train) + len(data.val)
         say(
             f"trial {trial.number} ({config.model}): refitting on train+val ({n_images} images) for {epochs} "
             "epochs, where the trial peaked (--no-refit keeps its saved weights)"
         )
-        return retrain(spec, trial, config, data, pre, refit=True).model, how
+        return retrain(spec, trial, config, data, refit=True).model, how
     if how == RETRAINED:
         if retrained is not None:
             say(f"trial {trial.number} ({config.model}): its seed-0 run on train from the comparison ({how})")
             return retrained, how
         say(f"trial {trial.number} ({config.model}): training its config again ({how})")
-        return retrain(spec, trial, config, data, pre, refit=False).model, how
+        return retrain(spec, trial, config, data, refit=False).model, how
     say(f"trial {trial.number} ({config.model}): its saved best-epoch weights ({how})")
     model = build_model(  # no pretrained weights: the trial's own replace them at once
         config.model,
@@ -610,12 +533,13 @@ def choose_trial(
     spec: Spec, study: optuna.Study, cache: DataCache, options: FinalizeOptions, say: Say, warnings: list[str]
 ) -> tuple[optuna.trial.FrozenTrial, TopK | None, nn.Module | None]:
     """The trial to finalize; with --top-k/--seeds also the comparison and the pick's seed-0 model."""
+    objective = primary(spec)
     if not options.compares:
-        return pick_trial(study, options.trial), None, None
+        return pick_trial(study, objective, options.trial), None, None
     if options.trial is not None:
-        trials = [pick_trial(study, options.trial)]
+        trials = [pick_trial(study, objective, options.trial)]
     else:
-        trials, short = top_trials(study, options.top_k, spec.study.direction)
+        trials, short = top_trials(study, options.top_k, objective)
         warnings.extend(short)
     top_k, seed0_model = compare_top_k(spec, trials, cache, options.seeds, say)
     picked = next(t for t in trials if t.number == top_k.picked.trial)
@@ -623,17 +547,22 @@ def choose_trial(
 
 
 def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None = None) -> FinalizeResult:
-    """Best trial -> weights -> one evaluation -> ONNX + int8 -> `final` MLflow run + registry."""
+    """Best trial -> weights -> one evaluation -> ONNX + int8 -> `final` MLflow run + registry.
+
+    Example:
+        >>> final = autocnn.finalize(spec, autocnn.FinalizeOptions(top_k=3, seeds=2), say=print)
+        >>> final.scores.accuracy, final.out_dir
+    """
     from autocnn.onnx_export import export_and_check
     from autocnn.space import config_from_params
-    from autocnn.study import load_study, storage_url
+    from autocnn.storage import open_study, storage_url
     from autocnn.tracking import Tracker, default_tracking_uri
 
     options = options or FinalizeOptions()
     check_options(options)
     say = say or (lambda _text: None)
     warnings: list[str] = []
-    study = load_study(spec, storage_url(spec, options.storage), create=False)
+    study = open_study(spec, storage_url(spec, options.storage))
     cache = DataCache(spec)
     trial, top_k, seed0_model = choose_trial(spec, study, cache, options, say, warnings)
     config = config_from_params(spec, trial.params)

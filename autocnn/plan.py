@@ -207,38 +207,25 @@ def probe_seconds_per_step(spec: Spec, data: Dataset) -> dict[str, float]:
     """
     import torch
 
+    from autocnn.assembly import assemble_trial, preprocessing, trial_seeds
     from autocnn.defaults import default_trials
-    from autocnn.models import build_model, optimizer_groups, preprocess_for
+    from autocnn.objectives import primary
     from autocnn.space import config_from_params
-    from autocnn.study import native_size
-    from autocnn.train import TensorBatches, Trainer, TrainSettings, pick_device
+    from autocnn.train import TrainSettings
 
     out: dict[str, float] = {}
-    device = pick_device()
     state = torch.get_rng_state()
     try:
         for params in default_trials(spec):
             config = config_from_params(spec, params)
-            pre = preprocess_for(
-                config.model, config.model_params, image_size=spec.data.image_size, native_size=native_size(spec)
+            pre = preprocessing(spec, config)
+            probed = data if pre.image_size == spec.data.image_size else _random_data(pre.image_size, data)
+            batch = min(config.train.batch_size, max(len(probed.train) - 1, 2))
+            settings = TrainSettings.from_trial(config.train, primary(spec), epochs=1)
+            assembled = assemble_trial(
+                spec, config, probed, settings, seeds=trial_seeds(spec, 0), pre=pre, batch_size=batch
             )
-            same_size = pre.image_size == spec.data.image_size
-            split = data.train if same_size else _random_split(pre.image_size, data.num_classes)
-            batch = min(int(config.train["batch_size"]), max(len(split) - 1, 2))
-            model = build_model(
-                config.model,
-                config.model_params,
-                num_classes=data.num_classes,
-                image_size=pre.image_size,
-                base_dir=spec.base_dir,
-            )
-            settings = TrainSettings.from_trial(
-                config.train, monitor=spec.study.metric, direction=spec.study.direction, epochs=1
-            )
-            batches = TensorBatches(split, pre, batch_size=batch, shuffle=True, device=device)
-            groups = optimizer_groups(config.model, model, config.model_params, lr=settings.lr)
-            trainer = Trainer(model, settings, steps_per_epoch=PROBE_STEPS + 1, device=device, param_groups=groups)
-            out[config.model] = _time_steps(trainer, batches, batch_size=int(config.train["batch_size"]))
+            out[config.model] = _time_steps(assembled.trainer, assembled.train, batch_size=config.train.batch_size)
     finally:
         torch.set_rng_state(state)
     return out
@@ -263,18 +250,18 @@ def _take(batches: Any, n: int) -> Any:
                 return
 
 
-def _random_split(image_size: int, num_classes: int) -> Any:
-    """Stand-in images for a backbone whose input size differs from the cached one."""
+def _random_data(image_size: int, data: Dataset) -> Dataset:
+    """Stand-in images for a backbone whose input size differs from the cached one: timing a step
+    needs the right shapes, not the right pixels."""
     import numpy as np
 
-    from autocnn.data import Split
+    from autocnn.data import Dataset, Split
 
     rng = np.random.default_rng(0)
     n = 64
-    return Split(
-        rng.integers(0, 256, size=(n, image_size, image_size, 3), dtype=np.uint8),
-        (np.arange(n) % num_classes).astype(np.int64),
-    )
+    images = rng.integers(0, 256, size=(n, image_size, image_size, 3), dtype=np.uint8)
+    split = Split(images, (np.arange(n) % data.num_classes).astype(np.int64))
+    return Dataset(data.classes, split, split, None)
 
 
 def plan_for(spec: Spec, cache: Any, *, probe: bool = True) -> Plan:

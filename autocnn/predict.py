@@ -78,9 +78,16 @@ def _read_json(folder: Path, name: str) -> Any:
 
 
 class Predictor:
-    """Logits for normalised batches, from ONNX Runtime (default) or PyTorch (`--torch`)."""
+    """Logits for normalised batches, from ONNX Runtime (default) or PyTorch (`--torch`).
 
-    def __init__(self, folder: Path, *, backend: str = "onnx") -> None:
+    Example:
+        >>> predictor = autocnn.Predictor("models/digits")
+        >>> result = autocnn.predict_files(predictor, ["digit.png", "more_digits/"], top=3)
+        >>> [(p.path, p.top[0]) for p in result.predictions]
+    """
+
+    def __init__(self, folder: str | Path, *, backend: str = "onnx") -> None:
+        folder = Path(folder)
         if not folder.is_dir():
             raise ExportError(f"{folder}: model folder not found (write one with `autocnn finalize SPEC`)")
         self.folder = folder
@@ -179,12 +186,12 @@ def expand_inputs(inputs: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:
             yield item, "no such file or folder"
 
 
-def predict_files(predictor: Predictor, inputs: Sequence[Path], *, top: int = 3) -> PredictResult:
+def predict_files(predictor: Predictor, inputs: Sequence[str | Path], *, top: int = 3) -> PredictResult:
     """Decode every readable image like training did, predict in batches, keep the top-k."""
     result = PredictResult()
     paths: list[Path] = []
     images: list[np.ndarray] = []
-    for path, problem in expand_inputs(inputs):
+    for path, problem in expand_inputs(Path(p) for p in inputs):
         if problem is None:
             try:
                 images.append(decode_image(path, predictor.pre.image_size))

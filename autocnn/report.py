@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autocnn.errors import StudyError
+from autocnn.objectives import Objective, primary
+from autocnn.results import count_states, leaderboard
 from autocnn.spec import Spec
 
 if TYPE_CHECKING:
@@ -81,9 +83,10 @@ class ReportResult:
 # --------------------------------------------------------------------------- gathering
 
 
-def gather_trials(study: optuna.Study, tracker: Tracker | None, parent_id: str | None) -> list[TrialFacts]:
+def gather_trials(
+    study: optuna.Study, objective: Objective, tracker: Tracker | None, parent_id: str | None
+) -> list[TrialFacts]:
     """Every trial, best first, with its MLflow facts and metric histories where a run exists."""
-    from autocnn.study import leaderboard
     from autocnn.tracking import TRIAL_TAG
 
     trials = study.get_trials(deepcopy=False)
@@ -95,7 +98,7 @@ def gather_trials(study: optuna.Study, tracker: Tracker | None, parent_id: str |
                 runs.setdefault(int(number), run)
     attrs = {t.number: t.user_attrs.get("mlflow_run_id") for t in trials}
     out = []
-    for row in leaderboard(study, top=len(trials)):
+    for row in leaderboard(study, objective, top=len(trials)):
         run = runs.get(row["number"])
         item = TrialFacts(**{k: row[k] for k in ("number", "model", "params", "state", "value", "epochs", "seconds")})
         item.run_id = run.info.run_id if run is not None else attrs.get(row["number"])
@@ -117,8 +120,7 @@ def _facts(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _history(tracker: Tracker, run_id: str, key: str) -> list[tuple[int, float]]:
-    points = tracker.client.get_metric_history(run_id, key)
-    return sorted((int(m.step), float(m.value)) for m in points)
+    return tracker.metric_history(run_id, key)
 
 
 @dataclass
@@ -134,7 +136,7 @@ class Family:
     total_seconds: float = 0.0
 
 
-def families(trials: Sequence[TrialFacts], metric: str, direction: str) -> list[Family]:
+def families(trials: Sequence[TrialFacts], objective: Objective) -> list[Family]:
     """Group by model; a family is described by its best complete trial, at its best epoch."""
     by_model: dict[str, list[TrialFacts]] = {}
     for t in trials:
@@ -151,27 +153,20 @@ def families(trials: Sequence[TrialFacts], metric: str, direction: str) -> list[
             total_seconds=sum(t.seconds or 0.0 for t in group),
         )
         if best is not None:
-            step = _best_step(best.curves.get(metric, []), direction)
+            step = _best_step(best.curves.get(objective.metric, []), objective)
             family.val_accuracy = _at(best.curves.get("val_accuracy", []), step)
             family.val_macro_f1 = _at(best.curves.get("val_macro_f1", []), step)
-            if metric == "val_accuracy" and family.val_accuracy is None:
+            if objective.metric == "val_accuracy" and family.val_accuracy is None:
                 family.val_accuracy = best.value
         rows.append(family)
-    sign = -1 if direction == "maximize" else 1
-    rows.sort(
-        key=lambda f: (
-            f.best is None,
-            sign * f.best.value if f.best and f.best.value is not None else 0,
-        )
-    )
+    rows.sort(key=lambda f: (f.best is None, objective.rank(f.best.value) if f.best else 0.0))
     return rows
 
 
-def _best_step(curve: list[tuple[int, float]], direction: str) -> int | None:
+def _best_step(curve: list[tuple[int, float]], objective: Objective) -> int | None:
     if not curve:
         return None
-    pick = max if direction == "maximize" else min
-    return pick(curve, key=lambda p: p[1])[0]
+    return objective.best(curve, lambda point: point[1])[0]
 
 
 def _at(curve: list[tuple[int, float]], step: int | None) -> float | None:
@@ -375,7 +370,7 @@ def confusion_html(tracker: Tracker | None, best: TrialFacts | None) -> str:
     parts = [f"<p>Trial {best.number} ({html.escape(best.model)}), on the validation split.</p>"]
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            png = Path(tracker.client.download_artifacts(best.run_id, "confusion_matrix.png", tmp)).read_bytes()
+            png = tracker.download_artifact(best.run_id, "confusion_matrix.png", Path(tmp)).read_bytes()
         except Exception:  # noqa: BLE001 - an older or failed run may lack it
             return f"<p class=note>Trial {best.number}'s run holds no confusion_matrix.png.</p>"
         parts.append(
@@ -384,7 +379,7 @@ def confusion_html(tracker: Tracker | None, best: TrialFacts | None) -> str:
         )
         try:
             per_class = json.loads(
-                Path(tracker.client.download_artifacts(best.run_id, "per_class_metrics.json", tmp)).read_text()
+                tracker.download_artifact(best.run_id, "per_class_metrics.json", Path(tmp)).read_text()
             )
         except Exception:  # noqa: BLE001
             per_class = None
@@ -444,11 +439,15 @@ def build_report(
     tracking_uri: str | None = None,
     out: Path | None = None,
 ) -> ReportResult:
-    """Write reports/<name>.html (or `out`) and log it to the study's parent MLflow run."""
-    from autocnn.study import count_states, load_study, storage_url
+    """Write reports/<name>.html (or `out`) and log it to the study's parent MLflow run.
+
+    Example:
+        >>> autocnn.build_report(spec, out=Path("digits.html")).path
+    """
+    from autocnn.storage import open_study, storage_url
     from autocnn.tracking import Tracker, default_tracking_uri
 
-    study = load_study(spec, storage_url(spec, storage), create=False)
+    study = open_study(spec, storage_url(spec, storage))
     if not study.get_trials(deepcopy=False):
         raise StudyError(f"study '{spec.name}' has no trials yet; run `autocnn study` first")
     warnings: list[str] = []
@@ -459,14 +458,15 @@ def build_report(
         warnings.append(
             f"no MLflow run for study '{spec.name}' at {tracker.tracking_uri}: curves and facts are missing"
         )
-    trials = gather_trials(study, tracker, parent_id)
+    objective = primary(spec)
+    trials = gather_trials(study, objective, tracker, parent_id)
     counts = count_states(study)
-    metric, direction = spec.study.metric, spec.study.direction
+    metric = objective.metric
     complete = [t for t in trials if t.state == "COMPLETE"]
     best = complete[0] if complete else None
     sections = {
         "leaderboard": leaderboard_html(trials, metric),
-        "models": families_html(families(trials, metric, direction)),
+        "models": families_html(families(trials, objective)),
         **{
             kind: optuna_plot(kind, study, len(complete))
             for kind in ("history", "importance", "parallel", "intermediate")
@@ -476,7 +476,7 @@ def build_report(
     }
     summary = [
         ("study", html.escape(spec.name)),
-        ("metric", f"{metric} ({direction})"),
+        ("metric", f"{metric} ({objective.direction})"),
         ("trials", ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)),
         (
             "best",
@@ -488,5 +488,5 @@ def build_report(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page(f"autocnn report: {spec.name}", summary, sections), encoding="utf-8")
     if parent_id is not None:
-        tracker.client.log_artifact(parent_id, str(path), "report")
+        tracker.log_artifact(parent_id, path, "report")
     return ReportResult(path, path.stat().st_size, len(trials), parent_id, list(sections), warnings)

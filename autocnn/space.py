@@ -8,8 +8,8 @@ Range or Choices.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -30,29 +30,128 @@ class SearchedParam:
     domain: str
 
 
+Section = TypeVar("Section")
+
+
+def typed(cls: type[Section], values: dict[str, Any], where: str) -> Section:
+    """A sampled section as its dataclass: a key the spec accepts but no field takes fails here,
+    loudly, instead of being sampled, logged and then ignored."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise TypeError(f"{where}: {', '.join(unknown)} sampled but not read by {cls.__name__}")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """train.*: epochs and patience go to the budget, batch_size to the batches, the rest to the Trainer."""
+
+    epochs: int | str  # a number, or "auto"
+    batch_size: int
+    lr: float
+    weight_decay: float
+    scheduler: str
+    early_stopping: int
+    label_smoothing: float
+    precision: str
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """augment.*: all off unless the trial turns augmentation on (autocnn.augment reads them)."""
+
+    enabled: bool = False
+    hflip: float = 0.0
+    vflip: float = 0.0
+    rotate: float = 0.0
+    shift_scale: float = 0.0
+    random_resized_crop: float = 1.0
+    color_jitter: float = 0.0
+    gamma: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.0
+    cutout: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """What was sampled: a trial without augmentation samples (and logs) only `enabled`."""
+        return asdict(self) if self.enabled else {"enabled": False}
+
+
+@dataclass(frozen=True)
+class CustomCNNConfig:
+    """models.custom_cnn.*: the arguments of autocnn.models.custom_cnn.CustomCNN."""
+
+    depth: int
+    width: int
+    dropout: float
+    activation: str
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """models.<backbone>.head.*: an MLP head on the backbone's pooled features."""
+
+    hidden: int
+    activation: str
+    dropout: float
+
+
+@dataclass(frozen=True)
+class TimmConfig:
+    """models.<backbone>.*: what autocnn.models.backbones builds, freezes and resizes."""
+
+    pretrained: bool | str
+    freeze: str
+    unfreeze_last: int
+    backbone_lr_mult: float
+    dropout: float
+    head: HeadConfig | None = None
+    image_size: int | None = None
+
+
+ModelConfig = CustomCNNConfig | TimmConfig
+
+
+def model_config(model: str, values: dict[str, Any]) -> ModelConfig:
+    from autocnn.models import CUSTOM_CNN
+
+    where = f"models.{model}"
+    if model == CUSTOM_CNN:
+        return typed(CustomCNNConfig, values, where)
+    head = values.get("head")
+    head_config = typed(HeadConfig, head, f"{where}.head") if head is not None else None
+    return typed(TimmConfig, {**values, "head": head_config}, where)
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything one trial needs, resolved: what `autocnn` trains and what MLflow records."""
 
     model: str
-    model_params: dict[str, Any]
-    train: dict[str, Any]
-    augment: dict[str, Any] = field(default_factory=dict)
+    model_config: ModelConfig
+    train: TrainConfig
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    @property
+    def model_params(self) -> dict[str, Any]:
+        """The model's values as plain data: what build_model takes and an exported bundle stores."""
+        return asdict(self.model_config)
 
     def flat(self) -> dict[str, Any]:
         """All values under their dotted names, the form logged as MLflow params."""
         out: dict[str, Any] = {MODEL_PARAM: self.model}
-        out.update(_flatten(self.train, "train"))
+        out.update(_flatten(asdict(self.train), "train"))
         out.update(_flatten(self.model_params, f"models.{self.model}"))
-        out.update(_flatten(self.augment, "augment"))
+        out.update(_flatten(self.augment.as_dict(), "augment"))
         return out
 
     def as_yaml_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "models": {self.model: self.model_params},
-            "train": self.train,
-            "augment": self.augment,
+            "train": asdict(self.train),
+            "augment": self.augment.as_dict(),
         }
 
 
@@ -137,9 +236,11 @@ def sample_config(trial: optuna.trial.BaseTrial, spec: Spec) -> TrialConfig:
     augment = sections.get("augment")
     return TrialConfig(
         model=str(model),
-        model_params=_resolve(trial, sections[f"models.{model}"], f"models.{model}"),
-        train=_resolve(trial, spec.train, "train"),
-        augment=_resolve_augment(trial, augment) if augment is not None else {},
+        model_config=model_config(str(model), _resolve(trial, sections[f"models.{model}"], f"models.{model}")),
+        train=typed(TrainConfig, _resolve(trial, spec.train, "train"), "train"),
+        augment=typed(AugmentConfig, _resolve_augment(trial, augment), "augment")
+        if augment is not None
+        else AugmentConfig(),
     )
 
 

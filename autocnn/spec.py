@@ -506,7 +506,12 @@ def read_yaml(path: Path) -> Any:
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a spec file; raise SpecError with one line per problem."""
+    """Read and validate a spec file; raise SpecError with one line per problem.
+
+    Example:
+        >>> spec = autocnn.load_spec("studies/digits.yaml")
+        >>> spec.name, spec.study.metric
+    """
     path = Path(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):

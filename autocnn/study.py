@@ -7,15 +7,15 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from autocnn.budget import BUDGET_ATTR, auto_epochs, judge_floor_steps, steps_per_epoch
+from autocnn.budget import BUDGET_ATTR, auto_epochs, steps_per_epoch
 from autocnn.checks import check_spec
 from autocnn.data import DataCache, Dataset
 from autocnn.defaults import DEFAULT_ATTR, enqueue_defaults
-from autocnn.errors import StudyError
+from autocnn.objectives import Objective, primary, study_objectives
 from autocnn.plan import Plan, make_plan, probe_seconds_per_step
+from autocnn.results import StudyResult, best_trial, count_states, summarize
 from autocnn.resume import (
     OWNER_ATTR,
     REASON_ATTR,
@@ -27,19 +27,18 @@ from autocnn.resume import (
     graceful_interrupts,
     owner_id,
     recover_dead_trials,
-    stale_trials,
 )
 from autocnn.space import TrialConfig, sample_config
 from autocnn.spec import DEFAULT_TRIALS, Spec
+from autocnn.storage import open_storage, storage_url, stored_trials
 
 if TYPE_CHECKING:
     import optuna
 
     from autocnn.tracking import Tracker
-    from autocnn.train import EpochMetrics, TrainSettings
+    from autocnn.train import EpochMetrics
 
 MAX_FAILS_IN_A_ROW = 5
-DONE_STATES = ("COMPLETE", "PRUNED")
 
 
 class Reporter(Protocol):
@@ -84,52 +83,7 @@ class StudyOptions:
     keep_checkpoints: bool = False
 
 
-@dataclass
-class StudyResult:
-    name: str
-    storage: str
-    tracking_uri: str
-    counts: dict[str, int]
-    best_number: int | None
-    best_value: float | None
-    ran: int
-    stale: list[int] = field(default_factory=list)
-    stopped_reason: str | None = None
-    leaderboard: list[dict[str, Any]] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- storage & samplers
-
-
-def storage_url(spec: Spec, override: str | None = None) -> str:
-    """An Optuna URL, or a journal file path; default: `<spec dir>/<name>.optuna.db`."""
-    value = override or spec.study.storage
-    if value is None:
-        return f"sqlite:///{spec.base_dir / f'{spec.name}.optuna.db'}"
-    if "://" in value:
-        return value
-    return str(spec.resolve_path(value))
-
-
-def open_storage(url: str) -> Any:
-    import optuna
-
-    if "://" not in url:
-        from optuna.storages.journal import JournalFileBackend
-
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        from autocnn.tracking import enable_wal, sqlite_path
-
-        enable_wal(sqlite_path(url))  # type: ignore[arg-type]
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    from autocnn.resume import heartbeat_kwargs
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs())
+# --------------------------------------------------------------------------- pruner & sampler
 
 
 def build_pruner(spec: Spec, *, max_resource: int, n_val: int) -> Any:
@@ -152,7 +106,7 @@ def build_pruner(spec: Spec, *, max_resource: int, n_val: int) -> Any:
         inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, max_resource // 6), reduction_factor=3)
     else:
         return optuna.pruners.NopPruner()
-    return NoiseAwarePruner(inner, metric=spec.study.metric, n_val=n_val)
+    return NoiseAwarePruner(inner, metric=primary(spec).metric, n_val=n_val)
 
 
 def build_sampler(spec: Spec, *, n_existing: int) -> Any:
@@ -174,50 +128,19 @@ def build_sampler(spec: Spec, *, n_existing: int) -> Any:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
 
 
-def load_study(spec: Spec, storage: str, *, create: bool, plan: Plan | None = None) -> optuna.Study:
-    """The spec's study; `create` (with the plan, which sizes the pruner) makes it if missing."""
+def create_study(spec: Spec, storage: str, plan: Plan) -> optuna.Study:
+    """The spec's study, made if missing; the plan sizes the pruner for this run's trials."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial outcomes are reported by autocnn itself
-    if not create and not _storage_exists(storage):
-        raise StudyError(f"{storage}: no study storage yet; run `autocnn study` on this spec first")
     backend = open_storage(storage)
-    if not create:
-        try:
-            return optuna.load_study(study_name=spec.name, storage=backend)
-        except KeyError:
-            raise StudyError(f"{storage}: no study named '{spec.name}' yet; run `autocnn study` first") from None
-    existing = _n_existing(backend, spec.name)
     return optuna.create_study(
         study_name=spec.name,
         storage=backend,
-        direction=spec.study.direction,
-        sampler=build_sampler(spec, n_existing=existing),
-        pruner=build_pruner(spec, max_resource=plan.largest_cap(), n_val=plan.n_val) if plan else None,
+        directions=[objective.direction for objective in study_objectives(spec)],
+        sampler=build_sampler(spec, n_existing=stored_trials(backend, spec.name)),
+        pruner=build_pruner(spec, max_resource=plan.largest_cap(), n_val=plan.n_val),
         load_if_exists=True,
     )
-
-
-def _storage_exists(url: str) -> bool:
-    from autocnn.tracking import sqlite_path
-
-    path = sqlite_path(url) if "://" in url else Path(url)
-    return path is None or path.exists()
-
-
-def _n_existing(backend: Any, name: str) -> int:
-    try:
-        study_id = backend.get_study_id_from_name(name)
-    except KeyError:
-        return 0
-    return len(backend.get_all_trials(study_id, deepcopy=False))
-
-
-def count_states(study: optuna.Study) -> dict[str, int]:
-    counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    return counts
 
 
 # --------------------------------------------------------------------------- one trial
@@ -234,6 +157,10 @@ class TrialContext:
     plan: Plan
     latencies: dict[tuple, float] = field(default_factory=dict)  # per architecture (model_facts)
 
+    @property
+    def objective(self) -> Objective:
+        return primary(self.spec)
+
 
 def trial_budget(config: TrialConfig, plan: Plan) -> dict[str, Any]:
     """How long this trial may train, in epochs and optimizer steps; recorded on the trial.
@@ -241,102 +168,68 @@ def trial_budget(config: TrialConfig, plan: Plan) -> dict[str, Any]:
     `epochs: auto` becomes a cap and a patience for the noise-aware stop, sized by the slowest
     model family so Hyperband's maximum resource holds for every trial.
     """
-    per_epoch = steps_per_epoch(plan.n_train, int(config.train["batch_size"]))
-    epochs = config.train["epochs"]
+    per_epoch = steps_per_epoch(plan.n_train, config.train.batch_size)
+    epochs = config.train.epochs
     if epochs == "auto":
         auto = auto_epochs(per_epoch, seconds_per_step=plan.slowest_step_seconds, timeout=plan.timeout)
         return {"steps_per_epoch": per_epoch, "epochs": auto.cap, "patience": auto.patience, "auto": True}
     return {
         "steps_per_epoch": per_epoch,
         "epochs": int(epochs),
-        "patience": int(config.train["early_stopping"]),
+        "patience": config.train.early_stopping,
         "auto": False,
     }
-
-
-def train_settings(spec: Spec, config: TrialConfig, budget: dict[str, Any], *, n_val: int) -> TrainSettings:
-    """The trial's training settings: its sampled keys with the budget's epochs, patience and floor."""
-    from autocnn.train import TrainSettings
-
-    return TrainSettings.from_trial(
-        config.train,
-        monitor=spec.study.metric,
-        direction=spec.study.direction,
-        epochs=int(budget["epochs"]),
-        early_stopping=int(budget["patience"]),
-        min_steps=judge_floor_steps(int(budget["steps_per_epoch"]) * int(budget["epochs"])),
-        noise_n=n_val,
-    )
 
 
 def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_id: str) -> float:
     """Train one configuration; report every epoch to Optuna (pruning) and MLflow."""
     import optuna
-    import torch
 
-    from autocnn.models import (
-        build_model,
-        freeze_mode,
-        model_facts,
-        optimizer_groups,
-        preprocess_for,
-    )
-    from autocnn.train import NonFiniteLossError, TensorBatches, Trainer, pick_device
+    from autocnn.assembly import assemble_trial, preprocessing, train_settings, trial_seeds
+    from autocnn.models import freeze_mode, model_facts
+    from autocnn.train import NonFiniteLossError
 
     spec = ctx.spec
-    torch.manual_seed(spec.seed * 100_003 + trial.number)
-    pre = preprocess_for(
-        config.model, config.model_params, image_size=spec.data.image_size, native_size=native_size(spec)
-    )
+    pre = preprocessing(spec, config)
     data = ctx.cache.get(pre.image_size)
-    device = pick_device()
-    model = build_model(
-        config.model,
-        config.model_params,
-        num_classes=data.num_classes,
-        image_size=pre.image_size,
-        base_dir=spec.base_dir,
-    )
     budget = trial.user_attrs.get(BUDGET_ATTR) or trial_budget(config, ctx.plan)  # a retry keeps its original's
     trial.set_user_attr(BUDGET_ATTR, budget)
     ctx.tracker.set_tags(
         run_id, {"autocnn.max_epochs": budget["epochs"], "autocnn.steps_per_epoch": budget["steps_per_epoch"]}
     )
     settings = train_settings(spec, config, budget, n_val=len(data.val))
-    batch_size = int(config.train["batch_size"])
-    train = train_batches(
-        ctx, run_id, config, data, pre, batch_size=batch_size, seed=spec.seed + trial.number, device=device
-    )
-    val = TensorBatches(data.val, pre, batch_size=max(256, batch_size), shuffle=False, device=device)
-    groups = optimizer_groups(config.model, model, config.model_params, lr=settings.lr)
-    trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
-    facts = model_facts(trainer.model, image_size=pre.image_size, device=device, latencies=ctx.latencies)
+    seeds = trial_seeds(spec, trial.number)
+    assembled = assemble_trial(spec, config, data, settings, seeds=seeds, pre=pre)
+    trainer, train, val = assembled.trainer, assembled.train, assembled.val
+    if assembled.augmentation is not None:
+        log_augmentation(ctx, run_id, assembled.augmentation, data, seed=seeds.batches)
+    facts = model_facts(trainer.model, image_size=pre.image_size, device=trainer.device, latencies=ctx.latencies)
     ctx.tracker.log_facts(run_id, facts)
-    ctx.tracker.set_tags(run_id, {"autocnn.freeze": freeze_mode(model)})
+    ctx.tracker.set_tags(run_id, {"autocnn.freeze": freeze_mode(trainer.model)})
     ctx.reporter.trial_started(trial.number, config, settings.epochs)
     history = resume_trainer(ctx, trial, trainer)
     # NopPruner never prunes, but asking it still reads the trial back from storage every epoch.
     can_prune = not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
     try:
         for metrics in trainer.fit(train, val):
-            value = getattr(metrics, spec.study.metric)
+            value = getattr(metrics, ctx.objective.metric)
             # Optuna's storage first: the writer threads woken below hold the GIL for a few ms at a
-            # time, which tripled the report's time when it came after them (issue 6).
+            # time, which tripled the report's time when it came after them.
             trial.report(value, metrics.epoch)
             prune = can_prune and trial.should_prune()
             ctx.tracker.log_epoch(run_id, metrics.as_dict(), step=metrics.epoch)
             history.append((metrics.epoch, value))
             if not prune:  # a pruned trial's checkpoint would only be deleted
                 ctx.checkpoints.save(trial.number, {"trainer": trainer.state_dict(), "history": history})
-            ctx.reporter.epoch_done(trial.number, metrics, spec.study.metric)
+            ctx.reporter.epoch_done(trial.number, metrics, ctx.objective.metric)
             if prune:
-                raise optuna.TrialPruned(_prune_reason(trial, metrics.epoch, spec.study.metric, value))
+                raise optuna.TrialPruned(_prune_reason(trial, metrics.epoch, ctx.objective.metric, value))
     except NonFiniteLossError as exc:
         raise optuna.TrialPruned(f"diverged: {exc}") from None
     trainer.restore_best()
     # The best epoch's evaluation when this process saw it (not after a resume): no second pass.
     _log_evaluation(ctx, run_id, trainer.best_eval or trainer.evaluate(val), data)
-    if _is_new_best(trial, trainer.best_value):
+    if is_new_best(trial, trainer.best_value, ctx.objective):
         ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
     return float(trainer.best_value)  # type: ignore[arg-type]
 
@@ -347,55 +240,17 @@ def _prune_reason(trial: optuna.Trial, epoch: int, metric: str, value: float) ->
     return reason or f"pruned at epoch {epoch}: {metric} = {value:.4f}"
 
 
-def train_batches(
-    ctx: TrialContext,
-    run_id: str,
-    config: TrialConfig,
-    data: Dataset,
-    pre: Any,
-    *,
-    batch_size: int,
-    seed: int,
-    device: Any,
-) -> Any:
-    """The trial's training batches; an augmenting trial also logs what its augmentation does.
+def log_augmentation(ctx: TrialContext, run_id: str, pipeline: Any, data: Dataset, *, seed: int) -> None:
+    """What an augmenting trial's augmentation does, in albumentations' own format and as a grid.
 
-    Validation and test batches never come from here, so they are never augmented. The logged
-    pipeline (`augment.json`) is albumentations' own format, which omits the seed: hence the tag.
+    Validation and test batches are never augmented. The format omits the seed: hence the tag.
     """
-    batches, pipeline = make_train_batches(
-        config.augment, data.train, pre, batch_size=batch_size, seed=seed, device=device
-    )
-    if pipeline is not None:
-        from autocnn import augment
+    from autocnn import augment
 
-        ctx.tracker.log_dict(run_id, augment.describe(pipeline), "augment.json")
-        ctx.tracker.set_tags(run_id, {"autocnn.augment_seed": seed})
-        grid = augment.grid_figure(data.train, pipeline, classes=data.classes, seed=seed)
-        ctx.tracker.log_figure(run_id, grid, "augment_grid.png")
-    return batches
-
-
-def make_train_batches(
-    augment: dict[str, Any], split: Any, pre: Any, *, batch_size: int, seed: int, device: Any
-) -> tuple[Any, Any]:
-    """(batches, pipeline): augmented when `augment` turns any op on, else plain and None.
-
-    Shared by a trial and its finalize retrain, so both train on the same images; albumentations
-    is imported only when a trial augments.
-    """
-    from autocnn.train import TensorBatches
-
-    if augment.get("enabled", False):
-        from autocnn import augment as aug
-
-        pipeline = aug.build_train_transform(augment, image_size=pre.image_size, seed=seed)
-        if pipeline is not None:
-            batches = aug.AugmentedBatches(
-                split, pre, pipeline, batch_size=batch_size, seed=seed, num_workers=aug.N_WORKERS, device=device
-            )
-            return batches, pipeline
-    return TensorBatches(split, pre, batch_size=batch_size, shuffle=True, seed=seed, device=device), None
+    ctx.tracker.log_dict(run_id, augment.describe(pipeline), "augment.json")
+    ctx.tracker.set_tags(run_id, {"autocnn.augment_seed": seed})
+    grid = augment.grid_figure(data.train, pipeline, classes=data.classes, seed=seed)
+    ctx.tracker.log_figure(run_id, grid, "augment_grid.png")
 
 
 def resume_trainer(ctx: TrialContext, trial: optuna.Trial, trainer: Any) -> list[tuple[int, float]]:
@@ -412,19 +267,12 @@ def resume_trainer(ctx: TrialContext, trial: optuna.Trial, trainer: Any) -> list
     return history
 
 
-def native_size(spec: Spec) -> bool:
-    """Backbones take timm's pretrained input size only when the spec sets no data.image_size."""
-    return "image_size" not in spec.data.model_fields_set
-
-
-def _is_new_best(trial: optuna.Trial, value: float | None) -> bool:
+def is_new_best(trial: optuna.Trial, value: float | None, objective: Objective) -> bool:
+    """Whether this trial's value beats every complete trial so far: only such trials keep weights."""
     if value is None:
         return False
-    try:
-        best = trial.study.best_value
-    except ValueError:  # no completed trial yet
-        return True
-    return value > best if trial.study.direction.name == "MAXIMIZE" else value < best
+    best = best_trial(trial.study, objective)
+    return objective.better(value, None if best is None else best.value)
 
 
 def _log_evaluation(ctx: TrialContext, run_id: str, ev: Any, data: Dataset) -> None:
@@ -502,7 +350,16 @@ class FailStreak:
 
 
 def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporter | None = None) -> StudyResult:
-    """Check everything, then run (or resume) the study until it holds `trials` done trials."""
+    """Check everything, then run (or resume) the study until it holds `trials` done trials.
+
+    A study that has trials in its storage resumes: only the missing trials run, and a trial cut
+    short by a killed process continues from its last checkpoint. `reporter` hears about each
+    trial and epoch (the command line draws progress bars with it); by default nothing is shown.
+
+    Example:
+        >>> result = autocnn.run_study(spec, autocnn.StudyOptions(trials=20, timeout=900))
+        >>> result.best_number, result.best_value, result.counts
+    """
     from autocnn.tracking import Tracker, default_tracking_uri
 
     options = options or StudyOptions()
@@ -523,7 +380,7 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
         reporter.message(f"warning: {warning}")
     storage = storage_url(spec, options.storage)
     tracking_uri = options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri()
-    study = load_study(spec, storage, create=True, plan=plan)
+    study = create_study(spec, storage, plan)
     if spec.study.defaults and enqueue_defaults(study, spec):
         reporter.message(f"first trials: the default configuration of {', '.join(spec.models.spaces())}")
     tracker = Tracker(tracking_uri, spec.experiment_name)
@@ -561,9 +418,8 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
             checkpoints.close()
         except Exception as exc:  # the study's runs are closed all the same
             reporter.message(f"warning: the last checkpoint could not be written: {exc}")
-        result = summarize(
-            spec, study, storage, tracking_uri, ran=_started(study) - (sum(counts.values()) - counts["WAITING"])
-        )
+        ran = _started(study) - (sum(counts.values()) - counts["WAITING"])
+        result = summarize(study, primary(spec), storage=storage, tracking_uri=tracking_uri, ran=ran)
         if streak.streak >= MAX_FAILS_IN_A_ROW:
             result.stopped_reason = f"the last {MAX_FAILS_IN_A_ROW} trials all failed; last error: {streak.last_error}"
             status = "FAILED"
@@ -601,70 +457,19 @@ def study_plan(spec: Spec, data: Dataset, *, timeout: float | None, target: int 
 
 def log_best_model(spec: Spec, study: optuna.Study, tracker: Tracker, parent: str, data: Dataset) -> None:
     """Log the best trial's weights as an MLflow model once per new best."""
-    from autocnn.models import build_model, preprocess_for
+    from autocnn.assembly import preprocessing
+    from autocnn.models import build_model
     from autocnn.space import config_from_params
 
-    best = study.best_trial
-    run_id = best.user_attrs.get("mlflow_run_id")
-    parent_run = tracker.client.get_run(parent)
-    if not run_id or parent_run.data.tags.get("autocnn.best_model_trial") == str(best.number):
+    best = best_trial(study, primary(spec))
+    run_id = best.user_attrs.get("mlflow_run_id") if best is not None else None
+    if not run_id or tracker.run_tags(parent).get("autocnn.best_model_trial") == str(best.number):
         return
     config = config_from_params(spec, best.params)
-    pre = preprocess_for(
-        config.model, config.model_params, image_size=spec.data.image_size, native_size=native_size(spec)
-    )
+    pre = preprocessing(spec, config)
     model = build_model(
         config.model, config.model_params, num_classes=data.num_classes, image_size=pre.image_size, load_weights=False
     )
     model.load_state_dict(tracker.load_state_dict(run_id))
     uri = tracker.log_model(run_id, model)
-    tracker.client.set_tag(parent, "autocnn.best_model_trial", str(best.number))
-    tracker.client.set_tag(parent, "autocnn.best_model_uri", uri)
-
-
-def summarize(spec: Spec, study: optuna.Study, storage: str, tracking_uri: str, *, ran: int = 0) -> StudyResult:
-    counts = count_states(study)
-    best_number = best_value = None
-    try:
-        best_number, best_value = study.best_trial.number, study.best_value
-    except ValueError:
-        pass
-    return StudyResult(
-        name=spec.name,
-        storage=storage,
-        tracking_uri=tracking_uri,
-        counts=counts,
-        best_number=best_number,
-        best_value=best_value,
-        ran=ran,
-        stale=stale_trials(study),
-        leaderboard=leaderboard(study),
-    )
-
-
-def leaderboard(study: optuna.Study, top: int = 10) -> list[dict[str, Any]]:
-    """Best finished trials first, then pruned and failed ones by number."""
-    sign = -1 if study.direction.name == "MAXIMIZE" else 1
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        seconds = None
-        if t.datetime_complete and t.datetime_start:
-            seconds = (t.datetime_complete - t.datetime_start).total_seconds()
-        curve = t.intermediate_values
-        value = t.value if t.value is not None else (curve[max(curve)] if curve else None)
-        rows.append(
-            {
-                "number": t.number,
-                "model": t.params.get("model", ""),
-                "params": {k: v for k, v in t.params.items() if k != "model"},
-                "value": value,
-                "state": t.state.name,
-                "epochs": len(t.intermediate_values),
-                "seconds": seconds,
-            }
-        )
-    order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
-    rows.sort(
-        key=lambda r: (order.get(r["state"], 5), sign * r["value"] if r["value"] is not None else math.inf, r["number"])
-    )
-    return rows[:top]
+    tracker.set_tags(parent, {"autocnn.best_model_trial": best.number, "autocnn.best_model_uri": uri})

@@ -6,16 +6,18 @@ thread-local "active run" stack, and a resumed study finds its parent run again 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from autocnn.storage import enable_wal, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -39,38 +41,17 @@ def default_tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
-def sqlite_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-    return None
-
-
-def enable_wal(db: Path) -> None:
-    """WAL lets `autocnn status` / `autocnn ui` read while a study writes: no 'database is locked'."""
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(db, timeout=30) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-
-
-def quiet_mlflow() -> None:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for name in ("mlflow", "alembic", "alembic.runtime.migration"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 class Tracker:
     """Writes a study and its trials to one MLflow experiment."""
 
     def __init__(self, tracking_uri: str, experiment: str) -> None:
-        quiet_mlflow()
         import mlflow
 
         db = sqlite_path(tracking_uri)
         if db is not None:
             enable_wal(db)
         self.tracking_uri = tracking_uri
-        mlflow.set_tracking_uri(tracking_uri)
-        self.client: MlflowClient = mlflow.MlflowClient(tracking_uri)
+        self._client: MlflowClient = mlflow.MlflowClient(tracking_uri)  # used by this class alone
         self.experiment_id = self._experiment_id(experiment, db)
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future[Any]] = []
@@ -78,18 +59,18 @@ class Tracker:
         self._last_sent = -float("inf")
 
     def _experiment_id(self, name: str, db: Path | None) -> str:
-        found = self.client.get_experiment_by_name(name)
+        found = self._client.get_experiment_by_name(name)
         if found is not None:
             if found.lifecycle_stage == "deleted":
-                self.client.restore_experiment(found.experiment_id)
+                self._client.restore_experiment(found.experiment_id)
             return found.experiment_id
         location = (db.parent / "artifacts").as_uri() if db is not None else None
-        return self.client.create_experiment(name, artifact_location=location)
+        return self._client.create_experiment(name, artifact_location=location)
 
     # ---------------------------------------------------------------- the study's parent run
 
     def find_study_run(self, study: str) -> Any | None:
-        runs = self.client.search_runs(
+        runs = self._client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study}'",
             order_by=["attributes.start_time ASC"],
@@ -101,12 +82,12 @@ class Tracker:
         """Reuse the study's parent run (resume) or create it; the spec is its artifact."""
         run = self.find_study_run(study)
         if run is not None:
-            self.client.update_run(run.info.run_id, status="RUNNING")
+            self._client.update_run(run.info.run_id, status="RUNNING")
             run_id = run.info.run_id
         else:
             tags = {ROLE_TAG: "study", STUDY_TAG: study, "mlflow.runName": study, "optuna.storage": storage}
-            run_id = self.client.create_run(self.experiment_id, run_name=study, tags=tags).info.run_id
-        self.client.log_text(run_id, spec_text, "spec.yaml")
+            run_id = self._client.create_run(self.experiment_id, run_name=study, tags=tags).info.run_id
+        self._client.log_text(run_id, spec_text, "spec.yaml")
         return run_id
 
     def close_study_run(self, run_id: str, summary: dict[str, Any], *, status: str = "FINISHED") -> None:
@@ -115,11 +96,11 @@ class Tracker:
         self.flush()
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if isinstance(v, (int, float))]
-        self.client.log_batch(run_id, metrics=metrics)
+        self._client.log_batch(run_id, metrics=metrics)
         for key, value in summary.items():
             if not isinstance(value, (int, float)):
-                self.client.set_tag(run_id, f"autocnn.{key}", str(value))
-        self.client.set_terminated(run_id, status=status)
+                self._client.set_tag(run_id, f"autocnn.{key}", str(value))
+        self._client.set_terminated(run_id, status=status)
 
     # ---------------------------------------------------------------- trial runs
 
@@ -134,9 +115,9 @@ class Tracker:
             ROLE_TAG: "trial",
             "autocnn.model": str(params.get("model", "")),
         }
-        run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=tags).info.run_id
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+        run_id = self._client.create_run(self.experiment_id, run_name=f"trial-{number}", tags=tags).info.run_id
+        self._client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self._client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
         return run_id
 
     def log_epoch(self, run_id: str, metrics: dict[str, float], step: int) -> None:
@@ -164,7 +145,7 @@ class Tracker:
         for run_id, metrics in unsent.items():
             for start in range(0, len(metrics), LOG_BATCH_LIMIT):
                 chunk = metrics[start : start + LOG_BATCH_LIMIT]
-                self._pending.append(self._writer.submit(self.client.log_batch, run_id, metrics=chunk))
+                self._pending.append(self._writer.submit(self._client.log_batch, run_id, metrics=chunk))
 
     def flush(self) -> None:
         """Send what is gathered and wait until every metric is stored; a failed write raises here."""
@@ -175,7 +156,7 @@ class Tracker:
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(run_id, key, str(value))
+            self._client.set_tag(run_id, key, str(value))
 
     def log_facts(self, run_id: str, facts: dict[str, Any]) -> None:
         """One-off numbers about a trial (parameter counts, sizes), as step-0 metrics."""
@@ -184,20 +165,20 @@ class Tracker:
     def end_trial(self, run_id: str, state: str, *, reason: str | None = None) -> None:
         """Close a trial run with the tag and status matching its Optuna state."""
         self.flush()
-        self.client.set_tag(run_id, STATE_TAG, "FAIL" if state == "INTERRUPTED" else state)
+        self._client.set_tag(run_id, STATE_TAG, "FAIL" if state == "INTERRUPTED" else state)
         if reason:
-            self.client.set_tag(run_id, REASON_TAG, reason[:5000])
-            self.client.log_text(run_id, reason, "reason.txt")
-        self.client.set_terminated(run_id, status=RUN_STATUS[state])
+            self._client.set_tag(run_id, REASON_TAG, reason[:5000])
+            self._client.log_text(run_id, reason, "reason.txt")
+        self._client.set_terminated(run_id, status=RUN_STATUS[state])
 
     def log_figure(self, run_id: str, figure: Any, path: str) -> None:
-        self.client.log_figure(run_id, figure, path)
+        self._client.log_figure(run_id, figure, path)
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
-        self.client.log_text(run_id, text, path)
+        self._client.log_text(run_id, text, path)
 
     def log_dict(self, run_id: str, data: dict[str, Any], path: str) -> None:
-        self.client.log_dict(run_id, data, path)
+        self._client.log_dict(run_id, data, path)
 
     def log_state_dict(self, run_id: str, state: dict[str, Any], path: str = "weights") -> None:
         """Weights as a plain state_dict artifact: milliseconds, loadable with weights_only=True."""
@@ -206,13 +187,13 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             file = Path(tmp) / "state_dict.pt"
             torch.save(state, file)
-            self.client.log_artifact(run_id, str(file), path)
+            self._client.log_artifact(run_id, str(file), path)
 
     def load_state_dict(self, run_id: str, path: str = "weights/state_dict.pt") -> dict[str, Any]:
         import torch
 
         with tempfile.TemporaryDirectory() as tmp:
-            local = self.client.download_artifacts(run_id, path, tmp)
+            local = self._client.download_artifacts(run_id, path, tmp)
             return torch.load(local, map_location="cpu", weights_only=True)
 
     def log_model(self, run_id: str, model: Any, *, name: str = "model") -> str:
@@ -225,7 +206,7 @@ class Tracker:
         pickle_notice = logging.getLogger("mlflow.pytorch")
         level = pickle_notice.level
         pickle_notice.setLevel(logging.ERROR)  # the model is ours; the pickle caution is noise here
-        with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):
+        with warnings.catch_warnings(), self._fluent_api(), mlflow.start_run(run_id=run_id):
             warnings.simplefilter("ignore")
             try:
                 info = mlflow.pytorch.log_model(
@@ -238,8 +219,50 @@ class Tracker:
                 pickle_notice.setLevel(level)
         return info.model_uri
 
+    @contextlib.contextmanager
+    def _fluent_api(self) -> Iterator[None]:
+        """MLflow's model logging and registry calls read the process-wide tracking URI: point it at
+        this tracker's store for the call only, and put the caller's back afterwards."""
+        import mlflow
+
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+    def start_final_run(self, parent_id: str | None, tags: dict[str, str], params: dict[str, Any]) -> str:
+        """The run of a finalized model, nested under the study's run when there is one."""
+        from mlflow.entities import Param
+
+        tags = tags | ({"mlflow.parentRunId": parent_id} if parent_id is not None else {})
+        run_id = self._client.create_run(self.experiment_id, run_name="final", tags=tags).info.run_id
+        self._client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return run_id
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self._client.set_terminated(run_id, status=status)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(self._client.get_run(run_id).data.tags)
+
+    def log_artifact(self, run_id: str, path: Path, folder: str) -> None:
+        """A file, or a whole folder's contents, under `folder` in the run's artifacts."""
+        if path.is_dir():
+            self._client.log_artifacts(run_id, str(path), folder)
+        else:
+            self._client.log_artifact(run_id, str(path), folder)
+
+    def download_artifact(self, run_id: str, path: str, into: Path) -> Path:
+        return Path(self._client.download_artifacts(run_id, path, str(into)))
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of one metric, in step order."""
+        return sorted((int(m.step), float(m.value)) for m in self._client.get_metric_history(run_id, key))
+
     def trial_runs(self, parent_id: str) -> list[Any]:
-        return self.client.search_runs(
+        return self._client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
             max_results=50000,
@@ -247,11 +270,10 @@ class Tracker:
 
     def register_model(self, model_uri: str, name: str, *, tags: dict[str, str] | None = None) -> str:
         """Register a logged model in the Model Registry; returns its new version number."""
-        import contextlib
         import io
 
         import mlflow
 
-        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints 'Created version ...' lines
+        with contextlib.redirect_stderr(io.StringIO()), self._fluent_api():  # no 'Created version' lines
             version = mlflow.register_model(model_uri, name, tags=tags)
         return str(version.version)

@@ -10,8 +10,8 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,10 @@ from torch import nn
 
 from autocnn.data import Split
 from autocnn.models import Preprocess
+
+if TYPE_CHECKING:
+    from autocnn.objectives import Objective
+    from autocnn.space import TrainConfig
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,14 +47,19 @@ class TrainSettings:
     noise_n: int = 0
 
     @classmethod
-    def from_trial(cls, train: dict[str, Any], *, monitor: str, direction: str, **resolved: Any) -> TrainSettings:
-        """`resolved` overrides sampled keys the caller has worked out (what `epochs: auto` means)."""
-        keys = {"epochs", "lr", "weight_decay", "scheduler", "early_stopping", "label_smoothing", "precision"}
-        return cls(
-            **{**{k: v for k, v in train.items() if k in keys}, **resolved},
-            monitor=monitor,
-            mode="max" if direction == "maximize" else "min",
-        )
+    def from_trial(cls, train: TrainConfig, objective: Objective, **resolved: Any) -> TrainSettings:
+        """`resolved` overrides what the caller has worked out: `epochs: auto` as a number, the
+        budget's patience and judge floor. The batch size is the batches' business, not the loop's."""
+        sampled = {
+            "epochs": train.epochs,
+            "lr": train.lr,
+            "weight_decay": train.weight_decay,
+            "scheduler": train.scheduler,
+            "early_stopping": train.early_stopping,
+            "label_smoothing": train.label_smoothing,
+            "precision": train.precision,
+        }
+        return cls(**(sampled | resolved), monitor=objective.metric, mode="max" if objective.maximize else "min")
 
 
 @dataclass(frozen=True)
@@ -61,12 +70,15 @@ class EpochMetrics:
     val_loss: float
     val_accuracy: float
     val_macro_f1: float
-    lr: float
+    lr: float  # the last optimizer group's: the head's, or the whole model's
     epoch_seconds: float
     train_images_per_s: float
+    group_lrs: dict[str, float] = field(default_factory=dict)  # every named group's, when there are several
 
     def as_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items() if k != "epoch"}
+        """MLflow's metrics: each group's learning rate as `lr.<group>` beside the plain ones."""
+        plain = {k: float(v) for k, v in asdict(self).items() if k not in ("epoch", "group_lrs")}
+        return plain | {f"lr.{name}": float(lr) for name, lr in self.group_lrs.items()}
 
 
 @dataclass(frozen=True)
@@ -253,6 +265,7 @@ class Trainer:
 
         while self.epoch < self.settings.epochs:
             start = time.perf_counter()
+            lrs = self.group_lrs()
             lr = self.optimizer.param_groups[-1]["lr"]
             if hasattr(train, "set_epoch"):
                 train.set_epoch(self.epoch)
@@ -270,6 +283,7 @@ class Trainer:
                 lr=lr,
                 epoch_seconds=time.perf_counter() - start,
                 train_images_per_s=seen / max(train_seconds, 1e-9),
+                group_lrs=lrs,
             )
             self._end_epoch(metrics)
             if self.best_epoch == self.epoch:
@@ -277,6 +291,13 @@ class Trainer:
             yield metrics
             if self.should_stop():
                 return
+
+    def group_lrs(self) -> dict[str, float]:
+        """The learning rate each named group trains this epoch with; empty for a single group."""
+        groups = self.optimizer.param_groups
+        if len(groups) < 2:
+            return {}
+        return {str(g.get("name", i)): float(g["lr"]) for i, g in enumerate(groups)}
 
     def should_stop(self) -> bool:
         """Early stopping: `early_stopping` epochs without progress, once past the judge floor."""

@@ -581,14 +581,15 @@ class TrialRunner:
     def run_all(self, trials: int, after_trial: Callable[[int], None] | None = None) -> list[TrialTiming]:
         """`trials` trials in one study run, as a user's study runs them; `after_trial(k)` after the k-th."""
         from autocnn.data import DataCache
-        from autocnn.study import StudyOptions, load_study, run_study
+        from autocnn.storage import open_study
+        from autocnn.study import StudyOptions, run_study
 
         first = self.trials
         reporter = TimingReporter(None if after_trial is None else lambda number: after_trial(number - first))
         self.trials += trials
         time.sleep(SETTLE_S)
         result = run_study(self.spec, StudyOptions(trials=self.trials, tracking_uri=self.tracking), reporter)
-        study = load_study(self.spec, result.storage, create=False)
+        study = open_study(self.spec, result.storage)
         n_train = len(DataCache(self.spec).get(self.case.image_size).train)
         seen = (n_train // self.case.batch_size) * self.case.batch_size
         timings = []
@@ -958,7 +959,8 @@ def replay_shape(spec: Any) -> dict[str, int]:
 def item_pruning(settings: Settings, work: Path) -> Item:
     """The same seeded configs on digits under pruner none / median / hyperband, then a replay."""
     from autocnn.spec import load_spec
-    from autocnn.study import StudyOptions, load_study, run_study
+    from autocnn.storage import open_study
+    from autocnn.study import StudyOptions, run_study
 
     item = Item(
         3, f"Pruning savings on digits ({settings.prune_trials} identical trials, {settings.prune_epochs} epochs)"
@@ -975,7 +977,7 @@ def item_pruning(settings: Settings, work: Path) -> Item:
             tracking = f"sqlite:///{work / f'prune-{pruner}' / 'mlruns' / 'mlflow.db'}"
             result = run_study(spec, StudyOptions(tracking_uri=tracking))
             seconds = time.perf_counter() - start
-            trials = load_study(spec, result.storage, create=False).trials
+            trials = open_study(spec, result.storage).trials
             params[pruner] = [t.params for t in trials]
             if pruner == "none":
                 curves = [[t.intermediate_values[k] for k in sorted(t.intermediate_values)] for t in trials]

@@ -304,9 +304,9 @@ def is_default_trial(spec: Spec, number: int) -> bool:
     """Whether the shipped trial is one of the default configurations autocnn starts a study with:
     when it wins, the search itself added nothing beyond the defaults."""
     from autocnn.defaults import DEFAULT_ATTR
-    from autocnn.study import load_study, storage_url
+    from autocnn.storage import open_study, storage_url
 
-    study = load_study(spec, storage_url(spec), create=False)
+    study = open_study(spec, storage_url(spec))
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     return DEFAULT_ATTR in trial.user_attrs
 

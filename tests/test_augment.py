@@ -24,6 +24,7 @@ from autocnn.augment import (
 from autocnn.cli import app
 from autocnn.data import Split
 from autocnn.models import Preprocess
+from autocnn.space import AugmentConfig
 from autocnn.spec import AugmentSpace, load_spec
 from autocnn.study import run_study
 from autocnn.train import TensorBatches
@@ -242,11 +243,11 @@ def test_unknown_name_exits_2_and_lists_the_supported_ones(tmp_path: Path) -> No
 
 
 def test_trial_and_finalize_retrain_share_the_augmented_batches() -> None:
-    from autocnn.study import make_train_batches
+    from autocnn.assembly import train_batches
 
     config = {**FULL, "vflip": 0.0}
-    batches, pipeline = make_train_batches(
-        config, split(), Preprocess(16), batch_size=32, seed=3, device=torch.device("cpu")
+    batches, pipeline = train_batches(
+        AugmentConfig(**config), split(), Preprocess(16), batch_size=32, seed=3, device=torch.device("cpu")
     )
     assert isinstance(batches, AugmentedBatches) and pipeline is not None
     direct = AugmentedBatches(
@@ -257,7 +258,12 @@ def test_trial_and_finalize_retrain_share_the_augmented_batches() -> None:
         seed=3,
     )
     assert same(epochs_of(batches, 2), epochs_of(direct, 2))
-    plain, none = make_train_batches(
-        {**config, "enabled": False}, split(), Preprocess(16), batch_size=32, seed=3, device=None
+    plain, none = train_batches(
+        AugmentConfig(**{**config, "enabled": False}),
+        split(),
+        Preprocess(16),
+        batch_size=32,
+        seed=3,
+        device=torch.device("cpu"),
     )
     assert isinstance(plain, TensorBatches) and none is None

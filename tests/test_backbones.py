@@ -14,9 +14,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from autocnn.assembly import parameter_groups
 from autocnn.cli import app
 from autocnn.errors import SpecError
-from autocnn.models import build_model, freeze_mode, model_facts, optimizer_groups, preprocess_for
+from autocnn.models import build_model, freeze_mode, model_facts, preprocess_for
 from autocnn.models.hub import WeightsError, cached_weights, check_backbones
 from autocnn.spec import parse_spec
 from tests.conftest import digits_spec_dict, write_spec
@@ -139,7 +140,7 @@ def _one_step(model: torch.nn.Module, params: dict[str, Any], lr: float = 1e-2) 
     from autocnn.train import Trainer, TrainSettings
 
     settings = TrainSettings(epochs=1, lr=lr, weight_decay=0.0, scheduler="none")
-    groups = optimizer_groups("resnet18", model, params, lr=lr)
+    groups = parameter_groups(model, lr=lr, backbone_lr_mult=float(params.get("backbone_lr_mult", 1.0)))
     trainer = Trainer(model, settings, steps_per_epoch=1, device=torch.device("cpu"), param_groups=groups)
     gen = torch.Generator().manual_seed(0)
     batch = (torch.randn(8, 3, 32, 32, generator=gen), torch.arange(8) % N_CLASSES)
@@ -198,7 +199,7 @@ def test_head_and_backbone_lr_mult_make_two_optimizer_groups() -> None:
     head = model.head
     assert [type(m).__name__ for m in head] == ["Linear", "GELU", "Dropout", "Linear"]
     assert head[0].in_features == model.body.num_features and head[-1].out_features == N_CLASSES
-    groups = optimizer_groups("mobilenetv2_035", model, params, lr=1e-3)
+    groups = parameter_groups(model, lr=1e-3, backbone_lr_mult=params["backbone_lr_mult"])
     assert [g["name"] for g in groups] == ["backbone", "head"]
     assert groups[0]["lr"] == pytest.approx(1e-4) and groups[1]["lr"] == pytest.approx(1e-3)
     assert sum(p.numel() for p in groups[1]["params"]) == _numel(head)
@@ -351,7 +352,8 @@ def test_study_mixing_custom_cnn_and_two_backbones_logs_their_facts(in_tmp: Path
     from mlflow import MlflowClient
 
     from autocnn.spec import load_spec
-    from autocnn.study import StudyOptions, run_study, storage_url
+    from autocnn.storage import storage_url
+    from autocnn.study import StudyOptions, run_study
     from autocnn.tracking import default_tracking_uri
 
     models = {

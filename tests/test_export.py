@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from autocnn.assembly import Seeds, trial_seeds
 from autocnn.cli import app
 from autocnn.data import DataCache, Dataset
 from autocnn.errors import ExportError, StudyError
@@ -38,14 +39,13 @@ from autocnn.export import (
     pick_by_mean,
     pick_trial,
     retrain,
-    run_seeds,
     top_trials,
     torch_logits,
     why_picked,
 )
 from autocnn.predict import Predictor, Preprocessing, predict_files
 from autocnn.space import config_from_params
-from autocnn.study import load_study, storage_url
+from autocnn.storage import open_study, storage_url
 from autocnn.tracking import Tracker
 from tests.finished_study import FinishedStudy, finish_study
 
@@ -110,7 +110,7 @@ def exported_state(folder: Path) -> dict[str, Any]:
 def trial_state(done: Finalized, number: int) -> dict[str, Any]:
     """The weights the study saved for trial `number` in its MLflow run."""
     spec = done.study.spec
-    trial = load_study(spec, storage_url(spec), create=False).trials[number]
+    trial = open_study(spec, storage_url(spec)).trials[number]
     return Tracker(done.study.tracking_uri, spec.name).load_state_dict(trial.user_attrs["mlflow_run_id"])
 
 
@@ -307,7 +307,7 @@ def test_predict_command_json_and_skipped_files(done: Finalized, images: tuple[P
 
 def test_pick_trial_and_missing_weights_are_user_errors(done: Finalized) -> None:
     spec = done.study.spec
-    study = load_study(spec, storage_url(spec), create=False)
+    study = open_study(spec, storage_url(spec))
     with pytest.raises(StudyError, match=r"--trial 99: no such trial"):
         pick_trial(study, 99)
     assert pick_trial(study, 1).number == 1
@@ -335,16 +335,16 @@ def test_no_test_split_evaluates_on_val_and_says_so(done: Finalized) -> None:
 def best_retrained(done: Finalized) -> Retrained:
     """`--retrain` of the best trial (seed 0): shared, as training is what makes these tests slow."""
     spec = done.study.spec
-    trial = load_study(spec, storage_url(spec), create=False).best_trial
+    trial = open_study(spec, storage_url(spec)).best_trial
     config = config_from_params(spec, trial.params)
-    return retrain(spec, trial, config, done.data, model_preprocessing(spec, config), refit=False)
+    return retrain(spec, trial, config, done.data, refit=False)
 
 
 def test_retrain_reproduces_the_trial(done: Finalized, best_retrained: Retrained) -> None:
     from sklearn.metrics import accuracy_score
 
     spec = done.study.spec
-    trial = load_study(spec, storage_url(spec), create=False).best_trial
+    trial = open_study(spec, storage_url(spec)).best_trial
     pre = model_preprocessing(spec, config_from_params(spec, trial.params))
     val = torch_logits(best_retrained.model, done.data.val.images, pre).argmax(1)
     val_accuracy = accuracy_score(done.data.val.labels, val)
@@ -412,7 +412,7 @@ def test_top_k_retrains_k_configs_with_s_seeds_and_picks_by_mean(
     # 2 configs x 2 seeds on train, and no fifth run: --retrain's model is the pick's seed-0 run.
     top_k = result.top_k
     assert top_k is not None
-    ranked = sorted(load_study(spec, storage_url(spec), create=False).trials, key=lambda t: (-t.value, t.number))
+    ranked = sorted(open_study(spec, storage_url(spec)).trials, key=lambda t: (-t.value, t.number))
     assert [c.trial for c in top_k.candidates] == [t.number for t in ranked]
     assert sorted((n, seed, refit) for n, seed, refit, _ in runs) == [(n, s, False) for n in (0, 1) for s in (0, 1)]
     for n in (0, 1):  # distinct seeds train distinct models
@@ -481,15 +481,15 @@ def test_top_k_picks_the_best_mean_not_the_best_single_value() -> None:
 
 def test_seeds_are_distinct_and_seed_zero_is_the_trials_own(done: Finalized) -> None:
     spec = done.study.spec
-    seeds = {(n, s): run_seeds(spec, n, s) for n in range(200) for s in range(5)}
-    assert len({torch_seed for torch_seed, _ in seeds.values()}) == len(seeds)
-    assert len({batch_seed for _, batch_seed in seeds.values()}) == len(seeds)
-    assert run_seeds(spec, 7, 0) == (spec.seed * 100_003 + 7, spec.seed + 7)
+    seeds = {(n, s): trial_seeds(spec, n, s) for n in range(200) for s in range(5)}
+    assert len({pair.torch for pair in seeds.values()}) == len(seeds)
+    assert len({pair.batches for pair in seeds.values()}) == len(seeds)
+    assert trial_seeds(spec, 7) == Seeds(spec.seed * 100_003 + 7, spec.seed + 7)
 
 
 def test_top_k_options_and_too_few_trials(done: Finalized) -> None:
     spec = done.study.spec
-    study = load_study(spec, storage_url(spec), create=False)
+    study = open_study(spec, storage_url(spec))
     trials, warnings = top_trials(study, 5, "maximize")
     assert [t.number for t in trials] == sorted((0, 1), key=lambda n: -study.trials[n].value)
     assert warnings == ["--top-k 5: the study has 2 complete trials; compared those"]

@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from autocnn.cli import app
+from autocnn.objectives import Objective
 from autocnn.report import SECTIONS, ReportResult, TrialFacts, build_report, families, optuna_plot
-from autocnn.study import load_study, storage_url
+from autocnn.storage import open_study, storage_url
 from autocnn.tracking import Tracker
 from tests.conftest import digits_spec_dict, write_spec
 from tests.finished_study import FinishedStudy, finish_study
@@ -115,7 +116,7 @@ def test_importance_explains_itself_with_fewer_than_two_complete_trials(
     study: FinishedStudy,
 ) -> None:
     spec = study.spec
-    optuna_study = load_study(spec, storage_url(spec), create=False)
+    optuna_study = open_study(spec, storage_url(spec))
     assert "at least 2 complete trials" in optuna_plot("importance", optuna_study, 1)
     assert "plot-importance" in optuna_plot("importance", optuna_study, 2)
 
@@ -135,8 +136,7 @@ def test_families_describe_the_best_trial_at_its_best_epoch() -> None:
             trial(1, "a", 0.7),
             trial(2, "a", None, "PRUNED"),
         ],
-        "val_accuracy",
-        "maximize",
+        Objective("val_accuracy", "maximize"),
     )
     assert [(f.model, f.n_trials, f.n_complete, f.best.number) for f in rows] == [
         ("b", 1, 1, 3),

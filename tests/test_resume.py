@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from autocnn.cli import app
 from autocnn.resume import RETRY_OF_ATTR, Checkpoints
 from autocnn.spec import load_spec
-from autocnn.study import load_study, run_study, storage_url
+from autocnn.storage import open_study, storage_url
+from autocnn.study import run_study
 from autocnn.tracking import STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
 from tests.conftest import digits_spec_dict, write_spec
 
@@ -59,7 +60,7 @@ def runs_by_number(name: str) -> dict[int, mlflow.entities.Run]:
 
 def assert_consistent(folder: Path) -> tuple:
     spec = load_spec(folder / "spec.yaml")
-    study = load_study(spec, storage_url(spec), create=False)
+    study = open_study(spec, storage_url(spec))
     runs = runs_by_number(spec.name)
     assert sorted(runs) == [t.number for t in study.trials]
     allowed = {"COMPLETE": {"FINISHED"}, "PRUNED": {"FINISHED"}, "FAIL": {"FAILED", "KILLED"}}

@@ -35,7 +35,7 @@ def test_optuna_distributions_match_the_spec() -> None:
     assert dists["train.batch_size"] == CategoricalDistribution([32, 64])
     assert dists["models.custom_cnn.depth"] == IntDistribution(2, 4)
     assert dists["models.custom_cnn.dropout"] == FloatDistribution(0.0, 0.5, step=0.1)
-    assert config.train["epochs"] == 3 and "train.epochs" not in dists
+    assert config.train.epochs == 3 and "train.epochs" not in dists
     assert set(dists) <= set(config.flat())  # every Optuna param is an MLflow param, same name
     assert config.flat()["train.lr"] == trial.params["train.lr"]
 
@@ -54,9 +54,9 @@ def test_fixed_trial_rebuilds_a_config() -> None:
     }
     config = config_from_params(spec, params)
     assert config.model == "custom_cnn"
-    assert config.augment["rotate"] == 5.0 and config.augment["hflip"] == 0.0
+    assert config.augment.rotate == 5.0 and config.augment.hflip == 0.0
     assert config.model_params == {"depth": 3, "width": 32, "dropout": 0.25, "activation": "relu"}
-    assert config.train["lr"] == 0.003 and config.train["epochs"] == 10
+    assert config.train.lr == 0.003 and config.train.epochs == 10
 
 
 def test_out_of_range_fixed_param_is_rejected() -> None:

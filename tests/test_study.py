@@ -11,7 +11,8 @@ import pytest
 from autocnn.budget import BUDGET_ATTR
 from autocnn.defaults import DEFAULT_ATTR
 from autocnn.spec import load_spec
-from autocnn.study import StudyOptions, load_study, run_study, storage_url
+from autocnn.storage import open_study, storage_url
+from autocnn.study import StudyOptions, run_study
 from autocnn.tracking import RUN_STATUS, STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
 from tests.conftest import digits_spec_dict, write_spec
 
@@ -47,7 +48,7 @@ def test_study_runs_then_resumes_only_missing_trials(in_tmp: Path) -> None:
 
     second = run_study(spec, StudyOptions(trials=5))
     assert second.ran == 2
-    study = load_study(spec, storage_url(spec), create=False)
+    study = open_study(spec, storage_url(spec))
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     runs = trial_runs(spec.name)
     assert_one_to_one(study, runs)
@@ -107,7 +108,7 @@ def test_pruned_and_failed_trials_match_too(in_tmp: Path, monkeypatch: pytest.Mo
     )
     spec = load_spec(write_spec(in_tmp, spec_dict))
     result = run_study(spec)
-    study = load_study(spec, storage_url(spec), create=False)
+    study = open_study(spec, storage_url(spec))
     runs = trial_runs(spec.name)
     assert_one_to_one(study, runs)
     failed = [r for r in runs if r.data.tags[STATE_TAG] == "FAIL"]
@@ -141,7 +142,7 @@ def test_a_timeout_only_study_keeps_starting_trials_until_the_time_is_spent(
     result = run_study(spec)
     assert time.monotonic() - start >= 2
     assert result.counts["COMPLETE"] >= 2  # no trial target: more than the (patched) default of 1
-    study = load_study(spec, storage_url(spec), create=False)
+    study = open_study(spec, storage_url(spec))
     assert not [t for t in study.trials if DEFAULT_ATTR in t.user_attrs]  # study.defaults: false
 
 
@@ -153,7 +154,7 @@ def test_an_auto_epochs_trial_stops_by_itself(in_tmp: Path) -> None:
     )
     spec = load_spec(write_spec(in_tmp, spec_dict))
     run_study(spec)
-    (trial,) = load_study(spec, storage_url(spec), create=False).trials
+    (trial,) = open_study(spec, storage_url(spec)).trials
     budget = trial.user_attrs[BUDGET_ATTR]
     # 1,077 training images at batch 64: 16 steps an epoch; a 1,000-step cap; a 150-step patience.
     assert budget == {"steps_per_epoch": 16, "epochs": 63, "patience": 10, "auto": True}

@@ -63,15 +63,6 @@ def preprocess_for(name: str, params: dict[str, Any], *, image_size: int, native
     return backbone_preprocess(name, params, image_size=None if native_size else image_size)
 
 
-def optimizer_groups(name: str, model: nn.Module, params: dict[str, Any], *, lr: float) -> list[dict[str, Any]] | None:
-    """Per-group learning rates (a backbone's `backbone_lr_mult`); None: one group for all."""
-    if name == CUSTOM_CNN:
-        return None
-    from autocnn.models.backbones import param_groups
-
-    return param_groups(model, lr=lr, backbone_lr_mult=float(params.get("backbone_lr_mult", 1.0)))  # type: ignore[arg-type]
-
-
 def freeze_mode(model: nn.Module) -> str:
     """What trains: none (everything), backbone (the head only) or partial."""
     return str(getattr(model, "freeze", "none"))

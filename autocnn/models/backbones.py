@@ -179,18 +179,6 @@ def apply_freeze(model: TimmClassifier, mode: str, *, unfreeze_last: int = 1) ->
     model.train(model.training)
 
 
-def param_groups(model: TimmClassifier, *, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
-    """Optimizer groups: backbone at lr * backbone_lr_mult, then head at lr (the logged lr)."""
-    head = [p for p in model.head_parameters() if p.requires_grad]
-    head_ids = {id(p) for p in head}
-    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    groups: list[dict[str, Any]] = []
-    if backbone:
-        groups.append({"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"})
-    groups.append({"params": head, "lr": lr, "name": "head"})
-    return groups
-
-
 # --------------------------------------------------------------------------- preprocessing
 
 

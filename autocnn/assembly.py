@@ -1,0 +1,169 @@
+"""A configuration made trainable: model, preprocessing, batches, optimizer groups and trainer.
+
+The study's trials, finalize's re-training, the plan's timing probe and the benchmarks all build
+a trial here and nowhere else, so what a trial trained with and what its refit trains with cannot
+drift apart. Nothing here knows Optuna or MLflow: callers pass plain values in and log what they
+get back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from autocnn.budget import judge_floor_steps
+from autocnn.models import Preprocess
+from autocnn.objectives import primary
+from autocnn.space import AugmentConfig, TimmConfig, TrialConfig
+from autocnn.spec import Spec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from autocnn.data import Dataset, Split
+    from autocnn.train import Trainer, TrainSettings
+
+# Seed s of a re-training offsets the trial's own seeds by s strides; a stride larger than any
+# trial number keeps every (trial, seed) pair of a study on seeds of its own.
+SEED_STRIDE = 1_000_003
+VAL_BATCH_MIN = 256  # evaluation holds no gradients: larger batches cost nothing and run faster
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """The two random streams of one training run: weights and dropout, and batch order and augmentation."""
+
+    torch: int
+    batches: int
+
+
+def trial_seeds(spec: Spec, number: int, retraining: int = 0) -> Seeds:
+    """Trial `number`'s seeds; re-training `retraining` > 0 of its config gets seeds of its own."""
+    offset = retraining * SEED_STRIDE
+    return Seeds(spec.seed * 100_003 + number + offset, spec.seed + number + offset)
+
+
+def native_size(spec: Spec) -> bool:
+    """Backbones take timm's pretrained input size only when the spec sets no data.image_size."""
+    return "image_size" not in spec.data.model_fields_set
+
+
+def preprocessing(spec: Spec, config: TrialConfig) -> Preprocess:
+    """The input size and normalisation this configuration's model expects."""
+    from autocnn.models import preprocess_for
+
+    return preprocess_for(
+        config.model, config.model_params, image_size=spec.data.image_size, native_size=native_size(spec)
+    )
+
+
+def train_settings(spec: Spec, config: TrialConfig, budget: dict[str, Any], *, n_val: int) -> TrainSettings:
+    """The trial's training settings: its sampled keys with the budget's epochs, patience and floor."""
+    from autocnn.train import TrainSettings
+
+    return TrainSettings.from_trial(
+        config.train,
+        primary(spec),
+        epochs=int(budget["epochs"]),
+        early_stopping=int(budget["patience"]),
+        min_steps=judge_floor_steps(int(budget["steps_per_epoch"]) * int(budget["epochs"])),
+        noise_n=n_val,
+    )
+
+
+def parameter_groups(model: nn.Module, *, lr: float, backbone_lr_mult: float | None) -> list[dict[str, Any]]:
+    """AdamW's groups, named so each one's learning rate can be logged.
+
+    A backbone (`backbone_lr_mult` given) trains at `lr * backbone_lr_mult` and its new head at
+    `lr`: pretrained features need smaller steps than a head starting from random. The custom
+    CNN is one group at `lr`. Frozen parameters are left out: the optimizer keeps no state for them.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if backbone_lr_mult is None:
+        return [{"params": trainable, "lr": lr, "name": "model"}]
+    head_ids = {id(p) for p in model.head_parameters()}  # type: ignore[operator]
+    head = [p for p in trainable if id(p) in head_ids]
+    backbone = [p for p in trainable if id(p) not in head_ids]
+    groups = [{"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"}] if backbone else []
+    return [*groups, {"params": head, "lr": lr, "name": "head"}]
+
+
+def train_batches(
+    augment: AugmentConfig, split: Split, pre: Preprocess, *, batch_size: int, seed: int, device: torch.device
+) -> tuple[Any, Any]:
+    """(batches, augmentation pipeline or None): augmented when `augment` turns any op on.
+
+    albumentations is imported only when a trial augments.
+    """
+    from autocnn.train import TensorBatches
+
+    if augment.enabled:
+        from autocnn import augment as aug
+
+        pipeline = aug.build_train_transform(augment.as_dict(), image_size=pre.image_size, seed=seed)
+        if pipeline is not None:
+            batches = aug.AugmentedBatches(
+                split, pre, pipeline, batch_size=batch_size, seed=seed, num_workers=aug.N_WORKERS, device=device
+            )
+            return batches, pipeline
+    return TensorBatches(split, pre, batch_size=batch_size, shuffle=True, seed=seed, device=device), None
+
+
+@dataclass
+class AssembledTrial:
+    """Everything one run of a configuration trains with; `trainer.fit(train, val)` runs it."""
+
+    config: TrialConfig
+    pre: Preprocess
+    settings: TrainSettings
+    model: nn.Module
+    train: Any  # TensorBatches or AugmentedBatches
+    val: Any  # TensorBatches, never augmented
+    augmentation: Any  # the albumentations pipeline, None without augmentation
+    trainer: Trainer
+
+
+def assemble_trial(
+    spec: Spec,
+    config: TrialConfig,
+    data: Dataset,
+    settings: TrainSettings,
+    *,
+    seeds: Seeds,
+    pre: Preprocess | None = None,
+    train_split: Split | None = None,
+    batch_size: int | None = None,
+    device: torch.device | None = None,
+    load_weights: bool = True,
+) -> AssembledTrial:
+    """One configuration, ready to train on `data` (at the configuration's input size).
+
+    `train_split` replaces the training images (a refit trains on train + val); `batch_size`
+    replaces the configured one where a split is smaller than a batch (the plan's probe).
+    """
+    import torch
+
+    from autocnn.models import build_model
+    from autocnn.train import TensorBatches, Trainer, pick_device
+
+    pre = pre or preprocessing(spec, config)
+    device = device or pick_device()
+    torch.manual_seed(seeds.torch)
+    model = build_model(
+        config.model,
+        config.model_params,
+        num_classes=data.num_classes,
+        image_size=pre.image_size,
+        base_dir=spec.base_dir,
+        load_weights=load_weights,
+    )
+    batch = batch_size or config.train.batch_size
+    train, augmentation = train_batches(
+        config.augment, train_split or data.train, pre, batch_size=batch, seed=seeds.batches, device=device
+    )
+    val = TensorBatches(data.val, pre, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device)
+    timm = config.model_config if isinstance(config.model_config, TimmConfig) else None
+    groups = parameter_groups(model, lr=settings.lr, backbone_lr_mult=timm.backbone_lr_mult if timm else None)
+    trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
+    return AssembledTrial(config, pre, settings, trainer.model, train, val, augmentation, trainer)

@@ -1,0 +1,149 @@
+"""Reading a study's outcome: counts, the leaderboard, the best trials, where a trial peaked.
+
+`status`, `report`, `finalize` and the study's own summary all read results here, and rank trials
+by the study's objectives (autocnn.objectives), so none of them has its own idea of "better".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from autocnn.errors import StudyError
+from autocnn.objectives import Objective
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autocnn.spec import Spec
+
+STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}  # leaderboard order
+
+
+@dataclass
+class StudyResult:
+    name: str
+    storage: str
+    tracking_uri: str
+    counts: dict[str, int]
+    best_number: int | None
+    best_value: float | None
+    ran: int
+    stale: list[int] = field(default_factory=list)
+    stopped_reason: str | None = None
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+
+
+def count_states(study: optuna.Study) -> dict[str, int]:
+    counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def complete_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+
+
+def ranked(trials: list[optuna.trial.FrozenTrial], objective: Objective) -> list[optuna.trial.FrozenTrial]:
+    """Best first by the objective; ties go to the earlier trial."""
+    return sorted(trials, key=lambda t: (objective.rank(t.value), t.number))
+
+
+def best_trial(study: optuna.Study, objective: Objective) -> optuna.trial.FrozenTrial | None:
+    found = ranked(complete_trials(study), objective)
+    return found[0] if found else None
+
+
+def pick_trial(study: optuna.Study, objective: Objective, number: int | None) -> optuna.trial.FrozenTrial:
+    """The best complete trial, or trial `number` if it completed; otherwise a user error."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number is None:
+        best = best_trial(study, objective)
+        if best is None:
+            raise StudyError(f"study '{study.study_name}' has no complete trial yet; run `autocnn study` first")
+        return best
+    if number not in trials:
+        raise StudyError(f"--trial {number}: no such trial in study '{study.study_name}' (0..{len(trials) - 1})")
+    if trials[number].state.name != "COMPLETE":
+        raise StudyError(f"--trial {number}: trial is {trials[number].state.name}; pick a COMPLETE trial")
+    return trials[number]
+
+
+def top_trials(study: optuna.Study, k: int, objective: Objective) -> tuple[list[optuna.trial.FrozenTrial], list[str]]:
+    """The k best COMPLETE trials, best first; fewer, with a warning, if the study has fewer."""
+    found = ranked(complete_trials(study), objective)
+    if not found:
+        raise StudyError(f"study '{study.study_name}' has no complete trial yet; run `autocnn study` first")
+    if len(found) >= k:
+        return found[:k], []
+    return found, [f"--top-k {k}: the study has {len(found)} complete trials; compared those"]
+
+
+def best_epoch(trial: optuna.trial.FrozenTrial, objective: Objective) -> int:
+    """The epoch at which the trial's metric peaked: how long a refit on train+val trains."""
+    curve = trial.intermediate_values
+    if not curve:
+        return 1
+    return objective.best(sorted(curve), lambda step: curve[step])
+
+
+def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
+    if trial.datetime_complete and trial.datetime_start:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return None
+
+
+def leaderboard(study: optuna.Study, objective: Objective, top: int = 10) -> list[dict[str, Any]]:
+    """Finished trials best first, then pruned ones by their last value, then the rest by number."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        curve = t.intermediate_values
+        value = t.value if t.value is not None else (curve[max(curve)] if curve else None)
+        rows.append(
+            {
+                "number": t.number,
+                "model": t.params.get("model", ""),
+                "params": {k: v for k, v in t.params.items() if k != "model"},
+                "value": value,
+                "state": t.state.name,
+                "epochs": len(curve),
+                "seconds": trial_seconds(t),
+            }
+        )
+    rows.sort(key=lambda r: (STATE_ORDER.get(r["state"], 5), objective.rank(r["value"]), r["number"]))
+    return rows[:top]
+
+
+def summarize(
+    study: optuna.Study, objective: Objective, *, storage: str, tracking_uri: str, ran: int = 0
+) -> StudyResult:
+    """The study as `autocnn study` and `autocnn status` show it."""
+    from autocnn.resume import stale_trials
+
+    best = best_trial(study, objective)
+    return StudyResult(
+        name=study.study_name,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        counts=count_states(study),
+        best_number=None if best is None else best.number,
+        best_value=None if best is None else best.value,
+        ran=ran,
+        stale=stale_trials(study),
+        leaderboard=leaderboard(study, objective),
+    )
+
+
+def study_status(spec: Spec, *, storage: str | None = None) -> StudyResult:
+    """Where a study stands, read from its storage while it runs or after it ended.
+
+    Example:
+        >>> result = autocnn.study_status(autocnn.load_spec("studies/digits.yaml"))
+        >>> result.counts["COMPLETE"], result.best_number, result.best_value
+    """
+    from autocnn.objectives import primary
+    from autocnn.storage import open_study, storage_url
+
+    url = storage_url(spec, storage)
+    return summarize(open_study(spec, url), primary(spec), storage=url, tracking_uri="")

@@ -1,0 +1,91 @@
+"""Where a study's Optuna trials live: an SQLite file by default, a PostgreSQL or MySQL URL, or an
+Optuna journal file. Opening one is the same for the study that writes it and for `status`,
+`report` and `finalize`, which only read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autocnn.errors import StudyError
+from autocnn.spec import Spec
+
+if TYPE_CHECKING:
+    import optuna
+
+SQLITE_BUSY_TIMEOUT_S = 60  # a writer waits this long for another process's lock
+
+
+def storage_url(spec: Spec, override: str | None = None) -> str:
+    """An Optuna URL, or a journal file path; default: `<spec dir>/<name>.optuna.db`."""
+    value = override or spec.study.storage
+    if value is None:
+        return f"sqlite:///{spec.base_dir / f'{spec.name}.optuna.db'}"
+    if "://" in value:
+        return value
+    return str(spec.resolve_path(value))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URL; None for any other URL."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return None
+
+
+def enable_wal(db: Path) -> None:
+    """WAL lets `autocnn status` / `autocnn ui` read while a study writes: no 'database is locked'."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(db, timeout=30) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
+def open_storage(url: str) -> Any:
+    """Optuna's storage for `url`, with heartbeats so a dead process's trial is noticed."""
+    import optuna
+
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    engine_kwargs: dict[str, Any] = {}
+    db = sqlite_path(url)
+    if db is not None:
+        enable_wal(db)
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    from autocnn.resume import heartbeat_kwargs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs())
+
+
+def storage_exists(url: str) -> bool:
+    """False only for a file-backed storage whose file is missing: opening it would create it."""
+    path = sqlite_path(url) if "://" in url else Path(url)
+    return path is None or path.exists()
+
+
+def stored_trials(backend: Any, name: str) -> int:
+    """How many trials the study `name` holds in `backend`; 0 when there is no such study."""
+    try:
+        study_id = backend.get_study_id_from_name(name)
+    except KeyError:
+        return 0
+    return len(backend.get_all_trials(study_id, deepcopy=False))
+
+
+def open_study(spec: Spec, url: str) -> optuna.Study:
+    """The spec's existing study, to read; a clear error when `autocnn study` has not run yet."""
+    import optuna
+
+    if not storage_exists(url):
+        raise StudyError(f"{url}: no study storage yet; run `autocnn study` on this spec first")
+    try:
+        return optuna.load_study(study_name=spec.name, storage=open_storage(url))
+    except KeyError:
+        raise StudyError(f"{url}: no study named '{spec.name}' yet; run `autocnn study` first") from None
