@@ -28,15 +28,17 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
+    from autocnn.objectives import Objective
+
 _RUNG_PREFIX = "completed_rung_"  # Optuna's successive-halving bookkeeping on each trial
 
 
 class NoiseAwarePruner(BasePruner):
     """An Optuna pruner whose cuts must clear the judge floor and the validation noise band."""
 
-    def __init__(self, inner: BasePruner, *, metric: str, n_val: int) -> None:
+    def __init__(self, inner: BasePruner, *, objective: Objective, n_val: int) -> None:
         self.inner = inner
-        self.metric = metric
+        self.objective = objective
         self.n_val = n_val
         self.reasons: dict[int, str] = {}  # trial number -> why it was cut
 
@@ -51,12 +53,13 @@ class NoiseAwarePruner(BasePruner):
             self.reasons[trial.number] = f"pruned at epoch {step} by {type(self.inner).__name__}"
             return True
         value, reference, what = comparison
-        band = noise_band(self.metric, value, reference, self.n_val)
-        gap = reference - value if self.metric != "val_loss" else value - reference
+        metric = self.objective.metric
+        band = noise_band(metric, value, reference, self.n_val)
+        gap = reference - value if self.objective.maximize else value - reference
         if gap <= band:
             return False
         self.reasons[trial.number] = (
-            f"pruned at epoch {step}{self._steps_note(trial, step)}: {self.metric} {value:.4f} against {what} "
+            f"pruned at epoch {step}{self._steps_note(trial, step)}: {metric} {value:.4f} against {what} "
             f"{reference:.4f}, {gap:.4f} worse, beyond the noise band of {band:.4f} ({self.n_val} validation images)"
         )
         return True
@@ -85,28 +88,27 @@ class NoiseAwarePruner(BasePruner):
         """(trial's value, the value it was compared to, what that value is), as the inner pruner saw them."""
         inner = self.inner
         try:
+            maximize = self.objective.maximize
             if isinstance(inner, HyperbandPruner):
                 bracket = inner._get_bracket_id(study, trial)
                 bracket_study = inner._create_bracket_study(study, bracket)
-                return _rung_comparison(bracket_study, trial, inner._pruners[bracket], f"bracket {bracket}'s ")
+                scope = f"bracket {bracket}'s "
+                return _rung_comparison(bracket_study, trial, inner._pruners[bracket], scope, maximize=maximize)
             if isinstance(inner, SuccessiveHalvingPruner):
-                return _rung_comparison(study, trial, inner, "")
+                return _rung_comparison(study, trial, inner, "", maximize=maximize)
             if isinstance(inner, PercentilePruner):
-                return _percentile_comparison(study, trial, step, float(inner._percentile))
+                return _percentile_comparison(study, trial, step, float(inner._percentile), maximize=maximize)
         except (AttributeError, KeyError, IndexError, TypeError):
             return None
         return None
 
 
-def _maximize(study: Any) -> bool:
-    return study.direction == optuna.study.StudyDirection.MAXIMIZE
-
-
-def _percentile_comparison(study: Study, trial: FrozenTrial, step: int, percentile: float) -> tuple[float, float, str]:
+def _percentile_comparison(
+    study: Study, trial: FrozenTrial, step: int, percentile: float, *, maximize: bool
+) -> tuple[float, float, str]:
     """A percentile pruner compares the trial's best value so far with completed trials at `step`."""
     import numpy as np
 
-    maximize = _maximize(study)
     own = [v for s, v in trial.intermediate_values.items() if s <= step and not math.isnan(v)]
     value = (max if maximize else min)(own)
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -117,7 +119,7 @@ def _percentile_comparison(study: Study, trial: FrozenTrial, step: int, percenti
 
 
 def _rung_comparison(
-    study: Any, trial: FrozenTrial, halving: SuccessiveHalvingPruner, scope: str
+    study: Any, trial: FrozenTrial, halving: SuccessiveHalvingPruner, scope: str, *, maximize: bool
 ) -> tuple[float, float, str]:
     """Successive halving promotes the top 1/eta of a rung: the bar is the last promoted value."""
     current = {t.number: t for t in study.get_trials(deepcopy=False)}[trial.number]
@@ -127,7 +129,7 @@ def _rung_comparison(
     value = float(current.system_attrs[key])
     competing = sorted(
         (float(t.system_attrs[key]) for t in study.get_trials(deepcopy=False) if key in t.system_attrs),
-        reverse=_maximize(study),
+        reverse=maximize,
     )
     promoted = max(len(competing) // int(halving._reduction_factor), 1)
     reference = competing[promoted - 1]

@@ -106,7 +106,7 @@ def build_pruner(spec: Spec, *, max_resource: int, n_val: int) -> Any:
         inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, max_resource // 6), reduction_factor=3)
     else:
         return optuna.pruners.NopPruner()
-    return NoiseAwarePruner(inner, metric=primary(spec).metric, n_val=n_val)
+    return NoiseAwarePruner(inner, objective=primary(spec), n_val=n_val)
 
 
 def build_sampler(spec: Spec, *, n_existing: int) -> Any:
@@ -360,38 +360,29 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
         >>> result = autocnn.run_study(spec, autocnn.StudyOptions(trials=20, timeout=900))
         >>> result.best_number, result.best_value, result.counts
     """
-    from autocnn.tracking import Tracker, default_tracking_uri
+    from autocnn.tracking import default_tracking_uri
 
     options = options or StudyOptions()
     reporter = reporter or SilentReporter()
     cache = DataCache(spec, progress=reporter.data_progress)
-    for warning in check_spec(spec, cache).warnings:
-        reporter.message(f"warning: {warning}")
-    data = cache.get()  # decode before any store is written: bad data leaves nothing behind
-    for path, reason in data.skipped:
-        reporter.message(f"warning: skipped unreadable image {path} ({reason})")
-    if data.skipped:
-        reporter.message(f"warning: skipped {len(data.skipped)} unreadable image(s)")
-
+    data = checked_data(spec, cache, reporter)  # before any store is written: bad data leaves nothing
     timeout = options.timeout or spec.study.timeout
     target = trial_target(spec, options)
     plan = study_plan(spec, data, timeout=timeout, target=target)
     for warning in plan.warnings:
         reporter.message(f"warning: {warning}")
     storage = storage_url(spec, options.storage)
-    tracking_uri = options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri()
     study = create_study(spec, storage, plan)
     if spec.study.defaults and enqueue_defaults(study, spec):
         reporter.message(f"first trials: the default configuration of {', '.join(spec.models.spaces())}")
-    tracker = Tracker(tracking_uri, spec.experiment_name)
-    parent = tracker.open_study_run(
-        spec.name, spec_text=spec.path.read_text() if spec.path.exists() else "", storage=storage
+    tracker, parent = open_tracking(
+        spec, options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri(), storage
     )
     for number in recover_dead_trials(study):
         reporter.message(f"trial {number} was running when its process died: marked failed, queued again to resume")
     close_orphan_runs(study, tracker, parent)
-    counts = count_states(study)
-    done_before = counts["COMPLETE"] + counts["PRUNED"]
+    before = count_states(study)
+    done_before = before["COMPLETE"] + before["PRUNED"]
     to_run = None if target is None else max(0, target - done_before)
     reporter.study_started(name=spec.name, done=done_before, target=target, to_run=to_run)
 
@@ -402,37 +393,65 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
     started = time.perf_counter()
     try:
         if to_run is None or to_run > 0:
-            import optuna
-            from optuna.trial import TrialState
-
-            callbacks: list[Any] = [streak]
-            if target is not None:  # failed trials do not count: run until `target` are complete or pruned
-                callbacks.append(
-                    optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED))
-                )
-            with graceful_interrupts():
-                study.optimize(make_objective(ctx), timeout=timeout, catch=(Exception,), callbacks=callbacks)
+            optimize(study, ctx, timeout=timeout, target=target, streak=streak)
         status = "FINISHED"
     finally:
         try:
             checkpoints.close()
         except Exception as exc:  # the study's runs are closed all the same
             reporter.message(f"warning: the last checkpoint could not be written: {exc}")
-        ran = _started(study) - (sum(counts.values()) - counts["WAITING"])
-        result = summarize(study, primary(spec), storage=storage, tracking_uri=tracking_uri, ran=ran)
+        ran = _started(study) - (sum(before.values()) - before["WAITING"])
+        result = summarize(study, primary(spec), storage=storage, tracking_uri=tracker.tracking_uri, ran=ran)
         if streak.streak >= MAX_FAILS_IN_A_ROW:
             result.stopped_reason = f"the last {MAX_FAILS_IN_A_ROW} trials all failed; last error: {streak.last_error}"
             status = "FAILED"
-        summary = {
-            "best_trial": result.best_number,
-            "best_value": result.best_value,
-            "seconds": time.perf_counter() - started,
-        }
-        summary.update({f"n_{k.lower()}": v for k, v in result.counts.items()})
-        tracker.close_study_run(parent, {k: v for k, v in summary.items() if v is not None}, status=status)
+        close_tracking(tracker, parent, result, seconds=time.perf_counter() - started, status=status)
     if result.best_number is not None:
         log_best_model(spec, study, tracker, parent, data)
     return result
+
+
+def checked_data(spec: Spec, cache: DataCache, reporter: Reporter) -> Dataset:
+    """The spec checked and its images decoded, every warning told; a user error raises here."""
+    for warning in check_spec(spec, cache).warnings:
+        reporter.message(f"warning: {warning}")
+    data = cache.get()
+    for path, reason in data.skipped:
+        reporter.message(f"warning: skipped unreadable image {path} ({reason})")
+    if data.skipped:
+        reporter.message(f"warning: skipped {len(data.skipped)} unreadable image(s)")
+    return data
+
+
+def open_tracking(spec: Spec, tracking_uri: str, storage: str) -> tuple[Tracker, str]:
+    """The MLflow tracker and the study's parent run (found again on a resume)."""
+    from autocnn.tracking import Tracker
+
+    tracker = Tracker(tracking_uri, spec.experiment_name)
+    spec_text = spec.path.read_text() if spec.path.exists() else ""
+    return tracker, tracker.open_study_run(spec.name, spec_text=spec_text, storage=storage)
+
+
+def optimize(
+    study: optuna.Study, ctx: TrialContext, *, timeout: float | None, target: int | None, streak: FailStreak
+) -> None:
+    """Optuna's loop until `target` trials are complete or pruned (failed ones do not count) or
+    the time is spent; Ctrl-C ends it gracefully."""
+    import optuna
+    from optuna.trial import TrialState
+
+    callbacks: list[Any] = [streak]
+    if target is not None:
+        callbacks.append(optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    with graceful_interrupts():
+        study.optimize(make_objective(ctx), timeout=timeout, catch=(Exception,), callbacks=callbacks)
+
+
+def close_tracking(tracker: Tracker, parent: str, result: StudyResult, *, seconds: float, status: str) -> None:
+    """The parent run's summary (best trial and value, counts by state, seconds), then its status."""
+    summary: dict[str, Any] = {"best_trial": result.best_number, "best_value": result.best_value, "seconds": seconds}
+    summary.update({f"n_{state.lower()}": n for state, n in result.counts.items()})
+    tracker.close_study_run(parent, {k: v for k, v in summary.items() if v is not None}, status=status)
 
 
 def _started(study: optuna.Study) -> int:

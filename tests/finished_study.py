@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autocnn.results import StudyResult
 from autocnn.spec import Spec, load_spec
-from autocnn.study import StudyOptions, StudyResult, run_study
+from autocnn.study import StudyOptions, run_study
 from autocnn.tracking import default_tracking_uri
 from tests.conftest import digits_spec_dict, write_spec
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from autocnn.assembly import Seeds, trial_seeds
@@ -37,17 +38,20 @@ from autocnn.export import (
     load_trial_weights,
     model_preprocessing,
     pick_by_mean,
-    pick_trial,
     retrain,
-    top_trials,
     torch_logits,
     why_picked,
 )
+from autocnn.objectives import Objective
 from autocnn.predict import Predictor, Preprocessing, predict_files
+from autocnn.results import pick_trial, top_trials
 from autocnn.space import config_from_params
 from autocnn.storage import open_study, storage_url
 from autocnn.tracking import Tracker
 from tests.finished_study import FinishedStudy, finish_study
+
+ACCURACY = Objective("val_accuracy", "maximize")
+LOSS = Objective("val_loss", "minimize")
 
 pytestmark = pytest.mark.slow
 BUNDLE = {
@@ -209,16 +213,16 @@ def test_int8_model_is_reported_beside_the_float_one(done: Finalized) -> None:
 
 def test_final_run_is_nested_under_the_study_and_the_model_registered(done: Finalized) -> None:
     tracker = Tracker(done.study.tracking_uri, "digits-test")
-    run = tracker.client.get_run(done.result.run_id)
+    run = MlflowClient(tracker.tracking_uri).get_run(done.result.run_id)
     parent = tracker.find_study_run("digits-test")
     assert run.info.run_name == "final" and run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert run.data.tags["autocnn.eval_split"] == "test"
     assert run.data.metrics["test_accuracy"] == pytest.approx(done.result.scores.accuracy)
     assert run.data.metrics["int8_test_accuracy"] == pytest.approx(done.result.int8_accuracy)
-    artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
+    artifacts = {a.path for a in MlflowClient(tracker.tracking_uri).list_artifacts(run.info.run_id)}
     assert {"confusion_matrix.png", "per_class_metrics.json", "export"} <= artifacts
-    versions = tracker.client.search_model_versions("name = 'digits-test'")
+    versions = MlflowClient(tracker.tracking_uri).search_model_versions("name = 'digits-test'")
     mine = [v for v in versions if v.run_id == run.info.run_id]
     assert len(mine) == 1 and done.result.registered == f"digits-test version {mine[0].version}"
 
@@ -309,15 +313,15 @@ def test_pick_trial_and_missing_weights_are_user_errors(done: Finalized) -> None
     spec = done.study.spec
     study = open_study(spec, storage_url(spec))
     with pytest.raises(StudyError, match=r"--trial 99: no such trial"):
-        pick_trial(study, 99)
-    assert pick_trial(study, 1).number == 1
+        pick_trial(study, ACCURACY, 99)
+    assert pick_trial(study, ACCURACY, 1).number == 1
 
     class NoWeights:
         def load_state_dict(self, run_id: str) -> dict:
             raise OSError("artifact not found")
 
     with pytest.raises(ExportError, match=r"trial 1 has no saved weights.*--no-refit.*--retrain"):
-        load_trial_weights(NoWeights(), pick_trial(study, 1), None)  # type: ignore[arg-type]
+        load_trial_weights(NoWeights(), pick_trial(study, ACCURACY, 1), None)  # type: ignore[arg-type]
 
 
 def test_no_test_split_evaluates_on_val_and_says_so(done: Finalized) -> None:
@@ -382,8 +386,10 @@ def test_finalize_command_no_refit_exports_the_trials_own_weights(done: Finalize
     version = re.search(r"registered as digits-test version (\d+)", result.output)
     assert version, result.output
     tracker = Tracker(done.study.tracking_uri, "digits-test")
-    registered = tracker.client.get_model_version("digits-test", version.group(1))
-    assert tracker.client.get_run(registered.run_id).data.tags["autocnn.weights_from"] == TRIAL_WEIGHTS
+    registered = MlflowClient(tracker.tracking_uri).get_model_version("digits-test", version.group(1))
+    assert (
+        MlflowClient(tracker.tracking_uri).get_run(registered.run_id).data.tags["autocnn.weights_from"] == TRIAL_WEIGHTS
+    )
 
 
 # --------------------------------------------------------------------------- top-k by mean over seeds
@@ -433,10 +439,10 @@ def test_top_k_retrains_k_configs_with_s_seeds_and_picks_by_mean(
     # The table reaches metrics.json, the final run and the terminal.
     assert json.loads((result.out_dir / "metrics.json").read_text())["top_k"] == top_k.as_dict()
     tracker = Tracker(done.study.tracking_uri, spec.name)
-    run = tracker.client.get_run(result.run_id)
+    run = MlflowClient(tracker.tracking_uri).get_run(result.run_id)
     assert run.data.metrics["topk_mean"] == pytest.approx(best_mean.mean)
     assert run.data.metrics["topk_std"] == pytest.approx(best_mean.std)
-    logged = tracker.client.download_artifacts(result.run_id, "top_k.json", str(tmp_path))
+    logged = MlflowClient(tracker.tracking_uri).download_artifacts(result.run_id, "top_k.json", str(tmp_path))
     assert json.loads(Path(logged).read_text()) == top_k.as_dict()
     text = rendered(result)
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in text.splitlines()]
@@ -466,10 +472,10 @@ def rendered(result: FinalizeResult) -> str:
 def test_top_k_picks_the_best_mean_not_the_best_single_value() -> None:
     lucky = Candidate(4, "custom_cnn", study_value=0.95, values=(0.90, 0.88))
     steady = Candidate(7, "resnet18", study_value=0.93, values=(0.92, 0.93))
-    assert pick_by_mean([lucky, steady], "maximize") is steady
-    assert pick_by_mean([lucky, steady], "minimize") is lucky  # val_loss: lower is better
+    assert pick_by_mean([lucky, steady], ACCURACY) is steady
+    assert pick_by_mean([lucky, steady], LOSS) is lucky  # val_loss: lower is better
     tied = Candidate(9, "custom_cnn", study_value=0.90, values=(0.925, 0.925))
-    assert pick_by_mean([steady, tied], "maximize") is steady  # a tie keeps the study's order
+    assert pick_by_mean([steady, tied], ACCURACY) is steady  # a tie keeps the study's order
     reason = why_picked(steady, [lucky, steady], "val_accuracy", 2)
     assert reason.startswith("trial 7 (resnet18): best mean val_accuracy over 2 seeds, 0.9250 ± 0.0071")
     assert "not the study's best single value (trial 4, 0.9500, mean 0.8900)" in reason
@@ -490,10 +496,10 @@ def test_seeds_are_distinct_and_seed_zero_is_the_trials_own(done: Finalized) -> 
 def test_top_k_options_and_too_few_trials(done: Finalized) -> None:
     spec = done.study.spec
     study = open_study(spec, storage_url(spec))
-    trials, warnings = top_trials(study, 5, "maximize")
+    trials, warnings = top_trials(study, 5, ACCURACY)
     assert [t.number for t in trials] == sorted((0, 1), key=lambda n: -study.trials[n].value)
     assert warnings == ["--top-k 5: the study has 2 complete trials; compared those"]
-    assert top_trials(study, 1, "minimize")[0][0].number == min((0, 1), key=lambda n: study.trials[n].value)
+    assert top_trials(study, 1, LOSS)[0][0].number == min((0, 1), key=lambda n: study.trials[n].value)
     with pytest.raises(ExportError, match=r"^--seeds 0: must be at least 1$"):
         check_options(FinalizeOptions(seeds=0))
     with pytest.raises(ExportError, match=r"^--trial 1 with --top-k 2"):

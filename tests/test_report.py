@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from autocnn.cli import app
@@ -98,7 +99,7 @@ def test_model_family_row_uses_the_trial_runs_facts(study: FinishedStudy, report
         if r.info.run_name == f"trial-{best}"
     )
     assert cells[0] == "custom_cnn" and cells[1] == "2 (2)" and cells[2] == str(best)
-    history = tracker.client.get_metric_history(run.info.run_id, "val_accuracy")
+    history = MlflowClient(tracker.tracking_uri).get_metric_history(run.info.run_id, "val_accuracy")
     assert float(cells[3]) == pytest.approx(max(m.value for m in history), abs=1e-4)
     assert cells[5] == f"{int(run.data.metrics['params_total']):,}"
     assert cells[7] not in ("", "—")  # weights MB: logged by the trial, or estimated from params
@@ -108,7 +109,7 @@ def test_report_is_logged_to_the_study_run(study: FinishedStudy, report: ReportR
     tracker = Tracker(study.tracking_uri, study.spec.experiment_name)
     parent = tracker.find_study_run("digits-test")
     assert parent is not None and report.parent_run_id == parent.info.run_id
-    logged = [a.path for a in tracker.client.list_artifacts(parent.info.run_id, "report")]
+    logged = [a.path for a in MlflowClient(tracker.tracking_uri).list_artifacts(parent.info.run_id, "report")]
     assert "report/report.html" in logged
 
 

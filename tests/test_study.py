@@ -85,6 +85,7 @@ def test_study_runs_then_resumes_only_missing_trials(in_tmp: Path) -> None:
     parent = Tracker(default_tracking_uri(), spec.name).find_study_run(spec.name)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["autocnn.best_model_trial"] == str(best.number)
+    mlflow.set_tracking_uri(default_tracking_uri())  # the fluent API reads the process-wide URI
     model = mlflow.pytorch.load_model(parent.data.tags["autocnn.best_model_uri"])
     assert sum(p.numel() for p in model.parameters()) > 0
     assert parent.data.metrics["n_complete"] == 5

@@ -17,16 +17,16 @@ def test_epoch_metrics_are_sent_in_few_batches_and_all_arrive_by_the_trials_end(
     parent = tracker.open_study_run("tracking-test", spec_text="name: tracking-test\n", storage="sqlite:///x.db")
     run_id = tracker.start_trial(parent, 0, {"model": "custom_cnn"}, {"train": {}})
     batches: list[int] = []
-    log_batch = tracker.client.log_batch
+    log_batch = tracker._client.log_batch
 
     def counting_log_batch(run_id: str, **kwargs: Any) -> None:
         batches.append(len(kwargs["metrics"]))
         log_batch(run_id, **kwargs)
 
-    monkeypatch.setattr(tracker.client, "log_batch", counting_log_batch)
+    monkeypatch.setattr(tracker._client, "log_batch", counting_log_batch)
     for step in range(1, 31):  # 30 quick epochs, well inside a second
         tracker.log_epoch(run_id, {"val_accuracy": step / 100, "train_loss": 1 / step}, step=step)
     tracker.end_trial(run_id, "COMPLETE")
     assert sum(batches) == 60 and len(batches) <= 3  # the first epoch at once, the rest together
-    history = tracker.client.get_metric_history(run_id, "val_accuracy")
+    history = tracker._client.get_metric_history(run_id, "val_accuracy")
     assert sorted((m.step, m.value) for m in history) == [(s, s / 100) for s in range(1, 31)]

@@ -200,3 +200,19 @@ def test_cpu_trainer_reuses_freed_memory_instead_of_refaulting_it() -> None:
     assert kept_free >= 48 << 20  # and kept there once freed, not trimmed back to the kernel
     # Glibc's defaults fault a few thousand to 30,000 pages in again at a typical step of this loop.
     assert steady_faults < 100
+
+
+def test_each_optimizer_groups_learning_rate_is_logged_as_it_decays(tmp_path: Path, image_folder: Path) -> None:
+    from autocnn.assembly import parameter_groups
+
+    train, val = _batches(tmp_path, image_folder)
+    torch.manual_seed(0)
+    model = build_model("resnet18", {"pretrained": False}, num_classes=3, image_size=16)
+    groups = parameter_groups(model, lr=1e-2, backbone_lr_mult=0.1)
+    settings = TrainSettings(epochs=2, lr=1e-2, weight_decay=0.0, scheduler="cosine")
+    trainer = Trainer(model, settings, steps_per_epoch=len(train), device=torch.device("cpu"), param_groups=groups)
+    first, second = (m.as_dict() for m in trainer.fit(train, val))
+    assert first["lr.backbone"] == pytest.approx(1e-3) and first["lr.head"] == pytest.approx(1e-2) == first["lr"]
+    assert second["lr.backbone"] < first["lr.backbone"] and second["lr.head"] < first["lr.head"]
+    single = _trainer(train, settings)
+    assert not any(key.startswith("lr.") for key in next(iter(single.fit(train, val))).as_dict())

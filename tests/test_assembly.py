@@ -1,0 +1,178 @@
+"""The one place a configuration becomes a trainable trial: every key the spec accepts must
+change what is trained, and the study's trial and finalize's re-training must be the same run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pydantic import BaseModel
+
+from autocnn.assembly import assemble_trial, parameter_groups, preprocessing, train_settings, trial_seeds
+from autocnn.data import DataCache
+from autocnn.plan import make_plan
+from autocnn.space import TrialConfig, config_from_params
+from autocnn.spec import AugmentSpace, CustomCNNSpace, HeadSpace, Spec, TimmSpace, TrainSpec, load_spec
+from autocnn.study import trial_budget
+from tests.conftest import digits_spec_dict, write_spec
+
+# Every key of each section: what the base spec sets around it, and a value that must change the
+# trial. A key the spec gains without a row here fails the coverage test below.
+BASE_TIMM: dict[str, Any] = {"pretrained": False}
+CASES: dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {
+    "train": [
+        ("epochs", {}, {"epochs": 3}),
+        ("batch_size", {}, {"batch_size": 16}),
+        ("lr", {}, {"lr": 0.01}),
+        ("weight_decay", {}, {"weight_decay": 0.05}),
+        ("scheduler", {}, {"scheduler": "onecycle"}),
+        ("early_stopping", {}, {"early_stopping": 2}),
+        ("label_smoothing", {}, {"label_smoothing": 0.1}),
+        ("precision", {"precision": "fp32"}, {"precision": "mixed"}),
+    ],
+    "custom_cnn": [
+        ("depth", {}, {"depth": 2}),
+        ("width", {}, {"width": 8}),
+        ("dropout", {}, {"dropout": 0.5}),
+        ("activation", {}, {"activation": "gelu"}),
+    ],
+    "resnet18": [
+        ("pretrained", {}, {"pretrained": "weights/resnet18.pt"}),
+        ("freeze", {}, {"freeze": "backbone"}),
+        ("unfreeze_last", {"freeze": "partial"}, {"freeze": "partial", "unfreeze_last": 2}),
+        ("backbone_lr_mult", {}, {"backbone_lr_mult": 0.1}),
+        ("head", {}, {"head": {"hidden": 0}}),
+        ("dropout", {}, {"dropout": 0.3}),
+        ("image_size", {}, {"image_size": 24}),
+    ],
+    "head": [
+        ("hidden", {}, {"hidden": 16}),
+        ("activation", {"hidden": 16}, {"hidden": 16, "activation": "gelu"}),
+        ("dropout", {}, {"dropout": 0.4}),
+    ],
+    "augment": [
+        ("enabled", {"enabled": False, "rotate": 10.0}, {"enabled": True, "rotate": 10.0}),
+        ("hflip", {}, {"hflip": 0.5}),
+        ("vflip", {}, {"vflip": 0.5}),
+        ("rotate", {}, {"rotate": 10.0}),
+        ("shift_scale", {}, {"shift_scale": 0.1}),
+        ("random_resized_crop", {}, {"random_resized_crop": 0.5}),
+        ("color_jitter", {}, {"color_jitter": 0.2}),
+        ("gamma", {}, {"gamma": 0.5}),
+        ("blur", {}, {"blur": 0.5}),
+        ("noise", {}, {"noise": 0.5}),
+        ("cutout", {}, {"cutout": 0.5}),
+    ],
+}
+SECTIONS: dict[str, type[BaseModel]] = {
+    "train": TrainSpec,
+    "custom_cnn": CustomCNNSpace,
+    "resnet18": TimmSpace,
+    "head": HeadSpace,
+    "augment": AugmentSpace,
+}
+
+
+def spec_for(folder: Path, section: str, values: dict[str, Any]) -> Spec:
+    """A fixed (unsearched) digits spec whose `section` holds `values`."""
+    raw = digits_spec_dict(train={"epochs": 2, "batch_size": 32, "lr": 1e-3})
+    raw["models"] = {"custom_cnn": {"depth": 2}}
+    if section == "train":
+        raw["train"] |= values
+    elif section == "custom_cnn":
+        raw["models"] = {"custom_cnn": values}
+    elif section == "resnet18":
+        raw["models"] = {"resnet18": {**BASE_TIMM, **values}}
+    elif section == "head":
+        raw["models"] = {"resnet18": {**BASE_TIMM, "head": values}}
+    elif section == "augment":
+        raw["augment"] = {"enabled": True, **values}
+    return load_spec(write_spec(folder, raw))
+
+
+def first_config(spec: Spec) -> TrialConfig:
+    return config_from_params(spec, {"model": next(iter(spec.models.spaces()))})
+
+
+def fingerprint(spec: Spec) -> dict[str, Any]:
+    """What a trial trains with, as comparable values: settings, batches, model, optimizer, augmentation."""
+    from autocnn import augment
+
+    cache = DataCache(spec)
+    config = first_config(spec)
+    data = cache.get(preprocessing(spec, config).image_size)
+    budget = trial_budget(config, make_plan(spec, cache.get()))
+    settings = train_settings(spec, config, budget, n_val=len(data.val))
+    trial = assemble_trial(spec, config, data, settings, seeds=trial_seeds(spec, 0))
+    trainer = trial.trainer
+    return {
+        "settings": asdict(settings),
+        "preprocessing": trial.pre,
+        "batches_per_epoch": len(trial.train),
+        "model": repr(trainer.model),
+        "drop_rate": getattr(getattr(trainer.model, "body", None), "drop_rate", None),
+        "weights": float(sum(p.double().sum() for p in trainer.model.state_dict().values() if p.is_floating_point())),
+        "trainable": [name for name, p in trainer.model.named_parameters() if p.requires_grad],
+        "groups": [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in trainer.optimizer.param_groups],
+        "scheduler": type(trainer.scheduler).__name__,
+        "loss": trainer.criterion.label_smoothing,
+        "autocast": str(trainer.amp_dtype),
+        "augmentation": None if trial.augmentation is None else augment.describe(trial.augmentation),
+    }
+
+
+def test_every_key_of_every_section_has_a_case() -> None:
+    for section, model in SECTIONS.items():
+        covered = {key for key, _, _ in CASES[section]}
+        assert covered == set(model.model_fields), f"{section}: add a case for {set(model.model_fields) - covered}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("section", "key", "base", "changed"),
+    [(section, *case) for section, cases in CASES.items() for case in cases],
+    ids=[f"{section}.{case[0]}" for section, cases in CASES.items() for case in cases],
+)
+def test_every_spec_key_changes_the_assembled_trial(
+    in_tmp: Path, section: str, key: str, base: dict[str, Any], changed: dict[str, Any]
+) -> None:
+    """A key that is sampled and logged but then ignored would leave the trial as it was."""
+    if "pretrained" in changed:  # a weight file unlike the random initialisation
+        import timm
+
+        torch.manual_seed(123)
+        (in_tmp / "b" / "weights").mkdir(parents=True)
+        torch.save(timm.create_model("resnet18").state_dict(), in_tmp / "b" / "weights" / "resnet18.pt")
+    before = fingerprint(spec_for(in_tmp / "a", section, base))
+    after = fingerprint(spec_for(in_tmp / "b", section, changed))
+    assert before != after, f"{section}.{key} = {changed} assembled the same trial as {base}"
+
+
+def test_a_trial_and_its_retraining_start_from_the_same_model_and_batches(in_tmp: Path) -> None:
+    spec = spec_for(in_tmp, "train", {})
+    data = DataCache(spec).get()
+    config = first_config(spec)
+    settings = train_settings(spec, config, trial_budget(config, make_plan(spec, data)), n_val=len(data.val))
+    first, again, other = (
+        assemble_trial(spec, config, data, settings, seeds=trial_seeds(spec, 4, retraining)) for retraining in (0, 0, 1)
+    )
+    pairs = zip(first.model.state_dict().values(), again.model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert torch.equal(next(iter(first.train))[1], next(iter(again.train))[1])
+    assert not torch.equal(next(iter(first.train))[1], next(iter(other.train))[1])
+
+
+def test_a_backbone_gets_two_groups_the_custom_cnn_one() -> None:
+    from autocnn.models import build_model
+
+    cnn = build_model("custom_cnn", {"depth": 2, "width": 8}, num_classes=3, image_size=16)
+    (group,) = parameter_groups(cnn, lr=0.01, backbone_lr_mult=None)
+    assert group["name"] == "model" and group["lr"] == 0.01
+    net = build_model("resnet18", {"pretrained": False, "freeze": "partial"}, num_classes=3, image_size=16)
+    backbone, head = parameter_groups(net, lr=0.01, backbone_lr_mult=0.1)
+    assert (backbone["name"], head["name"]) == ("backbone", "head")
+    assert backbone["lr"] == pytest.approx(0.001) and head["lr"] == 0.01
+    assert all(p.requires_grad for g in (backbone, head) for p in g["params"])
