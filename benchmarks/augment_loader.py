@@ -1,33 +1,29 @@
 """Augmentation throughput: data only, and data + a CNN training step, for num_workers 0/1/2.
 
 Run: .venv/bin/python benchmarks/augment_loader.py [--sizes 32 96] [--epochs 3]
-Numbers decide `autocnn.augment.num_workers_for`; they are measured here, never in a timed test.
+Numbers decide `autocnn.augment.N_WORKERS`; they are measured here, never in a timed test.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script from anywhere: import this checkout's benchmarks
+    sys.path.insert(0, str(REPO))
+
+# ruff: noqa: E402 - the imports below need the path set-up above
 from autocnn.augment import AugmentedBatches, build_train_transform
 from autocnn.data import Split
 from autocnn.models import Preprocess
 from autocnn.models.custom_cnn import CustomCNN
-
-# The 20classes block of the issue, at its upper ends: the heaviest pipeline a study samples.
-HEAVY = {
-    "enabled": True,
-    "hflip": 0.5,
-    "rotate": 30.0,
-    "shift_scale": 0.2,
-    "random_resized_crop": 0.5,
-    "color_jitter": 0.4,
-    "gamma": 0.5,
-    "cutout": 0.5,
-}
+from benchmarks.specs import heaviest_augment
 
 
 def images_per_s(batches: AugmentedBatches, epochs: int, step: object | None) -> float:
@@ -66,7 +62,7 @@ def main() -> None:
     for size in args.sizes:
         n = args.n if size <= 32 else args.n // 4
         split = Split(rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8), rng.integers(0, 10, n))
-        pipeline = build_train_transform(HEAVY, image_size=size, seed=0)
+        pipeline = build_train_transform(heaviest_augment(), image_size=size, seed=0)
         for train in (False, True):
             row = []
             for workers in (0, 1, 2):

@@ -35,16 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from anywhere: import this checkout's autocnn
     sys.path.insert(0, str(REPO))
 
-from autocnn.study import SilentReporter  # noqa: E402 - after the path set-up above
-from benchmarks.datasets import (  # noqa: E402
+# ruff: noqa: E402 - the imports below need the path set-up above
+from autocnn.study import SilentReporter
+from benchmarks.datasets import (
     DIGITS_COUNTS,
     DIGITS_SHIFTED_COUNTS,
     MAX_TILT_DEGREES,
@@ -54,6 +52,9 @@ from benchmarks.datasets import (  # noqa: E402
     SIZE,
     write_imagefolder,
 )
+from benchmarks.machine import machine_info, quiet_like_the_cli
+from benchmarks.results import SECTION_END, SECTION_START, splice_section
+from benchmarks.specs import write_spec
 
 if TYPE_CHECKING:
     from torch import nn
@@ -69,8 +70,6 @@ QUICK_BUDGET_S = 45.0
 TARGET_MARGIN_OVER_FIXED = 0.05
 METHODS = ("fixed", "autocnn", "random")
 HFLIP_REGIMES = frozenset({"shapes20"})  # digits are not mirror-symmetric; shapes and fills are
-SECTION_START = "<!-- search-quality:start -->"
-SECTION_END = "<!-- search-quality:end -->"
 
 Log = Callable[[str], None]
 
@@ -321,13 +320,6 @@ def run_fixed(record: RunRecord, data_root: Path, log: Log) -> None:
     record.best_val_epoch = outcome.best_val_epoch
 
 
-def write_spec(folder: Path, raw: dict[str, Any]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{raw['name']}.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
 def run_method(method: str, regime: str, seed: int, seed_dir: Path, settings: SearchSettings, log: Log) -> RunRecord:
     """One run; a failure is recorded, not raised, so an hour's other runs still report."""
     record = RunRecord(regime, method, seed)
@@ -552,29 +544,7 @@ def section_notes() -> list[str]:
     ]
 
 
-# --------------------------------------------------------------------------- results.md section
-
-
-def marked_span(text: str) -> tuple[int, int] | None:
-    """Where the section lies, markers included; None without a start marker followed by an end one."""
-    start = text.find(SECTION_START)
-    end = text.find(SECTION_END, start) if start >= 0 else -1
-    return None if end < 0 else (start, end + len(SECTION_END))
-
-
-def splice_section(text: str, section: str) -> str:
-    """Replace the marked span in place, or append the section; the rest of the text is untouched."""
-    span = marked_span(text)
-    if span is not None:
-        return text[: span[0]] + section + text[span[1] :]
-    return (text.rstrip("\n") + "\n\n" if text.strip() else "") + section + "\n"
-
-
-def keep_marked_section(previous: str, text: str) -> str:
-    """`text` with the previous file's marked section carried over: benchmarks/run.py rewrites
-    results.md as a whole, and must not drop this benchmark's hour of results."""
-    span = marked_span(previous)
-    return text if span is None else splice_section(text, previous[span[0] : span[1]])
+# --------------------------------------------------------------------------- search_quality.json
 
 
 def earlier_sources(previous: dict[str, Any]) -> list[dict[str, Any]]:
@@ -671,9 +641,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from benchmarks.run import machine_info
-
     args = parse_args(argv)
+    quiet_like_the_cli()
     plan = plan_from(args)
     started = time.perf_counter()
 
