@@ -559,15 +559,20 @@ def earlier_sources(previous: dict[str, Any]) -> list[dict[str, Any]]:
 def merged_payload(
     previous: dict[str, Any], source: dict[str, Any], methods: list[str], records: Sequence[RunRecord]
 ) -> dict[str, Any]:
-    """This run's regimes, plus the earlier file's regimes that this run left alone: rerunning one
-    regime must not throw away an hour of another's results."""
-    rerun = set(source["regimes"])
-    kept_runs = [run for run in previous.get("runs", []) if run["regime"] not in rerun]
+    """This run's runs, plus every earlier run it did not redo (another regime, seed or method):
+    rerunning one regime or one seed must not throw away an hour of the others' results."""
+    redone = {(regime, seed) for regime in source["regimes"] for seed in source["seeds"]}
+    kept_runs = [
+        run
+        for run in previous.get("runs", [])
+        if (run["regime"], run["seed"]) not in redone or run["method"] not in methods
+    ]
     sources = []
     for earlier in earlier_sources(previous):
-        still = [regime for regime in earlier["regimes"] if regime not in rerun]
-        if still:
-            sources.append(earlier | {"regimes": still})
+        for regime in earlier["regimes"]:
+            seeds = [seed for seed in earlier["seeds"] if (regime, seed) not in redone]
+            if seeds:
+                sources.append(earlier | {"regimes": [regime], "seeds": seeds})
     sources.append(source)
     measured = {regime for s in sources for regime in s["regimes"]}
     regimes = [regime for regime in REGIMES if regime in measured]

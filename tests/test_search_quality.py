@@ -237,6 +237,22 @@ def test_rerunning_one_regime_keeps_the_other_regimes_runs_and_their_provenance(
     assert [s["command"] for s in again["sources"]] == ["benchmarks/search_quality.py --quick"] * 2
 
 
+def test_rerunning_one_seed_or_method_keeps_the_other_seeds_and_methods() -> None:
+    both = SOURCE | {"regimes": ["shapes20"], "seeds": [0, 1], "command": "both seeds"}
+    runs = [
+        sq.RunRecord("shapes20", method, seed, test_accuracy=0.5) for seed in (0, 1) for method in ("fixed", "random")
+    ]
+    previous = {"sources": [both], "methods": ["fixed", "random"], "runs": [asdict(r) for r in runs]}
+    redo = sq.RunRecord("shapes20", "fixed", 0, test_accuracy=0.9)
+    payload = sq.merged_payload(previous, SOURCE | {"regimes": ["shapes20"], "seeds": [0]}, ["fixed"], [redo])
+    cells = [(r["seed"], r["method"], r["test_accuracy"]) for r in payload["runs"]]
+    assert cells == [(0, "fixed", 0.9), (0, "random", 0.5), (1, "fixed", 0.5), (1, "random", 0.5)]
+    assert [(s["command"], s["seeds"]) for s in payload["sources"]] == [
+        ("both seeds", [1]),
+        ("benchmarks/search_quality.py --quick", [0]),
+    ]
+
+
 SECTION = f"{sq.SECTION_START}\n## Search quality\nnew figures\n{sq.SECTION_END}"
 
 
