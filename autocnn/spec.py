@@ -242,10 +242,6 @@ class StudySpec(StrictModel):
     )(parse_duration)
 
     @property
-    def direction(self) -> str:
-        return METRICS[self.metric]
-
-    @property
     def target_trials(self) -> int | None:
         """Trials to reach; None: keep starting trials until `timeout` is spent."""
         if self.trials is None and self.timeout is not None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autocnn.objectives import primary
 from benchmarks.pruner_replay import hyperband_spread, replay, replay_candidates, replay_shape
 from benchmarks.results import Item, Row
 from benchmarks.specs import study_file, write_spec
@@ -90,7 +91,7 @@ def measure_pruning(work: Path, *, trials: int, epochs: int) -> Item:
 
 
 def real_run_rows(runs: dict[str, dict[str, Any]], spec: Spec) -> list[Row]:
-    direction, none = spec.study.direction, runs["none"]
+    direction, none = primary(spec).direction, runs["none"]
     rows = []
     for pruner, run in runs.items():
         share = ratio(run["epochs"], none["epochs"])
@@ -107,7 +108,7 @@ def real_run_rows(runs: dict[str, dict[str, Any]], spec: Spec) -> list[Row]:
 
 def replayed(curves: list[list[float]], spec: Spec, *, reference: dict[str, Any]) -> tuple[list[Row], dict[str, Any]]:
     """Rows and raw figures for each replayed pruner, then hyperband's spread over study names."""
-    direction = spec.study.direction
+    direction = primary(spec).direction
     shape = replay_shape(spec)
     rows, replays = [], {}
     for label, (kind, pruner) in replay_candidates(spec, shape["n_val"]).items():

@@ -84,7 +84,9 @@ def check_retry_resumed(study, runs, interrupted: int) -> None:
     assert retry.params == study.trials[interrupted].params
     run = runs[retry.number]
     assert run.data.tags["autocnn.retry_of"] == str(interrupted)
-    steps = [m.step for m in mlflow.MlflowClient(default_tracking_uri()).get_metric_history(run.info.run_id, "val_accuracy")]
+    steps = [
+        m.step for m in mlflow.MlflowClient(default_tracking_uri()).get_metric_history(run.info.run_id, "val_accuracy")
+    ]
     assert steps and steps[0] > 1 and steps[-1] == 4, steps  # continued after the checkpointed epoch(s)
     assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
 

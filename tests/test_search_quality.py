@@ -267,17 +267,3 @@ def test_a_missing_section_is_appended_once() -> None:
     assert text == f"# Benchmark results\n\nitem 1\n\n{SECTION}\n"
     assert sq.splice_section(text, SECTION) == text
     assert sq.splice_section("", SECTION) == SECTION + "\n"
-
-
-def test_run_py_keeps_the_section_when_it_rewrites_results_md(tmp_path: Path) -> None:
-    from benchmarks import run
-
-    out = tmp_path / "results.md"
-    out.write_text(f"# Benchmark results\n\nstale item\n\n{SECTION}\n")
-    info = {"date": "today", "cpu": "test cpu", "cores": 2}
-    run.write_results(out, info, [run.Item(1, "Fresh item")], command="benchmarks/run.py")
-    text = out.read_text()
-    assert "## 1. Fresh item" in text and "stale item" not in text
-    assert text.count(sq.SECTION_START) == 1 and SECTION in text
-    run.write_results(out, info, [run.Item(1, "Fresh item")], command="benchmarks/run.py")
-    assert out.read_text() == text

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from autocnn.errors import SpecError
+from autocnn.objectives import Objective, study_objectives
 from autocnn.spec import Choices, Range, load_spec, parse_spec
 from tests.conftest import REPO, digits_spec_dict, write_spec
 
@@ -22,7 +23,7 @@ def test_digits_spec_values() -> None:
     spec = load_spec(REPO / "studies" / "digits.yaml")
     assert spec.train.lr == Range(low=1e-4, high=1e-2, log=True)
     assert isinstance(spec.models.custom_cnn.width, Choices)
-    assert spec.study.direction == "maximize"
+    assert study_objectives(spec) == [Objective("val_accuracy", "maximize")]
 
 
 def errors(**overrides: object) -> list[str]:
