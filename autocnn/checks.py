@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from autocnn.data import DataCache
+from autocnn.data import DataCache, FileIndex
 from autocnn.errors import SpecError
 from autocnn.models import CUSTOM_CNN, max_depth
 from autocnn.space import SearchedParam, searched_params
@@ -66,12 +66,35 @@ def check_data(spec: Spec, cache: DataCache) -> dict[str, str]:
     index = cache.index()
     counts = index.counts()
     how = "pre-split folders" if index.presplit else f"stratified split, seed {spec.seed}"
-    return {
+    table = {
         "source": str(spec.resolve_path(data.root or "")),
         "classes": f"{len(index.classes)}: {', '.join(index.classes[:8])}{' ...' if len(index.classes) > 8 else ''}",
         "images": ", ".join(f"{name} {n}" for name, n in counts.items()) + f" ({how})",
         "image size": f"{data.image_size} px",
     }
+    left_out = _left_out(index)
+    if left_out:
+        table["not loaded"] = left_out
+    return table
+
+
+def _left_out(index: FileIndex) -> str:
+    """The table's one-line count; the files themselves are named in the warnings."""
+    scan = index.scan
+    if scan is None or not (scan.skipped or scan.ignored):
+        return ""
+    return f"{len(scan.skipped)} skipped, {len(scan.ignored)} ignored (named in the warnings above)"
+
+
+def data_notes(spec: Spec, cache: DataCache) -> list[str]:
+    """Files and folders under the data root that are not loaded as given, each named once, with why."""
+    return cache.index().notes() if spec.data.source == "imagefolder" else []
+
+
+def unreadable_images(cache: DataCache) -> list[str]:
+    """Images that failed to decode, for whatever the cache has decoded so far (it decodes nothing)."""
+    skipped = dict.fromkeys(item for data in cache.decoded() for item in data.skipped)
+    return [f"skipped unreadable image {path} ({why})" for path, why in skipped]
 
 
 def check_spec(spec: Spec, cache: DataCache | None = None) -> CheckReport:
@@ -83,4 +106,5 @@ def check_spec(spec: Spec, cache: DataCache | None = None) -> CheckReport:
 
         warnings += check_backbones(spec)
     data = check_data(spec, cache)
+    warnings += data_notes(spec, cache)
     return CheckReport(data=data, params=searched_params(spec), warnings=warnings)

@@ -14,11 +14,14 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar, get_args, get_origin
+from urllib.parse import unquote
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -27,6 +30,7 @@ from pydantic import (
     PrivateAttr,
     Tag,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -43,6 +47,19 @@ METRICS: dict[str, str] = {
 }
 SCHEDULERS = ("cosine", "onecycle", "plateau", "none")
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu")
+
+# Upper bounds: far above any real study, low enough that a typo (or a hostile spec) fails in
+# validate instead of allocating, looping or overflowing a seed deep inside a trial.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_TRIALS = 100_000
+MAX_TIMEOUT_S = 366 * 24 * 3600
+MAX_UNFREEZE = 1_000
+MAX_CHOICES = 256
+MAX_MODELS = 64
+MAX_SEED = 2**31 - 1  # NumPy's legacy seeds stop at 2**32; the sampler adds the trial count
+MAX_TEXT = 4096  # paths and URLs
+MAX_NAME_BYTES = 255  # one file or folder name, on every common file system
 
 
 def _type_label(tp: Any) -> str:
@@ -104,7 +121,7 @@ class Range(StrictModel, Generic[T]):
 class Choices(StrictModel, Generic[T]):
     """A categorical: Optuna stores the chosen value itself, so choices are plain scalars."""
 
-    choices: Annotated[list[T], Field(min_length=1)]
+    choices: Annotated[list[T], Field(min_length=1, max_length=MAX_CHOICES)]
 
     @field_validator("choices")
     @classmethod
@@ -148,35 +165,200 @@ def choosable(scalar: Any) -> Any:
     ]
 
 
-PositiveInt = Annotated[int, Field(ge=1)]
+EpochCount = Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
+Patience = Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
+BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)]
+TrialCount = Annotated[int, Field(ge=1, le=MAX_TRIALS)]
+UnfreezeCount = Annotated[int, Field(ge=1, le=MAX_UNFREEZE)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+BOOLEAN_HINT = "YAML reads yes/no/on/off as booleans"
 
 
 def _fixed_epochs(value: Any) -> int | str:
     """A whole number of epochs, or `auto`; one error line either way, not one per union member."""
     if value == "auto" and isinstance(value, str):
         return value
+    expected = f"expected a whole number from 1 to {MAX_EPOCHS} or auto, got {{value}}"
     if isinstance(value, bool):
-        raise PydanticCustomError(
-            "spec",
-            "expected a whole number >= 1 or auto, got {value} (YAML reads yes/no/on/off as booleans)",
-            {"value": repr(value)},
-        )
-    if not isinstance(value, int) or value < 1:
-        raise PydanticCustomError("spec", "expected a whole number >= 1 or auto, got {value}", {"value": repr(value)})
+        raise PydanticCustomError("spec", f"{expected} ({BOOLEAN_HINT})", {"value": repr(value)})
+    if not isinstance(value, int) or not 1 <= value <= MAX_EPOCHS:
+        raise PydanticCustomError("spec", expected, {"value": _shown(value)})
     return value
 
 
 # `train.epochs`: a number (fixed, ranged, chosen) or `auto`, which lets the noise-aware stop end
 # each trial within a cap the budget allows (autocnn.budget).
 Epochs = Annotated[
-    Annotated[Range[PositiveInt], Tag("{low,high}")]
-    | Annotated[Choices[PositiveInt], Tag("{choices}")]
-    | Annotated[Any, PlainValidator(_fixed_epochs, json_schema_input_type=PositiveInt | Literal["auto"]), Tag("fixed")],
+    Annotated[Range[EpochCount], Tag("{low,high}")]
+    | Annotated[Choices[EpochCount], Tag("{choices}")]
+    | Annotated[Any, PlainValidator(_fixed_epochs, json_schema_input_type=EpochCount | Literal["auto"]), Tag("fixed")],
     Discriminator(_searchable_kind),
 ]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, lt=1)]
+
+
+# --------------------------------------------------------------------------- paths, storage and tracking URIs
+
+STORAGE_FORMS = "sqlite:///path.db, postgresql[+driver]://..., mysql[+driver]://... or a journal file path"
+TRACKING_FORMS = (
+    "sqlite:///path/mlflow.db, http(s)://host[:port], postgresql[+driver]://..., mysql[+driver]://..., "
+    "mssql[+driver]://... or databricks"
+)
+# Two letters at least: `C:\studies\x.log` is a Windows path, not a URL.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
+_STORAGE_DATABASE = re.compile(r"(postgresql|mysql)(\+[A-Za-z0-9_]+)?")  # what Optuna's RDBStorage is tested on
+_TRACKING_DATABASE = re.compile(r"(postgresql|mysql|mssql)(\+[A-Za-z0-9_]+)?")  # MLflow's SQLAlchemy store
+
+
+def text_problem(value: str) -> str | None:
+    """Characters no file name, URL or experiment name should hold: control characters (a newline
+    would forge a line in a log) and lone surrogates (which no encoding writes)."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        return "must not contain control characters (newline, tab, NUL)"
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in value):
+        return "must be valid Unicode text (it holds a lone surrogate)"
+    return None
+
+
+def _uri_basics(value: str) -> str | None:
+    """Problems any storage or tracking value has, whatever its scheme.
+
+    `..` is refused even where it would resolve: a shared spec must not reach outside the
+    folders its author can see, and a path without it says the same thing more plainly.
+    """
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > MAX_TEXT:
+        return f"at most {MAX_TEXT} characters, got {len(value)}"
+    if (problem := text_problem(value)) is not None:
+        return problem
+    if any(".." in re.split(r"[/\\:]", form) for form in (value, unquote(value))):  # `file:..` too
+        return "'..' path segments are refused (path traversal); give the path without them"
+    return None
+
+
+def _scheme(value: str) -> tuple[str, str] | None:
+    """(scheme, the rest after `scheme:`), or None for a plain path."""
+    match = _SCHEME.match(value)
+    return (match.group(1), value[match.end() :]) if match else None
+
+
+def _sqlite_problem(rest: str) -> str | None:
+    path = rest.removeprefix("///").split("?", 1)[0]
+    if not rest.startswith("///") or path in ("", ":memory:"):
+        return "expected sqlite:///path/to/file.db (a file: an in-memory database keeps nothing)"
+    return None
+
+
+def _server_problem(scheme: str, rest: str) -> str | None:
+    if not rest.startswith("//") or len(rest) == 2:
+        return f"expected {scheme}://user:password@host[:port]/database"
+    return None
+
+
+def storage_problem(value: str) -> str | None:
+    """Why `value` is no storage autocnn opens (see `autocnn.storage`); None when it is one."""
+    problem = _uri_basics(value)
+    parts = _scheme(value)
+    if problem or parts is None:  # a plain path: Optuna's journal file
+        return problem
+    scheme, rest = parts
+    if scheme == "sqlite":
+        return _sqlite_problem(rest)
+    if _STORAGE_DATABASE.fullmatch(scheme):
+        return _server_problem(scheme, rest)
+    return f"unsupported scheme '{scheme}:'; expected {STORAGE_FORMS}"
+
+
+def tracking_uri_problem(value: str) -> str | None:
+    """Why `value` is no MLflow tracking URI autocnn uses; None when it is one.
+
+    A plain path or `file:` would be MLflow's file store, which autocnn never writes (its
+    default is an SQLite file), so both are refused rather than half supported.
+    """
+    problem = _uri_basics(value)
+    if problem or value == "databricks":
+        return problem
+    parts = _scheme(value)
+    if parts is None:
+        return f"a plain path is MLflow's file store, which autocnn does not use; expected {TRACKING_FORMS}"
+    scheme, rest = parts
+    if scheme == "sqlite":
+        return _sqlite_problem(rest)
+    if scheme in ("http", "https"):
+        return None if rest.startswith("//") and rest[2:].split("/", 1)[0] else f"expected {scheme}://host[:port]"
+    if scheme == "databricks":
+        return None if rest.startswith("//") and len(rest) > 2 else "expected databricks or databricks://<profile>"
+    if _TRACKING_DATABASE.fullmatch(scheme):
+        return _server_problem(scheme, rest)
+    return f"unsupported scheme '{scheme}:'; expected {TRACKING_FORMS}"
+
+
+def check_overrides(*, storage: str | None = None, tracking_uri: str | None = None) -> None:
+    """The command line's `--storage` and `--tracking-uri`, held to the spec keys' rules."""
+    problems = [
+        f"{option}: {problem}"
+        for option, value, check in (
+            ("--storage", storage, storage_problem),
+            ("--tracking-uri", tracking_uri, tracking_uri_problem),
+        )
+        if value is not None and (problem := check(value)) is not None
+    ]
+    if problems:
+        raise SpecError(problems)
+
+
+def _validated_by(check: Any) -> Any:
+    def validate(value: str) -> str:
+        problem = check(value)
+        if problem is not None:
+            raise PydanticCustomError("spec", "{problem}", {"problem": problem})
+        return value
+
+    return AfterValidator(validate)
+
+
+def path_problem(value: str) -> str | None:
+    """Why the OS would refuse `value` as a file name (a traceback deep in a check otherwise)."""
+    if len(value) > MAX_TEXT:
+        return f"at most {MAX_TEXT} characters, got {len(value)}"
+    if (problem := text_problem(value)) is not None:
+        return problem
+    longest = max((len(part.encode("utf-8")) for part in re.split(r"[/\\]", value)), default=0)
+    if longest > MAX_NAME_BYTES:
+        return f"a file or folder name in it is {longest} bytes; file systems allow {MAX_NAME_BYTES}"
+    return None
+
+
+LocalPath = Annotated[str, _validated_by(path_problem), WithJsonSchema({"type": "string", "maxLength": MAX_TEXT})]
+
+# The JSON Schema's patterns say what validate says for every form shown in the README; the few
+# finer checks (an empty sqlite path, control characters) are validate's alone.
+_NO_TRAVERSAL = r"(?!(?:.*[/\\:])?\.\.(?:[/\\:]|$))"
+STORAGE_PATTERN = (
+    rf"^{_NO_TRAVERSAL}(?:sqlite:///.+|(?:postgresql|mysql)(?:\+[A-Za-z0-9_]+)?://.+"
+    r"|(?![A-Za-z][A-Za-z0-9+.-]+:).+)$"
+)
+TRACKING_PATTERN = (
+    rf"^{_NO_TRAVERSAL}(?:databricks|databricks://.+|sqlite:///.+|https?://[^/].*"
+    r"|(?:postgresql|mysql|mssql)(?:\+[A-Za-z0-9_]+)?://.+)$"
+)
+StorageUrl = Annotated[
+    str,
+    _validated_by(storage_problem),
+    WithJsonSchema({"type": "string", "maxLength": MAX_TEXT, "pattern": STORAGE_PATTERN}),
+]
+TrackingUri = Annotated[
+    str,
+    _validated_by(tracking_uri_problem),
+    WithJsonSchema({"type": "string", "maxLength": MAX_TEXT, "pattern": TRACKING_PATTERN}),
+]
+
+
+# --------------------------------------------------------------------------- the spec
 
 
 class SplitSpec(StrictModel):
@@ -192,7 +374,7 @@ class SplitSpec(StrictModel):
 
 class DataSpec(StrictModel):
     source: Literal["digits", "imagefolder"]
-    root: str | None = None
+    root: LocalPath | None = None
     image_size: Annotated[int, Field(ge=8, le=1024)] = 32
     split: SplitSpec = SplitSpec()
 
@@ -229,16 +411,18 @@ DEFAULT_TRIALS = 20
 
 class StudySpec(StrictModel):
     # None: DEFAULT_TRIALS, or with a timeout and no trials, as many as the time allows.
-    trials: PositiveInt | None = None
-    timeout: Annotated[float, Field(gt=0)] | None = None
+    trials: TrialCount | None = None
+    timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)] | None = None
     metric: Literal["val_accuracy", "val_macro_f1", "val_loss"] = "val_accuracy"
     sampler: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
     pruner: Literal["none", "median", "hyperband", "successive_halving"] = "median"
-    storage: str | None = None
+    storage: StorageUrl | None = None
     defaults: bool = True  # start a new study with one known-good configuration per model family
 
     _parse_timeout = field_validator(
-        "timeout", mode="before", json_schema_input_type=Annotated[float, Field(gt=0)] | Duration | None
+        "timeout",
+        mode="before",
+        json_schema_input_type=Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)] | Duration | None,
     )(parse_duration)
 
     @property
@@ -251,11 +435,11 @@ class StudySpec(StrictModel):
 
 class TrainSpec(StrictModel):
     epochs: Epochs = 10
-    batch_size: searchable(PositiveInt) = 64
+    batch_size: searchable(BatchSize) = 64
     lr: searchable(PositiveFloat) = 1e-3
     weight_decay: searchable(NonNegativeFloat) = 1e-4
     scheduler: choosable(Literal["cosine", "onecycle", "plateau", "none"]) = "cosine"
-    early_stopping: searchable(Annotated[int, Field(ge=0)]) = 0
+    early_stopping: searchable(Patience) = 0
     label_smoothing: searchable(Probability) = 0.0
     # auto: mixed precision on CUDA and on CPUs with native bf16; not `on`/`off`, which YAML reads as booleans
     precision: choosable(Literal["auto", "mixed", "fp32"]) = "auto"
@@ -286,7 +470,7 @@ class TimmSpace(StrictModel):
 
     pretrained: bool | str = True
     freeze: choosable(Literal["none", "backbone", "partial"]) = "none"
-    unfreeze_last: searchable(PositiveInt) = 1
+    unfreeze_last: searchable(UnfreezeCount) = 1
     backbone_lr_mult: searchable(NonNegativeFloat) = 1.0
     head: HeadSpace | None = None
     dropout: searchable(Probability) = 0.0
@@ -300,6 +484,9 @@ class TimmSpace(StrictModel):
     @field_validator("pretrained")
     @classmethod
     def _weight_file(cls, value: bool | str) -> bool | str:
+        problem = path_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            raise PydanticCustomError("spec", "{problem}", {"problem": problem})
         if isinstance(value, str) and not value.lower().endswith(WEIGHT_SUFFIXES):
             raise PydanticCustomError(
                 "spec",
@@ -319,6 +506,7 @@ def _models_json_schema(schema: dict[str, Any]) -> None:
     """What the before-validator allows: a bare backbone name (null), and at least one model."""
     schema["additionalProperties"] = {"anyOf": [schema["additionalProperties"], {"type": "null"}]}
     schema["minProperties"] = 1
+    schema["maxProperties"] = MAX_MODELS
 
 
 class ModelsSpec(StrictModel):
@@ -333,6 +521,8 @@ class ModelsSpec(StrictModel):
     @classmethod
     def _bare_name_means_defaults(cls, value: Any) -> Any:
         """`custom_cnn:` with nothing under it searches nothing and uses the defaults."""
+        if isinstance(value, dict) and len(value) > MAX_MODELS:
+            raise PydanticCustomError("spec", "at most {limit} models, got {n}", {"limit": MAX_MODELS, "n": len(value)})
         if isinstance(value, dict):
             return {name: ({} if space is None else space) for name, space in value.items()}
         return value
@@ -349,8 +539,8 @@ class ModelsSpec(StrictModel):
 
 
 class MlflowSpec(StrictModel):
-    tracking_uri: str | None = None
-    experiment: str | None = None
+    tracking_uri: TrackingUri | None = None
+    experiment: Annotated[str, Field(max_length=256), _validated_by(text_problem)] | None = None
 
 
 Chance = Annotated[float, Field(ge=0, le=1)]
@@ -380,7 +570,7 @@ class AugmentSpace(StrictModel):
 
 class Spec(StrictModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
-    seed: int = 0
+    seed: Seed = 0
     data: DataSpec
     study: StudySpec = StudySpec()
     train: TrainSpec = TrainSpec()
@@ -459,39 +649,105 @@ def json_schema_text() -> str:
 
 # --------------------------------------------------------------------------- loading
 
+MAX_SPEC_BYTES = 256 * 1024  # real specs are a few KB; the pure-Python parser takes seconds per MB
+MAX_NESTING = 32  # the deepest real key, models.<name>.head.hidden.choices, is 6 levels down
+MAX_ERROR_LINES = 20
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+class _SpecLoader(yaml.SafeLoader):
+    """SafeLoader that refuses what no spec needs and what would break the loader itself.
+
+    Duplicate keys are errors instead of silently keeping the last. PyYAML composes nested
+    collections by recursion, so nesting is capped before Python's recursion limit turns a deep
+    document into a RecursionError; an alias inside the collection it names (a cycle) is refused.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._open_anchors: list[str | None] = []  # collections being composed, outermost first
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) and event.anchor in self._open_anchors:
+            raise yaml.composer.ComposerError(
+                None, None, f"alias *{event.anchor} refers to a collection that contains it", event.start_mark
+            )
+        if not isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            return super().compose_node(parent, index)
+        if len(self._open_anchors) >= MAX_NESTING:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_NESTING} levels; a spec needs about 6", event.start_mark
+            )
+        self._open_anchors.append(event.anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open_anchors.pop()
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A value Python cannot hold (a 5,000-digit number, a 13th month) is a YAML error with its line."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {_shown(node.value)}: {str(exc).split(';')[0]}", node.start_mark
+            ) from None
 
 
 def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        try:
+            first = seen.get(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a word or a number, not a list or a mapping", key_node.start_mark
+            ) from None
+        if first is not None:
             raise yaml.constructor.ConstructorError(
                 None,
                 None,
-                f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})",
+                f"duplicate key {_shown(key)} (first at line {first.start_mark.line + 1})",
                 key_node.start_mark,
             )
         seen[key] = key_node
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; anything that is not a small regular UTF-8 file is one error line.
+
+    A FIFO or a device would block or never end, so only regular files are opened.
+    """
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise SpecError([f"{path}: is a folder, not a spec file"])
+        if not stat.S_ISREG(mode):
+            raise SpecError([f"{path}: not a regular file"])
+        with path.open("rb") as file:
+            data = file.read(MAX_SPEC_BYTES + 1)
+    except FileNotFoundError:
+        raise SpecError([f"{path}: spec file not found"]) from None
+    except OSError as exc:
+        raise SpecError([f"{path}: cannot read spec file ({exc.__class__.__name__}: {exc.strerror or exc})"]) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError([f"{path}: larger than {MAX_SPEC_BYTES // 1024} KiB; a spec is a few KB of YAML"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{path}: cannot read spec file (not UTF-8: {exc.reason} at byte {exc.start})"]) from None
 
 
 def read_yaml(path: Path) -> Any:
     """Parse YAML safely; one-line errors that name the file and the line."""
+    text = _read_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError([f"{path}: spec file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([f"{path}: cannot read spec file ({exc.__class__.__name__}: {exc})"]) from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        value = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -499,6 +755,31 @@ def read_yaml(path: Path) -> Any:
         context = getattr(exc, "context", None)
         detail = f"{context}; {problem}" if context and "duplicate" not in problem else problem
         raise SpecError([f"{path}: {where}invalid YAML: {detail}"]) from None
+    if nesting_depth(value) > MAX_NESTING:
+        raise SpecError([f"{path}: invalid YAML: nested deeper than {MAX_NESTING} levels through aliases"])
+    return value
+
+
+def nesting_depth(value: Any) -> int:
+    """Levels of lists and mappings, counted without recursion.
+
+    Aliases let one collection appear in many places: each is measured once, so a document
+    of aliases that would expand to billions of values costs no more than its own size.
+    """
+    depth: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        node, children_measured = stack.pop()
+        if not isinstance(node, (list, dict)) or (id(node) in depth and not children_measured):
+            continue
+        children = list(node.values() if isinstance(node, dict) else node)
+        if children_measured:
+            depth[id(node)] = 1 + max((depth.get(id(child), 0) for child in children), default=0)
+            continue
+        depth[id(node)] = 0  # in progress: a cycle, if one got here, ends
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in depth)
+    return depth.get(id(value), 0)
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -521,7 +802,10 @@ def parse_spec(raw: dict[str, Any], *, source: str = "spec") -> Spec:
     try:
         return Spec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError([f"{source}: {line}" for line in describe_errors(exc)]) from None
+        lines = describe_errors(exc)
+        more = len(lines) - MAX_ERROR_LINES
+        shown = lines[:MAX_ERROR_LINES] + ([f"... and {more} more problems"] if more > 0 else [])
+        raise SpecError([f"{source}: {line}" for line in shown]) from None
 
 
 def describe_errors(exc: ValidationError) -> list[str]:
@@ -545,21 +829,50 @@ def describe_errors(exc: ValidationError) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as an error line shows it: scalars in full up to `limit`, collections by kind.
+
+    The repr of a collection built from aliases can be exponentially long, and Python refuses
+    to print integers of more than 4,300 digits, so neither is ever formatted whole.
+    """
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * limit:
+        return f"a number of about {int(value.bit_length() * math.log10(2))} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _bound_text(bound: float) -> str:
+    """Whole bounds in full (`31622400`, not `3.16224e+07`), others as short as `:g` makes them."""
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 1e15 else f"{bound:g}"
+
+
 def _humanise(err: dict[str, Any]) -> str:
     message = err["msg"]
     ctx = err.get("ctx") or {}
     for bound, word in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
         if bound in ctx and err["type"].startswith(("greater", "less")):
-            message = f"must be {word} {ctx[bound]:g}" if isinstance(ctx[bound], (int, float)) else message
+            message = f"must be {word} {_bound_text(ctx[bound])}" if isinstance(ctx[bound], (int, float)) else message
     message = message.removeprefix("Value error, ")
+    message = f"{message[0].lower()}{message[1:]}"
     value = err.get("input")
-    if isinstance(value, bool) and err["type"] in ("int_type", "float_type"):
-        return f"{message[0].lower()}{message[1:]}, got {value!r} (YAML reads yes/no/on/off as booleans)"
+    if isinstance(value, bool):
+        return f"{message}, got {value!r} ({BOOLEAN_HINT}{_quote_hint(err)})"
     if isinstance(value, float) and not math.isfinite(value):
         return f"must be a finite number, got {value!r}"
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return f"{message[0].lower()}{message[1:]}, got {value!r}"
-    return f"{message[0].lower()}{message[1:]}"
+    if isinstance(value, (int, float)) and err["type"] == "string_type":
+        return f"{message}, got {_shown(value)} (YAML reads it as a number; quote it to keep it text)"
+    if isinstance(value, (str, int, float)) or value is None:
+        return f"{message}, got {_shown(value)}"
+    return message
+
+
+def _quote_hint(err: dict[str, Any]) -> str:
+    """Where a word belongs, a boolean was one: say how to keep it a word."""
+    return "; quote the word to keep it text, e.g. 'off'" if err["type"] in ("string_type", "literal_error") else ""
 
 
 def _suggest(loc: list[str]) -> str:

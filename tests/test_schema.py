@@ -162,7 +162,7 @@ def test_every_model_key_is_in_the_schema_and_every_schema_key_in_the_models() -
     schema = json_schema()
     seen: set[str] = set()
     assert _compare(Spec, schema, schema["definitions"], seen) == []
-    assert {"TrainSpec", "ModelsSpec", "TimmSpace", "HeadSpace", "Range_int_ge_1", "Choices_bool"} <= seen
+    assert {"TrainSpec", "ModelsSpec", "TimmSpace", "HeadSpace", "Range_int_ge_1_le_10000", "Choices_bool"} <= seen
     assert sorted(set(schema["definitions"]) - seen) == [], "definitions no model field reaches"
 
 
@@ -219,6 +219,18 @@ REJECTED = {
     "name with a space": _spec_with(name="my study"),
     "no models": _spec_with(models={}),
     "models missing": _spec_with(models=DROP),
+    "storage with an unsupported scheme": _spec_with(study__storage="gopher://example.com/study"),
+    "storage with a traversal": _spec_with(study__storage="sqlite:///../outside.db"),
+    "journal path with a traversal": _spec_with(study__storage="runs/../../outside.log"),
+    "tracking uri file: with a traversal": _spec_with(mlflow={"tracking_uri": "file:../../etc/mlruns"}),
+    "tracking uri as a plain path": _spec_with(mlflow={"tracking_uri": "mlruns"}),
+    "tracking uri with an unsupported scheme": _spec_with(mlflow={"tracking_uri": "gopher://example.com/"}),
+    "absurd epochs": _spec_with(train__epochs=10**30),
+    "absurd batch size range": _spec_with(train__batch_size={"low": 1, "high": 10**20}),
+    "absurd trials": _spec_with(study__trials=10**11),
+    "negative seed": _spec_with(seed=-1),
+    "too many choices": _spec_with(train__batch_size={"choices": list(range(1, 1001))}),
+    "too many models": _spec_with(models={f"m{i}": None for i in range(100)}),
 }
 
 ACCEPTED = {
@@ -236,6 +248,12 @@ ACCEPTED = {
     "precision chosen": _spec_with(train__precision={"choices": ["mixed", "fp32"]}),
     "empty augment": _spec_with(augment=None),
     "augment switched by the search": _spec_with(augment={"enabled": {"choices": [True, False]}, "rotate": 15}),
+    "sqlite storage": _spec_with(study__storage="sqlite:////srv/studies/digits.db"),
+    "postgresql storage with a driver": _spec_with(study__storage="postgresql+psycopg2://u:p@db:5432/optuna"),
+    "journal storage": _spec_with(study__storage="runs/digits.journal"),
+    "http tracking": _spec_with(mlflow={"tracking_uri": "http://127.0.0.1:5000"}),
+    "databricks tracking": _spec_with(mlflow={"tracking_uri": "databricks"}),
+    "the largest values": _spec_with(train__epochs=10_000, train__batch_size=65_536, seed=2**31 - 1),
 }
 
 
