@@ -1,17 +1,24 @@
 """The `autocnn` command: a thin layer that parses options, calls the library, prints results.
 
 It is the only place where errors become exit codes: an AutocnnError (the user's to fix) is one
-line per problem on stderr and exit code 2, with no traceback.
+line per problem on stderr and exit code 2, with no traceback. It is also the only place that
+starts other processes (the MLflow UI, optuna-dashboard), and it stops them when it is stopped.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -30,23 +37,64 @@ Storage = Annotated[
 TrackingUri = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: sqlite in ./mlruns).")]
 
 
+_verbose = False  # set once per command by the callback below
+
+
 @app.callback()
-def quiet_libraries() -> None:
+def quiet_libraries(
+    ctx: typer.Context,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show other libraries' INFO logs and warnings.")
+    ] = False,
+) -> None:
     """Settings for the command line only; the Python API leaves them to its caller.
 
-    MLflow logs at INFO on import ("Creating initial MLflow database tables") and draws its own
-    artifact progress bars; autocnn shows progress itself. Environment variables, so they hold
-    whenever MLflow is first imported, and a user's own setting wins.
+    autocnn reports trials, data problems and errors itself. What MLflow, Optuna, torch and the
+    rest log at INFO ("Creating initial MLflow database tables") or warn about is meant for their
+    own developers: hidden unless --verbose, and then one line each, never a source line. MLflow's
+    settings are environment variables so that they hold whenever MLflow is first imported; a
+    user's own setting wins.
     """
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    global _verbose
+    _verbose = verbose
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    ctx.call_on_close(_route_library_output(verbose))
+
+
+def _route_library_output(verbose: bool) -> Callable[[], None]:
+    """Every library's log records and Python's warnings go to one stderr handler: INFO and up with
+    --verbose, errors only without. Returns what puts the previous settings back, for a caller
+    that goes on in the same process (tests invoking the app)."""
+    root = logging.getLogger()
+    level, showwarning = root.level, warnings.showwarning
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.ERROR)
+    warnings.showwarning = _log_warning
+
+    def restore() -> None:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        warnings.showwarning = showwarning
+
+    return restore
+
+
+def _log_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """A warning as one log line naming its file, without the source line Python would print."""
+    where = f"{Path(filename).name}:{lineno}"
+    logging.getLogger("py.warnings").warning("%s: %s (%s)", category.__name__, message, where)
 
 
 def _quiet_optuna() -> None:
     """Trial outcomes are reported by autocnn itself: Optuna's own lines would repeat them."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.INFO if _verbose else optuna.logging.ERROR)
 
 
 def _console(stderr: bool = False) -> Any:
@@ -108,15 +156,17 @@ def study(
             keep_checkpoints=keep_checkpoints,
         )
         try:
-            with RichReporter(console) as reporter:
+            with RichReporter(console, metric=loaded.study.metric) as reporter:
                 result = run_study(loaded, options, reporter)
         except KeyboardInterrupt:
             console.print(f"\n[yellow]interrupted.[/] resume with: autocnn study {spec}")
             raise typer.Exit(130) from None
-        console.print(leaderboard_table(result, loaded.study.metric))
+        console.print(leaderboard_table(result, loaded.study.metric, width=console.width))
         if result.best_number is not None:
             console.print(f"best trial {result.best_number}: {loaded.study.metric} = {result.best_value:.4f}")
-        console.print(f"results: {result.tracking_uri} (browse with `autocnn ui`); study: {result.storage}")
+        # Paths are printed whole, even past the width: a path broken over two lines cannot be copied.
+        console.print(f"results: {result.tracking_uri} (browse with `autocnn ui`)", soft_wrap=True)
+        console.print(f"study: {result.storage} (browse with `autocnn dashboard {spec}`)", soft_wrap=True)
         if result.stopped_reason:
             console.print(f"[red]stopped:[/] {result.stopped_reason}")
             raise typer.Exit(1)
@@ -189,7 +239,7 @@ def status(spec: SpecPath, storage: Storage = None) -> None:
         )
     if result.best_number is not None:
         console.print(f"best trial {result.best_number}: {loaded.study.metric} = {result.best_value:.4f}")
-    console.print(leaderboard_table(result, loaded.study.metric))
+    console.print(leaderboard_table(result, loaded.study.metric, width=console.width))
 
 
 @app.command()
@@ -354,17 +404,147 @@ def ui(
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", host, "--port", str(port), "--workers", "1"]
     url = f"http://{host}:{port}/#/experiments?workflowType=machine_learning"
-    _console().print(f"MLflow UI on {url} over {uri} (Ctrl-C stops it)")
-    _run_foreground(command)
-
-
-def _run_foreground(command: list[str], run: Callable[..., Any] = subprocess.run) -> None:
+    _console().print(f"MLflow UI on {url} over {uri} (Ctrl-C stops it)", soft_wrap=True)
     # One worker and no background job runner: a local UI over one SQLite file needs neither.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    raise typer.Exit(serve(command, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))
+
+
+@app.command()
+def dashboard(
+    spec: SpecPath,
+    storage: Storage = None,
+    host: Annotated[str, typer.Option(help="Interface to bind; only this machine by default.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of optuna-dashboard.")] = 8080,
+) -> None:
+    """Open optuna-dashboard over the study's Optuna storage (the optional `dashboard` extra).
+
+    Example: autocnn dashboard studies/digits.yaml --port 8080
+    """
+    from rich.markup import escape
+
+    if not _installed("optuna_dashboard"):
+        _console(stderr=True).print(
+            f"[bold red]error:[/] optuna-dashboard is not installed; install it with: {escape(DASHBOARD_INSTALL)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    from autocnn import study_status
+
+    _quiet_optuna()
+    with user_errors():
+        url = study_status(_load(spec), storage=storage).storage  # an error when there is no study yet
+    command = [*_dashboard_command(), url, "--host", host, "--port", str(port)]
+    _console().print(f"optuna-dashboard on http://{host}:{port} over {url} (Ctrl-C stops it)", soft_wrap=True)
+    raise typer.Exit(serve(command, env=dict(os.environ)))
+
+
+DASHBOARD_INSTALL = "pip install 'autocnn[dashboard]' (or: pip install optuna-dashboard)"
+
+
+def _dashboard_command() -> list[str]:
+    """optuna-dashboard's own script, from this environment first; the package has no __main__."""
+    script = shutil.which("optuna-dashboard", path=os.pathsep.join([str(Path(sys.executable).parent), os.defpath]))
+    return [script] if script else [sys.executable, "-m", "optuna_dashboard._cli"]
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
     try:
-        raise typer.Exit(run(command, check=False, env=env).returncode)
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
+        return False
+
+
+# --------------------------------------------------------------------------- servers run in the foreground
+
+# Ctrl-C, a process manager's stop, a closed terminal (no SIGHUP on Windows).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+STOP_GRACE_S = 10.0  # how long a stopped server may take to close before it is killed
+
+
+def serve(command: list[str], *, env: dict[str, str]) -> int:
+    """Run a server until it ends or autocnn is stopped; the exit code for autocnn.
+
+    The server gets a session of its own, so it and every process it starts (MLflow's uvicorn
+    worker) form one process group, which autocnn stops as a whole: on Ctrl-C, SIGTERM (a process
+    manager) or SIGHUP (a closed terminal) the group gets SIGTERM, and SIGKILL on a second signal
+    or after STOP_GRACE_S; nothing is left holding the port. Stopping is how a server ends, so a
+    stop on request exits 0; a server that ends by itself (port taken) passes on its own code.
+    """
+    stopped_at: list[float] = []
+    server: subprocess.Popen[bytes] | None = None
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stopped_at.append(time.monotonic())
+        if server is not None:
+            _signal_group(server.pid, signal.SIGTERM if len(stopped_at) == 1 else signal.SIGKILL)
+
+    previous = {sig: signal.signal(sig, on_stop) for sig in STOP_SIGNALS}
+    try:
+        server = subprocess.Popen(command, env=env, start_new_session=True)
+        if stopped_at:  # the signal came while the server was being started
+            _signal_group(server.pid, signal.SIGTERM)
+        code = _wait(server, stopped_at)
+    finally:
+        if server is not None:
+            _end_group(server)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if stopped_at else code
+
+
+def _wait(server: subprocess.Popen[bytes], stopped_at: list[float]) -> int:
+    """The server's exit code; a server still running STOP_GRACE_S after a stop is killed."""
+    while True:
+        try:
+            return server.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if stopped_at and time.monotonic() - stopped_at[0] > STOP_GRACE_S:
+                _signal_group(server.pid, signal.SIGKILL)
+
+
+def _end_group(server: subprocess.Popen[bytes]) -> None:
+    """Stop what is left of the server's group (a worker can outlive its parent) and reap the server.
+
+    The group is signalled only while a member lives or the server is unreaped: until then its id
+    cannot be given to another process.
+    """
+    if server.poll() is None or _group_alive(server.pid):
+        _signal_group(server.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while (server.poll() is None or _group_alive(server.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if server.poll() is None or _group_alive(server.pid):
+        _signal_group(server.pid, signal.SIGKILL)
+    server.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs; zombies (exited, not yet reaped) do not count."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 weights_app = typer.Typer(

@@ -1,10 +1,18 @@
-"""What people see in the terminal: rich progress while a study runs, tables after."""
+"""What people see: progress and a line per trial while a study runs, tables after.
+
+In a terminal a study draws live progress bars; with the output going to a file or a CI log,
+where a live display would only appear at the end, it prints plain lines as trials finish.
+Tables fit the console's width (80 columns without a terminal).
+"""
 
 from __future__ import annotations
 
+import io
+import time
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -21,10 +29,13 @@ STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING"
 
 
 class RichReporter:
-    """Trial i/N and the running trial's epoch, model and current metric, on one live display."""
+    """A line per finished trial; in a terminal also trial i/N and the running trial's epoch on a
+    live display."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *, metric: str = "value") -> None:
         self.console = console
+        self.metric = metric
+        self.live = console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -37,18 +48,30 @@ class RichReporter:
         self.trials_task: Any = None
         self.epoch_task: Any = None
         self.data_task: Any = None
+        self._running: dict[int, tuple[str, float]] = {}  # trial -> (model, start)
+        self._last: dict[int, tuple[int, float]] = {}  # trial -> (epoch, metric value)
 
     def __enter__(self) -> RichReporter:
-        self.progress.start()
+        if self.live:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
+
+    def _print(self, text: str, style: str | None = None) -> None:
+        # soft_wrap: a long message (a path) stays one line in a log rather than breaking at 80.
+        self.console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
 
     def message(self, text: str) -> None:
-        self.progress.console.print(text, style="yellow" if text.startswith("warning") else None, markup=False)
+        self._print(text, style="yellow" if text.startswith("warning") else None)
 
     def data_progress(self, done: int, total: int) -> None:
+        if not self.live:
+            if done == total:
+                self._print(f"decoded {total} images")
+            return
         if self.data_task is None:
             self.data_task = self.progress.add_task("decoding images", total=total, info="")
         self.progress.update(self.data_task, completed=done, total=total)
@@ -58,9 +81,19 @@ class RichReporter:
             self.message(f"resuming study '{name}': {done} trials done, more until the time is spent")
         elif done:
             self.message(f"resuming study '{name}': {done} of {target} trials done, {to_run} to run")
-        self.trials_task = self.progress.add_task(f"study {name}", total=target, completed=done, info="")
+        elif not self.live:
+            trials = f"{target} trial{'' if target == 1 else 's'}" if target else "trials until the time is spent"
+            self.message(f"study '{name}': {trials}")
+        if self.live:
+            self.trials_task = self.progress.add_task(f"study {name}", total=target, completed=done, info="")
+
+    def trial_sampled(self, number: int, config: TrialConfig) -> None:
+        self._running[number] = (config.model, time.monotonic())
 
     def trial_started(self, number: int, config: TrialConfig, epochs: int) -> None:
+        self._running.setdefault(number, (config.model, time.monotonic()))
+        if not self.live:
+            return
         description = f"trial {number} · {config.model}"
         if self.epoch_task is None:
             self.epoch_task = self.progress.add_task(description, total=epochs, info="")
@@ -68,13 +101,32 @@ class RichReporter:
 
     def epoch_done(self, number: int, metrics: EpochMetrics, metric: str) -> None:
         value = getattr(metrics, metric)
-        self.progress.update(self.epoch_task, completed=metrics.epoch, info=f"{metric} {value:.4f}")
+        self._last[number] = (metrics.epoch, value)
+        if self.live:
+            self.progress.update(self.epoch_task, completed=metrics.epoch, info=f"{metric} {value:.4f}")
 
     def trial_finished(self, number: int, state: str, value: float | None) -> None:
-        if state in ("COMPLETE", "PRUNED") and self.trials_task is not None:
+        self._print(self.trial_line(number, state, value), style=STATE_STYLE.get(state) if self.live else None)
+        if not self.live or self.trials_task is None:
+            return
+        if state in ("COMPLETE", "PRUNED"):
             self.progress.advance(self.trials_task)
         shown = f" {value:.4f}" if value is not None else ""
         self.progress.update(self.trials_task, info=f"last: trial {number} {state.lower()}{shown}")
+
+    def trial_line(self, number: int, state: str, value: float | None) -> str:
+        """`trial 3  custom_cnn  COMPLETE  val_accuracy 0.9123  12.3 s`; a pruned trial shows the
+        value it was pruned at."""
+        model, start = self._running.pop(number, ("?", None))
+        last = self._last.pop(number, None)
+        if value is not None:
+            outcome = f"{self.metric} {value:.4f}"
+        elif state == "PRUNED" and last is not None:
+            outcome = f"{self.metric} {last[1]:.4f} at epoch {last[0]}"
+        else:
+            outcome = "no value"
+        seconds = "" if start is None else f"  {time.monotonic() - start:.1f} s"
+        return f"trial {number}  {model}  {state}  {outcome}{seconds}"
 
 
 def _fmt(value: Any) -> str:
@@ -83,22 +135,56 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def leaderboard_table(result: StudyResult, metric: str) -> Table:
+def _params_text(params: dict[str, Any], sep: str) -> str:
+    """`lr=0.00312` per parameter: the last part of each key path is enough to recognise it."""
+    return sep.join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in params.items())
+
+
+def leaderboard_table(result: StudyResult, metric: str, *, width: int | None = None) -> RenderableType:
+    """The best trials: one row each when that fits `width`; otherwise the table without its
+    parameters, which follow it as a wrapped line or two per trial, rather than a column squeezed
+    into a one-word-per-line stack."""
+    wide = _wide_leaderboard(result, metric)
+    if width is None or _fits(wide, width):
+        return wide
+    return _narrow_leaderboard(result, metric)
+
+
+def _fits(table: Table, width: int) -> bool:
+    probe = Console(width=10_000, file=io.StringIO())
+    return probe.measure(table).maximum <= width
+
+
+def _value_cells(row: dict[str, Any]) -> list[str]:
+    return [
+        "" if row["value"] is None else f"{row['value']:.4f}",
+        f"[{STATE_STYLE.get(row['state'], '')}]{row['state']}[/]",
+        str(row["epochs"]),
+        "" if row["seconds"] is None else f"{row['seconds']:.1f}",
+    ]
+
+
+def _wide_leaderboard(result: StudyResult, metric: str) -> Table:
     table = Table(title=f"{result.name}: top trials", title_justify="left")
     for column in ("trial", "model", "key params", metric, "state", "epochs", "seconds"):
         table.add_column(column, justify="right" if column in ("trial", metric, "epochs", "seconds") else "left")
     for row in result.leaderboard:
-        params = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in row["params"].items())
-        table.add_row(
-            str(row["number"]),
-            row["model"],
-            params,
-            "" if row["value"] is None else f"{row['value']:.4f}",
-            f"[{STATE_STYLE.get(row['state'], '')}]{row['state']}[/]",
-            str(row["epochs"]),
-            "" if row["seconds"] is None else f"{row['seconds']:.1f}",
-        )
+        table.add_row(str(row["number"]), row["model"], _params_text(row["params"], ", "), *_value_cells(row))
     return table
+
+
+def _narrow_leaderboard(result: StudyResult, metric: str) -> Group:
+    table = Table(title=f"{result.name}: top trials", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("trial", "model", metric, "state", "epochs", "seconds"):
+        table.add_column(column, justify="left" if column in ("model", "state") else "right", overflow="fold")
+    params = Table.grid(padding=(0, 1))
+    params.add_column(justify="right", no_wrap=True)
+    params.add_column(overflow="fold")  # wraps between parameters, never inside one that fits a line
+    for row in result.leaderboard:
+        table.add_row(str(row["number"]), row["model"], *_value_cells(row))
+        if row["params"]:
+            params.add_row(f"trial {row['number']}:", _params_text(row["params"], "  "))
+    return Group(table, "key params:", params) if params.row_count else Group(table)
 
 
 def counts_table(result: StudyResult, target: int | None) -> Table:

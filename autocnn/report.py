@@ -289,8 +289,13 @@ def figure_html(fig: Any, div_id: str) -> str:
     )
 
 
-def optuna_plot(kind: str, study: optuna.Study, n_complete: int) -> str:
-    """One of Optuna's plotly figures, or a sentence saying why it cannot be drawn yet."""
+def optuna_plot(kind: str, study: optuna.Study, n_complete: int, *, metric: str = "Objective Value") -> str:
+    """One of Optuna's plotly figures, or a sentence saying why it cannot be drawn yet.
+
+    The history and parallel-coordinate plots label their axis with `metric`: they do not read the
+    study's metric names themselves.
+    """
+    import functools
     import warnings
 
     from optuna import visualization as vis
@@ -298,9 +303,9 @@ def optuna_plot(kind: str, study: optuna.Study, n_complete: int) -> str:
     if kind == "importance" and n_complete < 2:
         return f"<p class=note>Parameter importances need at least 2 complete trials; this study has {n_complete}.</p>"
     make = {
-        "history": vis.plot_optimization_history,
+        "history": functools.partial(vis.plot_optimization_history, target_name=metric),
         "importance": vis.plot_param_importances,
-        "parallel": vis.plot_parallel_coordinate,
+        "parallel": functools.partial(vis.plot_parallel_coordinate, target_name=metric),
         "intermediate": vis.plot_intermediate_values,
     }[kind]
     try:
@@ -468,7 +473,7 @@ def build_report(
         "leaderboard": leaderboard_html(trials, metric),
         "models": families_html(families(trials, objective)),
         **{
-            kind: optuna_plot(kind, study, len(complete))
+            kind: optuna_plot(kind, study, len(complete), metric=metric)
             for kind in ("history", "importance", "parallel", "intermediate")
         },
         "curves": curves_html(trials, metric),

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from autocnn.budget import BUDGET_ATTR, auto_epochs, steps_per_epoch
 from autocnn.checks import check_spec
-from autocnn.data import DataCache, Dataset
+from autocnn.data import SPLITS, DataCache, Dataset, FileIndex
 from autocnn.defaults import DEFAULT_ATTR, enqueue_defaults
 from autocnn.objectives import Objective, primary, study_objectives
 from autocnn.plan import Plan, make_plan, probe_seconds_per_step
@@ -35,10 +40,11 @@ from autocnn.storage import open_storage, storage_url, stored_trials
 if TYPE_CHECKING:
     import optuna
 
-    from autocnn.tracking import Tracker
+    from autocnn.tracking import DatasetRecord, Tracker
     from autocnn.train import EpochMetrics
 
 MAX_FAILS_IN_A_ROW = 5
+DIGEST_CHARS = 10  # MLflow shows dataset digests of about this length
 
 
 class Reporter(Protocol):
@@ -47,6 +53,7 @@ class Reporter(Protocol):
     def message(self, text: str) -> None: ...
     def data_progress(self, done: int, total: int) -> None: ...
     def study_started(self, *, name: str, done: int, target: int | None, to_run: int | None) -> None: ...
+    def trial_sampled(self, number: int, config: TrialConfig) -> None: ...
     def trial_started(self, number: int, config: TrialConfig, epochs: int) -> None: ...
     def epoch_done(self, number: int, metrics: EpochMetrics, metric: str) -> None: ...
     def trial_finished(self, number: int, state: str, value: float | None) -> None: ...
@@ -60,6 +67,9 @@ class SilentReporter:
         pass
 
     def study_started(self, *, name: str, done: int, target: int | None, to_run: int | None) -> None:
+        pass
+
+    def trial_sampled(self, number: int, config: TrialConfig) -> None:
         pass
 
     def trial_started(self, number: int, config: TrialConfig, epochs: int) -> None:
@@ -133,14 +143,29 @@ def create_study(spec: Spec, storage: str, plan: Plan) -> optuna.Study:
     import optuna
 
     backend = open_storage(storage)
-    return optuna.create_study(
+    objectives = study_objectives(spec)
+    study = optuna.create_study(
         study_name=spec.name,
         storage=backend,
-        directions=[objective.direction for objective in study_objectives(spec)],
+        directions=[objective.direction for objective in objectives],
         sampler=build_sampler(spec, n_existing=stored_trials(backend, spec.name)),
         pruner=build_pruner(spec, max_resource=plan.largest_cap(), n_val=plan.n_val),
         load_if_exists=True,
     )
+    name_metrics(study, [objective.metric for objective in objectives])
+    return study
+
+
+def name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """Stored with the study, so every Optuna client (`optuna trials`, optuna-dashboard, plots)
+    shows `val_accuracy` where it would show "Objective 0"."""
+    import optuna
+
+    if study.metric_names == names:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
 
 
 # --------------------------------------------------------------------------- one trial
@@ -155,6 +180,7 @@ class TrialContext:
     reporter: Reporter
     checkpoints: Checkpoints
     plan: Plan
+    dataset: DatasetRecord | None = None  # logged as every trial run's input
     latencies: dict[tuple, float] = field(default_factory=dict)  # per architecture (model_facts)
 
     @property
@@ -292,8 +318,11 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(OWNER_ATTR, owner_id())
         config = sample_config(trial, ctx.spec)
+        ctx.reporter.trial_sampled(trial.number, config)
         run_id = ctx.tracker.start_trial(ctx.parent_run_id, trial.number, config.flat(), config.as_yaml_dict())
         trial.set_user_attr("mlflow_run_id", run_id)
+        if ctx.dataset is not None:
+            ctx.tracker.log_dataset(run_id, ctx.dataset)
         if RETRY_OF_ATTR in trial.user_attrs:
             ctx.tracker.set_tags(run_id, {"autocnn.retry_of": trial.user_attrs[RETRY_OF_ATTR]})
         if DEFAULT_ATTR in trial.user_attrs:
@@ -319,6 +348,7 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
             trial.set_user_attr(REASON_ATTR, reason)
             ctx.checkpoints.discard(*done_with)
             ctx.tracker.end_trial(run_id, "FAIL", reason=reason)
+            ctx.reporter.message(f"warning: trial {trial.number} failed: {reason}")
             ctx.reporter.trial_finished(trial.number, "FAIL", None)
             raise
         ctx.checkpoints.discard(*done_with)
@@ -378,6 +408,8 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
     tracker, parent = open_tracking(
         spec, options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri(), storage
     )
+    dataset = dataset_record(spec, cache, data)
+    tracker.log_dataset(parent, dataset)
     for number in recover_dead_trials(study):
         reporter.message(f"trial {number} was running when its process died: marked failed, queued again to resume")
     close_orphan_runs(study, tracker, parent)
@@ -387,7 +419,7 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
     reporter.study_started(name=spec.name, done=done_before, target=target, to_run=to_run)
 
     checkpoints = Checkpoints(spec.base_dir / ".autocnn" / spec.name / "checkpoints", keep=options.keep_checkpoints)
-    ctx = TrialContext(spec, cache, tracker, parent, reporter, checkpoints, plan)
+    ctx = TrialContext(spec, cache, tracker, parent, reporter, checkpoints, plan, dataset)
     streak = FailStreak()
     status = "KILLED"
     started = time.perf_counter()
@@ -421,6 +453,55 @@ def checked_data(spec: Spec, cache: DataCache, reporter: Reporter) -> Dataset:
     if data.skipped:
         reporter.message(f"warning: skipped {len(data.skipped)} unreadable image(s)")
     return data
+
+
+def dataset_record(spec: Spec, cache: DataCache, data: Dataset) -> DatasetRecord:
+    """What the study trains on, for MLflow's data lineage: where it comes from, a digest that
+    changes when a file is added, removed, renamed, resized or moves to another split, and the
+    images per class and split that were decoded."""
+    from autocnn.tracking import DatasetRecord
+
+    splits = {
+        name: split for name, split in zip(SPLITS, (data.train, data.val, data.test), strict=True) if split is not None
+    }
+    profile = _class_counts(data.classes, splits) | {"skipped": len(data.skipped)}
+    if spec.data.source == "digits":
+        return DatasetRecord("digits", "sklearn.datasets.load_digits", _content_digest(splits), profile, local=False)
+    root = spec.resolve_path(spec.data.root or "")
+    return DatasetRecord(root.name, str(root), _file_list_digest(cache.index(), root), profile, local=True)
+
+
+def _class_counts(classes: list[str], splits: dict[str, Any]) -> dict[str, Any]:
+    counts = {name: np.bincount(split.labels, minlength=len(classes)) for name, split in splits.items()}
+    return {
+        "classes": len(classes),
+        "images": {name: len(split) for name, split in splits.items()},
+        "per_class": {c: {name: int(n[i]) for name, n in counts.items()} for i, c in enumerate(classes)},
+    }
+
+
+def _file_list_digest(index: FileIndex, root: Path) -> str:
+    """Names, sizes, classes and splits of the files: cheap for any number of images, unlike
+    hashing their bytes, and it changes whenever a file does in practice."""
+    digest = hashlib.sha256()
+    for split in sorted(index.files):
+        for path, label in index.files[split]:
+            try:
+                size = path.stat().st_size
+            except OSError:  # unreadable: the data loader reports it
+                size = -1
+            digest.update(f"{split}\t{index.classes[label]}\t{os.path.relpath(path, root)}\t{size}\n".encode())
+    return digest.hexdigest()[:DIGEST_CHARS]
+
+
+def _content_digest(splits: dict[str, Any]) -> str:
+    """A bundled dataset has no files: its decoded pixels and labels, split by split."""
+    digest = hashlib.sha256()
+    for name, split in splits.items():
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(split.labels).tobytes())
+        digest.update(np.ascontiguousarray(split.images).tobytes())
+    return digest.hexdigest()[:DIGEST_CHARS]
 
 
 def open_tracking(spec: Spec, tracking_uri: str, storage: str) -> tuple[Tracker, str]:

@@ -7,11 +7,13 @@ thread-local "active run" stack, and a resumed study finds its parent run again 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,17 @@ REASON_TAG = "autocnn.reason"  # why a trial was pruned, failed or interrupted
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 METRICS_EVERY_S = 2.0  # metrics reach MLflow at most this late (and at every trial's end)
 LOG_BATCH_LIMIT = 1000  # MLflow's cap on metrics per log_batch
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A study's data as MLflow lineage: the runs' Dataset column and the dataset's details."""
+
+    name: str
+    source: str  # a local folder, or (not local) the function that makes a bundled dataset
+    digest: str
+    profile: dict[str, Any]  # images per split and per class
+    local: bool = True
 
 
 def default_tracking_uri(root: Path | None = None) -> str:
@@ -153,6 +166,31 @@ class Tracker:
         pending, self._pending = self._pending, []
         for future in pending:
             future.result()
+
+    def log_dataset(self, run_id: str, record: DatasetRecord, *, context: str = "training") -> None:
+        """The dataset as the run's input; logging the same one again (a resume) adds nothing."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        meta = _meta_dataset(record)
+        entity = Dataset(**meta.to_dict(), profile=json.dumps(record.profile))
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+        self._client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=tags)])
+
+    def dataset_inputs(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's dataset inputs as MLflow stores them: name, digest, source, profile, context."""
+        inputs = self._client.get_run(run_id).inputs
+        return [
+            {
+                "name": i.dataset.name,
+                "digest": i.dataset.digest,
+                "source_type": i.dataset.source_type,
+                "source": json.loads(i.dataset.source),
+                "profile": json.loads(i.dataset.profile) if i.dataset.profile else None,
+                "tags": {t.key: t.value for t in i.tags},
+            }
+            for i in (inputs.dataset_inputs if inputs is not None else [])
+        ]
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for key, value in tags.items():
@@ -277,3 +315,16 @@ class Tracker:
         with contextlib.redirect_stderr(io.StringIO()), self._fluent_api():  # no 'Created version' lines
             version = mlflow.register_model(model_uri, name, tags=tags)
         return str(version.version)
+
+
+def _meta_dataset(record: DatasetRecord) -> Any:
+    """MLflow's description of data it does not hold: a local folder, or code for a bundled set."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+    from mlflow.data.meta_dataset import MetaDataset
+
+    if record.local:  # by type: resolving a path finds two local sources (file: and none) and warns
+        source = get_dataset_source_from_json(json.dumps({"uri": record.source}), source_type="local")
+    else:
+        source = CodeDatasetSource({"loader": record.source})
+    return MetaDataset(source, name=record.name, digest=record.digest)

@@ -221,6 +221,15 @@ def test_study_run_shows_its_trial_runs_nested_under_it(served: Served, browser:
     names = css(browser, ".ag-center-cols-container, .ag-pinned-left-cols-container, .ag-root")[0].text
     for number in served.trial_ids:
         assert f"trial-{number}" in names
+    # The Dataset column: the study's data, by name and digest, as each trial run's input.
+    tracker = Tracker(served.study.tracking_uri, "digits-test")
+    expected = {run_id: tracker.dataset_inputs(run_id)[0]["digest"] for run_id in served.trial_ids.values()}
+
+    def datasets_shown(driver: Any) -> bool:
+        rows = {run_id: " ".join(e.text for e in css(driver, f".ag-row[row-id='{run_id}']")) for run_id in expected}
+        return all("digits" in rows[run_id] and digest in rows[run_id] for run_id, digest in expected.items())
+
+    wait_for(browser, datasets_shown, "the dataset (name and digest) in the trial runs' Dataset column", shot)
     browser.save_screenshot(str(shot))
 
 
@@ -328,6 +337,9 @@ def test_the_ajax_endpoints_the_pages_load_answer(served: Served, browser: Any) 
     assert found["status"] == 200
     runs = json.loads(found["text"])["runs"]
     assert sorted(r["info"]["run_name"] for r in runs) == sorted(f"trial-{n}" for n in served.trial_ids)
+    for run in runs:  # what the runs table's Dataset column shows
+        [dataset] = [d["dataset"] for d in run["inputs"]["dataset_inputs"]]
+        assert dataset["name"] == "digits" and dataset["source_type"] == "code" and len(dataset["digest"]) == 10
     best = served.trial_ids[served.study.result.best_number]
     history = call(f"/ajax-api/2.0/mlflow/metrics/get-history?run_id={best}&metric_key=val_accuracy")
     assert [m["step"] for m in json.loads(history["text"])["metrics"]] == [1, 2]
