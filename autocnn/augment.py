@@ -283,12 +283,16 @@ def grid_figure(split: Split, pipeline: A.Compose, *, classes: Sequence[str], se
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from autocnn.figures import quiet_figure_class
+
     rng = np.random.default_rng(seed)
     index = np.sort(rng.choice(len(split), size=min(n_images, len(split)), replace=False))
     images = augment_batch(pipeline, split.images[index], seed=seed)
     cols = math.ceil(math.sqrt(len(index)))
     rows = math.ceil(len(index) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2 * rows + 0.4), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2 * cols, 2 * rows + 0.4), dpi=100, squeeze=False, FigureClass=quiet_figure_class()
+    )
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label in zip(axes.flat, images, split.labels[index], strict=False):

@@ -117,9 +117,12 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _load(spec_path: Path) -> Any:
+def _load(spec_path: Path, *, storage: str | None = None, tracking_uri: str | None = None) -> Any:
+    """The spec, after the command line's --storage / --tracking-uri pass the spec's own checks."""
     from autocnn import load_spec
+    from autocnn.spec import check_overrides
 
+    check_overrides(storage=storage, tracking_uri=tracking_uri)
     return load_spec(spec_path)
 
 
@@ -145,7 +148,7 @@ def study(
 
     _quiet_optuna()
     with user_errors():
-        loaded = _load(spec)
+        loaded = _load(spec, storage=storage, tracking_uri=tracking_uri)
         seconds = _duration(timeout)
         console = _console()
         options = StudyOptions(
@@ -200,7 +203,7 @@ def validate(
 
     Example: autocnn validate studies/20classes.yaml
     """
-    from autocnn.checks import check_spec
+    from autocnn.checks import check_spec, unreadable_images
     from autocnn.console import check_tables, plan_table
     from autocnn.data import DataCache
     from autocnn.plan import plan_for
@@ -211,7 +214,7 @@ def validate(
         report = check_spec(loaded, cache)
         plan = plan_for(loaded, cache, probe=probe)
     console = _console()
-    for warning in [*report.warnings, *plan.warnings]:
+    for warning in [*report.warnings, *unreadable_images(cache), *plan.warnings]:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     for table in [*check_tables(report), plan_table(plan)]:
         console.print(table)
@@ -229,7 +232,7 @@ def status(spec: SpecPath, storage: Storage = None) -> None:
 
     _quiet_optuna()
     with user_errors():
-        loaded = _load(spec)
+        loaded = _load(spec, storage=storage)
         result = study_status(loaded, storage=storage)
     console = _console()
     console.print(counts_table(result, loaded.study.target_trials))
@@ -257,7 +260,8 @@ def report(
 
     _quiet_optuna()
     with user_errors():
-        result = build_report(_load(spec), storage=storage, tracking_uri=tracking_uri, out=out)
+        loaded = _load(spec, storage=storage, tracking_uri=tracking_uri)
+        result = build_report(loaded, storage=storage, tracking_uri=tracking_uri, out=out)
     console = _console()
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
@@ -309,7 +313,8 @@ def finalize(
     )
     console = _console()
     with user_errors():
-        result = run_finalize(_load(spec), options, say=lambda text: console.print(text, style="dim", markup=False))
+        loaded = _load(spec, storage=storage, tracking_uri=tracking_uri)
+        result = run_finalize(loaded, options, say=lambda text: console.print(text, style="dim", markup=False))
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     for table in finalize_tables(result):
@@ -391,9 +396,12 @@ def ui(
 
     Example: autocnn ui --port 5001
     """
+    from autocnn.spec import check_overrides
     from autocnn.storage import enable_wal, sqlite_path
     from autocnn.tracking import default_tracking_uri
 
+    with user_errors():
+        check_overrides(tracking_uri=tracking_uri)
     uri = tracking_uri or default_tracking_uri()
     db = sqlite_path(uri)
     if db is not None and not db.exists():
@@ -433,7 +441,7 @@ def dashboard(
 
     _quiet_optuna()
     with user_errors():
-        url = study_status(_load(spec), storage=storage).storage  # an error when there is no study yet
+        url = study_status(_load(spec, storage=storage), storage=storage).storage  # an error when there is no study yet
     command = [*_dashboard_command(), url, "--host", host, "--port", str(port)]
     _console().print(f"optuna-dashboard on http://{host}:{port} over {url} (Ctrl-C stops it)", soft_wrap=True)
     raise typer.Exit(serve(command, env=dict(os.environ)))

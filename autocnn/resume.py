@@ -321,9 +321,15 @@ def heartbeat_kwargs() -> dict[str, Any]:
     }
 
 
+# Ctrl-C, a process manager's stop, a closed terminal: each stops a study the same graceful way.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 @contextmanager
 def graceful_interrupts() -> Iterator[None]:
-    """First Ctrl-C: KeyboardInterrupt (the study closes its runs). Second: exit at once."""
+    """First stop signal (Ctrl-C, SIGTERM, SIGHUP): KeyboardInterrupt, so the running trial is
+    queued to resume and every run is closed. A second one: exit at once. The handlers before
+    are put back when the study ends."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -331,15 +337,17 @@ def graceful_interrupts() -> Iterator[None]:
         return
 
     def second(signum: int, frame: Any) -> None:
-        os.write(2, b"\nsecond Ctrl-C: exiting now; the study resumes with the same command\n")
+        os.write(2, b"\nsecond stop signal: exiting now; the study resumes with the same command\n")
         os._exit(130)
 
     def first(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, second)
+        for stop in STOP_SIGNALS:
+            signal.signal(stop, second)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, first)
+    previous = {stop: signal.signal(stop, first) for stop in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)

@@ -339,9 +339,9 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
             raise
         except KeyboardInterrupt:
             # Keep the checkpoint: the same parameters are queued and continue from it on resume.
-            trial.set_user_attr(REASON_ATTR, "interrupted by the user (Ctrl-C)")
+            trial.set_user_attr(REASON_ATTR, "interrupted: Ctrl-C or a stop signal")
             enqueue_retry(trial.study, trial)  # type: ignore[arg-type]
-            ctx.tracker.end_trial(run_id, "INTERRUPTED", reason="interrupted by the user (Ctrl-C)")
+            ctx.tracker.end_trial(run_id, "INTERRUPTED", reason="interrupted: Ctrl-C or a stop signal")
             raise
         except Exception as exc:
             reason = f"{exc.__class__.__name__}: {exc}"
@@ -517,7 +517,7 @@ def optimize(
     study: optuna.Study, ctx: TrialContext, *, timeout: float | None, target: int | None, streak: FailStreak
 ) -> None:
     """Optuna's loop until `target` trials are complete or pruned (failed ones do not count) or
-    the time is spent; Ctrl-C ends it gracefully."""
+    the time is spent; Ctrl-C, SIGTERM or SIGHUP ends it gracefully."""
     import optuna
     from optuna.trial import TrialState
 

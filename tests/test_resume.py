@@ -112,11 +112,13 @@ def test_sigkill_mid_epoch_then_rerun(in_tmp: Path) -> None:
     check_retry_resumed(study, runs, interrupted=1)
 
 
-def test_sigint_mid_trial_closes_runs_then_resumes(in_tmp: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_stop_signal_mid_trial_closes_runs_then_resumes(in_tmp: Path, stop: signal.Signals) -> None:
+    """Ctrl-C, a process manager's SIGTERM and a closed terminal's SIGHUP all stop a study cleanly."""
     write_spec(in_tmp, SPEC)
     proc = start_study(in_tmp)
     wait_for(in_tmp / ".autocnn" / "digits-test" / "checkpoints" / "trial-0.pt", proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "resume with: autocnn study spec.yaml" in out
