@@ -120,22 +120,25 @@ def build_pruner(spec: Spec, *, max_resource: int, n_val: int) -> Any:
 
 
 def build_sampler(spec: Spec, *, n_existing: int) -> Any:
-    """Seeded from the spec, offset by the trials already run so a resume never replays them."""
+    """TPE and random search draw per trial from (spec seed, trial number): the same study again
+    draws the same, and workers sharing a study (or a resume) never repeat each other's draws.
+    GP and CMA-ES keep one seed per process, offset by the trials already stored."""
     import optuna
 
-    seed = spec.seed + n_existing
+    from autocnn.samplers import TrialSeededRandomSampler, TrialSeededTPESampler
+
     name = spec.study.sampler
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return TrialSeededRandomSampler(seed=spec.seed)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=spec.seed + n_existing)
     if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        return optuna.samplers.CmaEsSampler(seed=spec.seed + n_existing, warn_independent_sampling=False)
     startup = max(3, min(10, (spec.study.target_trials or 40) // 4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # group=True: a conditional space (one sub-space per model) is modelled per group.
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
+        return TrialSeededTPESampler(seed=spec.seed, n_startup_trials=startup, multivariate=True, group=True)
 
 
 def create_study(spec: Spec, storage: str, plan: Plan) -> optuna.Study:

@@ -1,0 +1,55 @@
+"""Optuna samplers whose random draws for trial n depend only on the study's seed and n.
+
+Optuna seeds a sampler once per process, so two workers started with the same seed suggest the
+same first configurations, and a resumed study replays the draws of its first run. Trial numbers
+are unique within a study's storage, across processes and machines: seeding each trial's draws
+from (seed, trial number) keeps a study reproducible and gives every worker, and every resume,
+draws of its own. TPE's model of the finished trials is unchanged; only its random parts (the
+startup trials, the candidates it scores) are reseeded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from optuna.samplers import RandomSampler, TPESampler
+
+if TYPE_CHECKING:
+    from optuna.samplers._lazy_random_state import LazyRandomState
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+SEED_SPACE = 2**32  # numpy's RandomState takes seeds below this
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """Distinct for every (seed, trial number) pair a study can hold."""
+    return (seed * 1_000_003 + number) % SEED_SPACE
+
+
+def _reseed(state: LazyRandomState, seed: int) -> None:
+    # Optuna keeps the generator in a private LazyRandomState; reseeding it is what the samplers'
+    # own `reseed_rng` does, with a seed of ours instead of fresh entropy.
+    state.rng.seed(seed)
+
+
+class TrialSeededRandomSampler(RandomSampler):
+    def __init__(self, *, seed: int) -> None:
+        super().__init__(seed=seed)
+        self.study_seed = seed
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        _reseed(self._rng, trial_seed(self.study_seed, trial.number))
+
+
+class TrialSeededTPESampler(TPESampler):
+    def __init__(self, *, seed: int, **kwargs: object) -> None:
+        super().__init__(seed=seed, **kwargs)  # type: ignore[arg-type]
+        self.study_seed = seed
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        seed = trial_seed(self.study_seed, trial.number)
+        _reseed(self._rng, seed)
+        _reseed(self._random_sampler._rng, seed)
