@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from autocnn.results import StudyResult
 from autocnn.spec import Spec, load_spec
@@ -34,3 +38,11 @@ def finish_study(root: Path, **overrides: Any) -> FinishedStudy:
     result = run_study(load_spec(spec_path), StudyOptions(tracking_uri=uri))
     assert result.counts["COMPLETE"] == result.ran, result
     return FinishedStudy(root, spec_path, uri, result)
+
+
+@contextmanager
+def finished_study_in(root: Path) -> Iterator[FinishedStudy]:
+    """A finished study made and used from `root`, where ./mlruns lands; for module-scoped fixtures."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        yield finish_study(root)

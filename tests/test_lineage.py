@@ -16,15 +16,13 @@ from autocnn.spec import load_spec
 from autocnn.study import dataset_record
 from autocnn.tracking import DatasetRecord, Tracker, default_tracking_uri
 from tests.conftest import digits_spec_dict, write_spec
-from tests.finished_study import FinishedStudy, finish_study
+from tests.finished_study import FinishedStudy, finished_study_in
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedStudy]:
-    root = tmp_path_factory.mktemp("lineage")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        yield finish_study(root)
+    with finished_study_in(tmp_path_factory.mktemp("lineage")) as study:
+        yield study
 
 
 @pytest.mark.slow

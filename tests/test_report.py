@@ -18,17 +18,15 @@ from autocnn.report import SECTIONS, ReportResult, TrialFacts, build_report, fam
 from autocnn.storage import open_study, storage_url
 from autocnn.tracking import Tracker
 from tests.conftest import digits_spec_dict, write_spec
-from tests.finished_study import FinishedStudy, finish_study
+from tests.finished_study import FinishedStudy, finished_study_in
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedStudy]:
-    root = tmp_path_factory.mktemp("report")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        yield finish_study(root)
+    with finished_study_in(tmp_path_factory.mktemp("report")) as study:
+        yield study
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,9 @@ import pytest
 from typer.testing import CliRunner
 
 from autocnn.cli import app
-from tests.finished_study import FinishedStudy, finish_study
+from tests.finished_study import FinishedStudy, finished_study_in
+from tests.local_servers import free_port, wait_until_answering
 
-START_TIMEOUT_S = 240  # the MLflow server imports a lot: slow on 2 busy cores
 STOP_TIMEOUT_S = 30  # autocnn's own grace period is 10 s
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process trees from /proc")
@@ -32,16 +32,8 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="re
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedStudy]:
-    root = tmp_path_factory.mktemp("servers")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        yield finish_study(root)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    with finished_study_in(tmp_path_factory.mktemp("servers")) as study:
+        yield study
 
 
 def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen[bytes], Path]:
@@ -56,21 +48,6 @@ def start(args: list[str], cwd: Path) -> tuple[subprocess.Popen[bytes], Path]:
             start_new_session=True,
         )
     return process, log
-
-
-def wait_until_answering(url: str, process: subprocess.Popen[bytes], log: Path) -> bytes:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return response.read()
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"nothing answered on {url} within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -12,11 +12,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +24,12 @@ import pytest
 from autocnn.report import build_report
 from autocnn.tracking import Tracker
 from tests.finished_study import FinishedStudy, finish_study
+from tests.local_servers import free_port, wait_until_answering
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-START_TIMEOUT_S = 240  # mlflow ui starts several worker processes: slow on 2 busy cores
 WAIT_S = 90
 ML = "workflowType=machine_learning"  # MLflow 3 opens on its GenAI view otherwise
 
@@ -51,27 +48,6 @@ class Served:
     trial_ids: dict[int, str]
     report_name: str
     shots: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until_answering(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"autocnn ui exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"autocnn ui did not answer on {url} within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 def stop(server: subprocess.Popen) -> None:
