@@ -410,3 +410,19 @@ def test_model_facts_measure_each_architecture_once_per_study() -> None:
     assert len(latencies) == 2 and wider["params_total"] > first["params_total"]
     model_facts(cnn(8, 0.1), image_size=32, device="cpu", latencies=latencies)  # other input size
     assert len(latencies) == 3
+
+
+def test_a_weight_file_that_cannot_be_read_is_a_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autocnn.models.hub import weight_file_problem
+
+    file = tmp_path / "resnet18.pt"
+    file.write_bytes(b"weights")
+    assert weight_file_problem(file, path="models.resnet18") is None
+    assert "weight file not found" in (weight_file_problem(tmp_path / "no.pt", path="models.resnet18") or "")
+
+    def refused(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", refused)  # root reads anything: stand in for another user
+    problem = weight_file_problem(file, path="models.resnet18") or ""
+    assert problem.startswith("models.resnet18.pretrained: cannot read weight file") and "Permission denied" in problem

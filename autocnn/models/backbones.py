@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from autocnn.models import Preprocess
-from autocnn.models.hub import WeightsError, missing_weights_message, use_offline_hub
+from autocnn.models.hub import WeightsError, missing_weights_message, use_offline_hub, weight_file_problem
 
 FREEZE_MODES = ("none", "backbone", "partial")
 
@@ -81,8 +81,8 @@ def create_body(
     if isinstance(pretrained, str):
         file = Path(pretrained).expanduser()
         file = file if file.is_absolute() else (base_dir or Path.cwd()) / file
-        if not file.is_file():
-            raise WeightsError(f"models.{name}.pretrained: weight file not found: {file}")
+        if problem := weight_file_problem(file, path=f"models.{name}"):
+            raise WeightsError(problem)
         kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
         where = str(file)
     try:

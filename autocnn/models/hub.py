@@ -79,6 +79,18 @@ class WeightsError(AutocnnError):
 # --------------------------------------------------------------------------- the hub, offline
 
 
+def weight_file_problem(file: Path, *, path: str) -> str | None:
+    """Why a `pretrained` weight file cannot be used, or None: a missing file and one this user
+    may not read (Path.is_file raises on a permission error) are both the user's to fix."""
+    try:
+        if file.is_file():
+            with file.open("rb"):
+                return None
+    except OSError as exc:
+        return f"{path}.pretrained: cannot read weight file {file} ({exc.strerror or exc})"
+    return f"{path}.pretrained: weight file not found: {file} (paths are relative to the spec)"
+
+
 def use_offline_hub() -> None:
     """Default HF_HUB_OFFLINE=1: without it a missing file costs ~46 s of retries, not 0.1 s."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -262,9 +274,8 @@ def check_backbones(spec: Spec) -> list[str]:
             problems += exc.problems
             continue
         if isinstance(space.pretrained, str):
-            file = spec.resolve_path(space.pretrained)
-            if not file.is_file():
-                problems.append(f"{path}.pretrained: weight file not found: {file} (paths are relative to the spec)")
+            if problem := weight_file_problem(spec.resolve_path(space.pretrained), path=path):
+                problems.append(problem)
         elif space.pretrained and (problem := no_weights_problem(name, path=path)):
             problems.append(problem)
         elif space.pretrained and cached_weights(name) is None:
