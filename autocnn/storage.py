@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     import optuna
 
 SQLITE_BUSY_TIMEOUT_S = 60  # a writer waits this long for another process's lock
+# A database server (PostgreSQL, MySQL) shared by workers: each keeps a small pool, so many workers
+# stay under the server's connection limit; every connection is checked before use and renewed
+# after half an hour, so one idle through a long trial is never found dropped by a firewall or
+# the server.
+SERVER_POOL: dict[str, Any] = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800}
 
 
 def storage_url(spec: Spec, override: str | None = None) -> str:
@@ -52,11 +57,12 @@ def open_storage(url: str) -> Any:
 
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(url))
-    engine_kwargs: dict[str, Any] = {}
     db = sqlite_path(url)
     if db is not None:
         enable_wal(db)
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    else:
+        engine_kwargs = dict(SERVER_POOL)
     from autocnn.resume import heartbeat_kwargs
 
     with warnings.catch_warnings():
