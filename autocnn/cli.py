@@ -236,6 +236,9 @@ def status(spec: SpecPath, storage: Storage = None) -> None:
         result = study_status(loaded, storage=storage)
     console = _console()
     console.print(counts_table(result, loaded.study.target_trials))
+    for number, worker in result.running.items():
+        if number not in result.stale:
+            console.print(f"running: trial {number} on {worker}", highlight=False)
     for number in result.stale:
         console.print(
             f"[yellow]stale:[/] trial {number} is RUNNING but its process is gone; it resumes on the next `autocnn study`"

@@ -32,6 +32,7 @@ class StudyResult:
     stale: list[int] = field(default_factory=list)
     stopped_reason: str | None = None
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    running: dict[int, str] = field(default_factory=dict)  # trial number -> the worker (host:pid) running it
 
 
 def count_states(study: optuna.Study) -> dict[str, int]:
@@ -88,6 +89,17 @@ def best_epoch(trial: optuna.trial.FrozenTrial, objective: Objective) -> int:
     return objective.best(sorted(curve), lambda step: curve[step])
 
 
+def running_trials(study: optuna.Study) -> dict[int, str]:
+    """Each RUNNING trial and the worker that runs it (host:pid), "?" where none is recorded:
+    with several workers on one storage, this is how a user tells whose trial is whose."""
+    from optuna.trial import TrialState
+
+    from autocnn.resume import OWNER_ATTR
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return {t.number: str(t.user_attrs.get(OWNER_ATTR, "?")) for t in running}
+
+
 def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
     if trial.datetime_complete and trial.datetime_start:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()
@@ -132,6 +144,7 @@ def summarize(
         ran=ran,
         stale=stale_trials(study),
         leaderboard=leaderboard(study, objective),
+        running=running_trials(study),
     )
 
 

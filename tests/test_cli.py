@@ -72,6 +72,27 @@ def test_status_and_ui_before_any_study(in_tmp: Path) -> None:
     assert result.exit_code == 2 and "no MLflow store yet" in result.output
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_status_names_the_worker_running_each_trial(in_tmp: Path) -> None:
+    """Trials run by other processes, here on another machine, are shown with their host and pid."""
+    import optuna
+
+    from autocnn.resume import OWNER_ATTR
+    from autocnn.spec import load_spec
+    from autocnn.storage import open_storage, storage_url
+
+    path = write_spec(in_tmp, digits_spec_dict())
+    url = storage_url(load_spec(path))
+    study = optuna.create_study(study_name="digits-test", storage=open_storage(url), direction="maximize")
+    for owner in ("gpu-box-1:4242", "gpu-box-2:77"):
+        study.ask().set_user_attr(OWNER_ATTR, owner)
+    result = runner.invoke(app, ["status", str(path)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "running: trial 0 on gpu-box-1:4242" in result.output
+    assert "running: trial 1 on gpu-box-2:77" in result.output
+    assert "stale" not in result.output  # another host's process cannot be seen, so it is not called dead
+
+
 def test_bad_timeout_option(in_tmp: Path) -> None:
     path = write_spec(in_tmp, digits_spec_dict())
     result = runner.invoke(app, ["study", str(path), "--timeout", "soon"])
