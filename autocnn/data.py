@@ -9,12 +9,13 @@ same train/val/test images. Files that are not loaded are named, with the reason
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -459,3 +460,66 @@ class DataCache:
         if data.source == "digits":
             return load_digits_dataset(size, val=data.split.val, test=data.split.test, seed=self.spec.seed)
         return load_imagefolder(self.index(), size, progress=self.progress)
+
+
+# --------------------------------------------------------------------------- lineage
+
+DIGEST_CHARS = 10  # MLflow shows dataset digests of about this length
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A study's data as lineage (MLflow's dataset inputs): the runs' Dataset column and its details."""
+
+    name: str
+    source: str  # a local folder, or (not local) the function that makes a bundled dataset
+    digest: str
+    profile: dict[str, Any]  # images per split and per class
+    local: bool = True
+
+
+def dataset_record(spec: Spec, cache: DataCache, data: Dataset) -> DatasetRecord:
+    """What the study trains on, for MLflow's data lineage: where it comes from, a digest that
+    changes when a file is added, removed, renamed, resized or moves to another split, and the
+    images per class and split that were decoded."""
+    splits = {
+        name: split for name, split in zip(SPLITS, (data.train, data.val, data.test), strict=True) if split is not None
+    }
+    profile = _class_counts(data.classes, splits) | {"skipped": len(data.skipped)}
+    if spec.data.source == "digits":
+        return DatasetRecord("digits", "sklearn.datasets.load_digits", _content_digest(splits), profile, local=False)
+    root = spec.resolve_path(spec.data.root or "")
+    return DatasetRecord(root.name, str(root), _file_list_digest(cache.index(), root), profile, local=True)
+
+
+def _class_counts(classes: list[str], splits: dict[str, Any]) -> dict[str, Any]:
+    counts = {name: np.bincount(split.labels, minlength=len(classes)) for name, split in splits.items()}
+    return {
+        "classes": len(classes),
+        "images": {name: len(split) for name, split in splits.items()},
+        "per_class": {c: {name: int(n[i]) for name, n in counts.items()} for i, c in enumerate(classes)},
+    }
+
+
+def _file_list_digest(index: FileIndex, root: Path) -> str:
+    """Names, sizes, classes and splits of the files: cheap for any number of images, unlike
+    hashing their bytes, and it changes whenever a file does in practice."""
+    digest = hashlib.sha256()
+    for split in sorted(index.files):
+        for path, label in index.files[split]:
+            try:
+                size = path.stat().st_size
+            except OSError:  # unreadable: the data loader reports it
+                size = -1
+            digest.update(f"{split}\t{index.classes[label]}\t{os.path.relpath(path, root)}\t{size}\n".encode())
+    return digest.hexdigest()[:DIGEST_CHARS]
+
+
+def _content_digest(splits: dict[str, Any]) -> str:
+    """A bundled dataset has no files: its decoded pixels and labels, split by split."""
+    digest = hashlib.sha256()
+    for name, split in splits.items():
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(split.labels).tobytes())
+        digest.update(np.ascontiguousarray(split.images).tobytes())
+    return digest.hexdigest()[:DIGEST_CHARS]

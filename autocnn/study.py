@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-
-import numpy as np
 
 from autocnn.budget import BUDGET_ATTR, auto_epochs, steps_per_epoch
 from autocnn.checks import check_spec
-from autocnn.data import SPLITS, DataCache, Dataset, FileIndex
+from autocnn.data import DataCache, Dataset, DatasetRecord, dataset_record
 from autocnn.defaults import DEFAULT_ATTR, enqueue_defaults
 from autocnn.objectives import Objective, primary, study_objectives
 from autocnn.plan import Plan, make_plan, probe_seconds_per_step
@@ -40,11 +35,10 @@ from autocnn.storage import open_storage, storage_url, stored_trials
 if TYPE_CHECKING:
     import optuna
 
-    from autocnn.tracking import DatasetRecord, Tracker
+    from autocnn.tracking import Tracker
     from autocnn.train import EpochMetrics
 
 MAX_FAILS_IN_A_ROW = 5
-DIGEST_CHARS = 10  # MLflow shows dataset digests of about this length
 
 
 class Reporter(Protocol):
@@ -456,55 +450,6 @@ def checked_data(spec: Spec, cache: DataCache, reporter: Reporter) -> Dataset:
     if data.skipped:
         reporter.message(f"warning: skipped {len(data.skipped)} unreadable image(s)")
     return data
-
-
-def dataset_record(spec: Spec, cache: DataCache, data: Dataset) -> DatasetRecord:
-    """What the study trains on, for MLflow's data lineage: where it comes from, a digest that
-    changes when a file is added, removed, renamed, resized or moves to another split, and the
-    images per class and split that were decoded."""
-    from autocnn.tracking import DatasetRecord
-
-    splits = {
-        name: split for name, split in zip(SPLITS, (data.train, data.val, data.test), strict=True) if split is not None
-    }
-    profile = _class_counts(data.classes, splits) | {"skipped": len(data.skipped)}
-    if spec.data.source == "digits":
-        return DatasetRecord("digits", "sklearn.datasets.load_digits", _content_digest(splits), profile, local=False)
-    root = spec.resolve_path(spec.data.root or "")
-    return DatasetRecord(root.name, str(root), _file_list_digest(cache.index(), root), profile, local=True)
-
-
-def _class_counts(classes: list[str], splits: dict[str, Any]) -> dict[str, Any]:
-    counts = {name: np.bincount(split.labels, minlength=len(classes)) for name, split in splits.items()}
-    return {
-        "classes": len(classes),
-        "images": {name: len(split) for name, split in splits.items()},
-        "per_class": {c: {name: int(n[i]) for name, n in counts.items()} for i, c in enumerate(classes)},
-    }
-
-
-def _file_list_digest(index: FileIndex, root: Path) -> str:
-    """Names, sizes, classes and splits of the files: cheap for any number of images, unlike
-    hashing their bytes, and it changes whenever a file does in practice."""
-    digest = hashlib.sha256()
-    for split in sorted(index.files):
-        for path, label in index.files[split]:
-            try:
-                size = path.stat().st_size
-            except OSError:  # unreadable: the data loader reports it
-                size = -1
-            digest.update(f"{split}\t{index.classes[label]}\t{os.path.relpath(path, root)}\t{size}\n".encode())
-    return digest.hexdigest()[:DIGEST_CHARS]
-
-
-def _content_digest(splits: dict[str, Any]) -> str:
-    """A bundled dataset has no files: its decoded pixels and labels, split by split."""
-    digest = hashlib.sha256()
-    for name, split in splits.items():
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(split.labels).tobytes())
-        digest.update(np.ascontiguousarray(split.images).tobytes())
-    return digest.hexdigest()[:DIGEST_CHARS]
 
 
 def open_tracking(spec: Spec, tracking_uri: str, storage: str) -> tuple[Tracker, str]:

@@ -13,7 +13,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,8 @@ from autocnn.storage import enable_wal, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+    from autocnn.data import DatasetRecord
 
 # The study is the unit a user browses: its parent run is found again on resume by these tags.
 ROLE_TAG = "autocnn.role"
@@ -35,17 +36,6 @@ REASON_TAG = "autocnn.reason"  # why a trial was pruned, failed or interrupted
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 METRICS_EVERY_S = 2.0  # metrics reach MLflow at most this late (and at every trial's end)
 LOG_BATCH_LIMIT = 1000  # MLflow's cap on metrics per log_batch
-
-
-@dataclass(frozen=True)
-class DatasetRecord:
-    """A study's data as MLflow lineage: the runs' Dataset column and the dataset's details."""
-
-    name: str
-    source: str  # a local folder, or (not local) the function that makes a bundled dataset
-    digest: str
-    profile: dict[str, Any]  # images per split and per class
-    local: bool = True
 
 
 def default_tracking_uri(root: Path | None = None) -> str:

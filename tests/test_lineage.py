@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from autocnn.data import DataCache
+from autocnn.data import DataCache, DatasetRecord
 from autocnn.spec import load_spec
 from autocnn.study import dataset_record
-from autocnn.tracking import DatasetRecord, Tracker, default_tracking_uri
+from autocnn.tracking import Tracker, default_tracking_uri
 from tests.conftest import digits_spec_dict, write_spec
 from tests.finished_study import FinishedStudy, finished_study_in
 
