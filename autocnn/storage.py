@@ -6,7 +6,9 @@ Optuna journal file. Opening one is the same for the study that writes it and fo
 from __future__ import annotations
 
 import sqlite3
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +69,26 @@ def open_storage(url: str) -> Any:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs())
+        return _first_to_create_tables_wins(
+            lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs())
+        )
+
+
+def _first_to_create_tables_wins(open_rdb: Callable[[], Any], attempts: int = 3) -> Any:
+    """Workers started together on an empty database all try to create Optuna's tables; all but
+    one fail with "already exists" (a table, a type, a unique key). Those open it again and find
+    the tables made by the winner."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return open_rdb()
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:
+            text = str(exc).lower()
+            if attempt == attempts - 1 or not ("already exists" in text or "duplicate" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def storage_exists(url: str) -> bool:
