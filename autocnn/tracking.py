@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from autocnn.storage import enable_wal, sqlite_path
+from autocnn.storage import enable_wal, folder_lock, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -51,11 +51,13 @@ class Tracker:
         import mlflow
 
         db = sqlite_path(tracking_uri)
-        if db is not None:
-            enable_wal(db)
         self.tracking_uri = tracking_uri
-        self._client: MlflowClient = mlflow.MlflowClient(tracking_uri)  # used by this class alone
-        self.experiment_id = self._experiment_id(experiment, db)
+        # MLflow makes and migrates an SQLite store's tables when the client opens it.
+        with folder_lock(db.parent) if db is not None else contextlib.nullcontext():
+            if db is not None:
+                enable_wal(db)
+            self._client: MlflowClient = mlflow.MlflowClient(tracking_uri)  # used by this class alone
+            self.experiment_id = self._experiment_id(experiment, db)
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future[Any]] = []
         self._unsent: dict[str, list[Any]] = {}  # run id -> metrics not yet queued
