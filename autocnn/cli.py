@@ -59,6 +59,8 @@ def quiet_libraries(
     _verbose = verbose
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # With a tracking server MLflow prints two links per ended run: a study's output would be mostly links.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     ctx.call_on_close(_route_library_output(verbose))
 
 

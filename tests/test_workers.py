@@ -205,7 +205,7 @@ def test_two_workers_started_together_nest_under_one_parent_on_an_mlflow_server(
     in_tmp: Path, database: str, mlflow_server: str
 ) -> None:
     # Trials of seconds each: a worker started a moment later still finds trials to run.
-    spec_dict = digits_spec_dict(study={"trials": 4, "pruner": "none"}, data={"image_size": 32}, train={"epochs": 6})
+    spec_dict = digits_spec_dict(study={"trials": 4, "pruner": "none"}, data={"image_size": 24}, train={"epochs": 4})
     spec = load_spec(write_spec(in_tmp, spec_dict))
     logs = [in_tmp / f"worker-{i}.log" for i in range(2)]
     workers = [start_worker(in_tmp, "--storage", database, "--tracking-uri", mlflow_server, log=log) for log in logs]
@@ -219,3 +219,4 @@ def test_two_workers_started_together_nest_under_one_parent_on_an_mlflow_server(
     assert len({t.user_attrs[OWNER_ATTR] for t in study.trials}) == 2
     assert logged_models(mlflow_server, spec.name) == 1
     assert not (in_tmp / "mlruns").exists(), "nothing fell back to the local store"
+    assert "View run" not in logs[0].read_text() + logs[1].read_text(), "MLflow's links do not flood the output"
