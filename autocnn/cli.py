@@ -143,7 +143,8 @@ def study(
     workers: Annotated[
         int,
         typer.Option(
-            min=1, help="Worker processes on this machine, sharing the study: each gets its share of the cores, or a GPU."
+            min=1,
+            help="Worker processes on this machine, sharing the study: each gets its share of the cores, or a GPU.",
         ),
     ] = 1,
     checkpoint_dir: Annotated[

@@ -16,7 +16,7 @@ import mlflow
 import optuna
 import pytest
 
-from autocnn import StudyOptions, load_spec, run_study
+from autocnn import StudyOptions, build_report, load_spec, run_study
 from autocnn.resume import OWNER_ATTR, RESUME_FROM_ATTR, RESUMED_AT_ATTR, RETRY_OF_ATTR
 from autocnn.storage import open_study, storage_url
 from autocnn.study import PARENT_RUN_ATTR
@@ -104,6 +104,8 @@ def test_two_local_workers_share_the_default_storage(in_tmp: Path) -> None:
     assert_one_to_one(study, parent, runs)
     assert parent.data.tags["autocnn.best_model_trial"] == str(result.best_number)
     assert logged_models(default_tracking_uri(), spec.name) == 1, "the best model is logged once"
+    page = build_report(spec).path.read_text()
+    assert all(owner in page for owner in owners), "the report says which worker ran each trial"
 
 
 def start_worker(folder: Path, *args: str, log: Path) -> subprocess.Popen:
