@@ -396,7 +396,9 @@ def schema(
     try:
         _replace_file(out, text)
     except OSError as exc:
-        _console(stderr=True).print(f"[bold red]error:[/] {out}: cannot write ({exc.strerror or exc})", highlight=False)
+        _console(stderr=True).print(
+            f"[bold red]error:[/] {out}: cannot write ({exc.strerror or exc})", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(2) from None
 
 
@@ -429,7 +431,9 @@ def ui(
     uri = tracking_uri or default_tracking_uri()
     db = sqlite_path(uri)
     if db is not None and not db.exists():
-        _console(stderr=True).print(f"[bold red]error:[/] {db}: no MLflow store yet; run `autocnn study SPEC` first")
+        _console(stderr=True).print(
+            f"[bold red]error:[/] {db}: no MLflow store yet; run `autocnn study SPEC` first", soft_wrap=True
+        )
         raise typer.Exit(2)
     if db is not None:
         enable_wal(db)
