@@ -35,7 +35,7 @@ from benchmarks.data_pipeline import measure_data_pipeline
 from benchmarks.machine import machine_info, quiet_like_the_cli, quiet_machine
 from benchmarks.memory_use import measure_memory
 from benchmarks.pruning_savings import measure_pruning
-from benchmarks.results import Item, render_markdown, write_results
+from benchmarks.results import Item, carried_over, render_markdown, write_results
 from benchmarks.scale_out import measure_scale_out
 from benchmarks.startup_cost import measure_startup
 from benchmarks.timed_study import TrialTiming
@@ -157,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     info["total_seconds"] = round(time.perf_counter() - started)
+    items = carried_over(out, items)
     command = "benchmarks/run.py" + (" --quick" if args.quick else "")
     write_results(out, info, items, command=command)
     print(render_markdown(info, items, command=command))
