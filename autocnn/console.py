@@ -48,6 +48,7 @@ class RichReporter:
         self.trials_task: Any = None
         self.epoch_task: Any = None
         self.data_task: Any = None
+        self.downloads: dict[str, Any] = {}  # what -> progress task
         self._running: dict[int, tuple[str, float]] = {}  # trial -> (model, start)
         self._last: dict[int, tuple[int, float]] = {}  # trial -> (epoch, metric value)
 
@@ -75,6 +76,18 @@ class RichReporter:
         if self.data_task is None:
             self.data_task = self.progress.add_task("decoding images", total=total, info="")
         self.progress.update(self.data_task, completed=done, total=total)
+
+    def download_progress(self, what: str, done: int, total: int | None) -> None:
+        """A bar per download (weights, a dataset by name) before trial 1; a line at its end without a terminal."""
+        if not self.live:
+            if total is not None and done >= total:
+                self._print(f"{what}: {done / 1e6:.1f} MB done")
+            return
+        mb_total = None if total is None else total / 1e6
+        task = self.downloads.get(what)
+        if task is None:
+            task = self.downloads[what] = self.progress.add_task(what, total=mb_total, info="MB")
+        self.progress.update(task, completed=done / 1e6, total=mb_total)
 
     def study_started(self, *, name: str, done: int, target: int | None, to_run: int | None) -> None:
         if done and target is None:
