@@ -204,12 +204,15 @@ def validate(
     Example: autocnn validate studies/20classes.yaml
     """
     from autocnn.checks import check_spec, unreadable_images
-    from autocnn.console import check_tables, plan_table
+    from autocnn.console import RichReporter, check_tables, plan_table
     from autocnn.data import DataCache
+    from autocnn.first_use import fetch_on_first_use
     from autocnn.plan import plan_for
 
     with user_errors():
         loaded = _load(spec)
+        with RichReporter(_console()) as downloads:
+            fetch_on_first_use(loaded, downloads)
         cache = DataCache(loaded)
         report = check_spec(loaded, cache)
         plan = plan_for(loaded, cache, probe=probe)

@@ -188,6 +188,9 @@ def _download_failure(name: str, archive: Archive, file: Path, exc: Exception) -
     """What went wrong, in words: torchvision only says 'File not found or corrupted.'"""
     where = f"data.source: {name}: download from {archive.url} failed"
     if file.is_file() and "corrupted" in str(exc):
+        received = file.stat().st_size
+        if archive.size and received < archive.size:
+            return f"{where}: the download stopped after {received} of {archive.size} bytes; nothing was kept"
         got = _md5(file)
         if got != archive.md5:
             return f"{where}: checksum mismatch for {archive.filename} (md5 {got}, expected {archive.md5}); nothing was kept"

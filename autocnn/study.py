@@ -387,10 +387,12 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
         >>> result = autocnn.run_study(spec, autocnn.StudyOptions(trials=20, timeout=900))
         >>> result.best_number, result.best_value, result.counts
     """
+    from autocnn.first_use import fetch_on_first_use
     from autocnn.tracking import default_tracking_uri
 
     options = options or StudyOptions()
     reporter = reporter or SilentReporter()
+    fetch_on_first_use(spec, reporter)  # a dataset by name, pretrained weights: before trial 1, or fail fast
     cache = DataCache(spec, progress=reporter.data_progress)
     data = checked_data(spec, cache, reporter)  # before any store is written: bad data leaves nothing
     timeout = options.timeout or spec.study.timeout
