@@ -204,8 +204,9 @@ def validate(
     Example: autocnn validate studies/20classes.yaml
     """
     from autocnn.checks import check_spec, unreadable_images
-    from autocnn.console import RichReporter, check_tables, plan_table
+    from autocnn.console import RichReporter, check_tables, class_counts_table, plan_table
     from autocnn.data import DataCache
+    from autocnn.data_checks import run_data_checks
     from autocnn.first_use import fetch_on_first_use
     from autocnn.plan import plan_for
 
@@ -216,10 +217,11 @@ def validate(
         cache = DataCache(loaded)
         report = check_spec(loaded, cache)
         plan = plan_for(loaded, cache, probe=probe)
+        checks = run_data_checks(loaded, cache)
     console = _console()
-    for warning in [*report.warnings, *unreadable_images(cache), *plan.warnings]:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    for table in [*check_tables(report), plan_table(plan)]:
+    for warning in [*report.warnings, *unreadable_images(cache), *checks.warnings, *plan.warnings]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    for table in [*check_tables(report), class_counts_table(checks), plan_table(plan)]:
         console.print(table)
     console.print(f"[green]ok:[/] {spec} is valid ({len(report.params)} searched parameters)")
 

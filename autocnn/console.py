@@ -18,6 +18,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from autocnn.checks import CheckReport
+    from autocnn.data_checks import DataChecks
     from autocnn.export import FinalizeResult, TopK
     from autocnn.plan import Plan
     from autocnn.predict import PredictResult
@@ -223,6 +224,22 @@ def check_tables(report: CheckReport) -> list[Table]:
     for param in report.params:
         space.add_row(param.name, param.distribution, param.domain)
     return [data, space]
+
+
+def class_counts_table(checks: DataChecks, *, limit: int = 40) -> Table:
+    """Images per class in each split; past `limit` classes, the smallest ones (what needs a look)."""
+    splits = list(checks.counts)
+    table = Table(title="images per class", title_justify="left")
+    table.add_column("class")
+    for split in splits:
+        table.add_column(split, justify="right")
+    order = list(range(len(checks.classes)))
+    if len(order) > limit:
+        order = sorted(order, key=lambda i: checks.counts["train"][i])[:limit]
+        table.caption = f"the {limit} smallest of {len(checks.classes)} classes in train"
+    for i in order:
+        table.add_row(checks.classes[i], *(str(checks.counts[split][i]) for split in splits))
+    return table
 
 
 def plan_table(plan: Plan) -> Table:
