@@ -301,3 +301,61 @@ def _labels(folder: Path, files: list[list[str]], key: str) -> np.ndarray:
     for file, _ in files:
         labels.extend(_unpickle(folder / file)[key])
     return np.asarray(labels, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- as files
+
+
+def export_imagefolder(
+    name: str,
+    out: Path,
+    *,
+    labels: str | None = None,
+    val: float = 0.2,
+    seed: int = 0,
+    say: Callable[[str], None] | None = None,
+    progress: DownloadProgress | None = None,
+    written: Callable[[int, int], None] | None = None,
+) -> dict[str, int]:
+    """The dataset as PNG files in `out/train|val|test/<class>/`, for people who want the files.
+
+    val is drawn from the training images exactly as a spec with `data.source: NAME`, the same
+    `split.val` and seed draws it, so a study on the folder sees the same splits. The files are
+    written into a folder beside `out` and renamed into place when all are there.
+    """
+    from PIL import Image
+
+    from autocnn.data import stratified_split
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out}: exists and is not empty; give a new folder")
+    fetch_dataset(name, say=say, progress=progress)
+    named = read_named(name, labels=labels)
+    parts = stratified_split(named.train[1], val=val, test=0.0, seed=seed, names=named.classes)
+    splits = {part: (named.train[0][idx], named.train[1][idx], idx) for part, idx in parts.items()}
+    splits["test"] = (named.test[0], named.test[1], np.arange(len(named.test[1])))
+    total = sum(len(labels_) for _, labels_, _ in splits.values())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    done = 0
+    try:
+        for part, (images, targets, numbers) in splits.items():
+            folders = {c: partial / part / _folder_name(named.classes[c]) for c in range(len(named.classes))}
+            for folder in folders.values():
+                folder.mkdir(parents=True, exist_ok=True)
+            for image, target, number in zip(images, targets, numbers, strict=True):
+                Image.fromarray(image).save(folders[int(target)] / f"{int(number):05d}.png")
+                done += 1
+                if written is not None and (done % 500 == 0 or done == total):
+                    written(done, total)
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return {part: len(targets) for part, (_, targets, _) in splits.items()}
+
+
+def _folder_name(label: str) -> str:
+    """A class name as a folder name: path separators and a leading dot would change its meaning."""
+    cleaned = label.replace("/", "_").replace(os.sep, "_").lstrip(".")
+    return cleaned or "_"
