@@ -150,3 +150,31 @@ def test_labels_belong_to_named_datasets() -> None:
         parse_spec(digits_spec_dict(data={"labels": "fine"}))
     with pytest.raises(SpecError, match=r"data\.root: not used with source: cifar10"):
         parse_spec(_named_spec("cifar10", root="x"))
+
+
+def test_data_fetch_writes_an_image_folder_a_spec_can_use(
+    tmp_path: Path, data_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "files" / "cifar100-coarse"
+    with file_server() as served:
+        _serve(monkeypatch, served, "cifar100", per_class=8)
+        result = CliRunner().invoke(app, ["data", "fetch", "cifar100", str(out), "--labels", "coarse", "--val", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and "train 24, val 8, test 16 images" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["test", "train", "val"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == COARSE
+    assert [p.name for p in out.parent.iterdir()] == ["cifar100-coarse"]  # no partial folder left
+
+    # The folder holds the same images and splits as the dataset by name with the same seed.
+    by_name = DataCache(parse_spec(_named_spec("cifar100", labels="coarse", image_size=32, split={"val": 0.25}))).get()
+    spec = digits_spec_dict(data={"source": "imagefolder", "root": str(out), "image_size": 32})
+    from_files = DataCache(parse_spec(spec)).get()
+    assert from_files.classes == by_name.classes
+    for name in ("train", "val", "test"):
+        a, b = getattr(from_files, name), getattr(by_name, name)
+        assert sorted(map(bytes, a.images.reshape(len(a), -1))) == sorted(map(bytes, b.images.reshape(len(b), -1)))
+
+    again = CliRunner().invoke(app, ["data", "fetch", "cifar100", str(out)])
+    assert again.exit_code == 2 and "exists and is not empty" in again.output
+    unknown = CliRunner().invoke(app, ["data", "fetch", "imagenet", str(tmp_path / "x")])
+    assert unknown.exit_code == 2 and "unknown dataset 'imagenet'; choose one of: cifar10, cifar100" in unknown.output
