@@ -614,7 +614,9 @@ def weights_list() -> None:
 
 @app.command()
 def init(
-    data_dir: Annotated[Path, typer.Argument(help="A folder of class folders (or train/ val/ [test/]).", show_default=False)],
+    data_dir: Annotated[
+        Path, typer.Argument(help="A folder of class folders (or train/ val/ [test/]).", show_default=False)
+    ],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Spec to write (default: studies/<folder name>.yaml).")
     ] = None,
@@ -642,20 +644,31 @@ def init(
     console.print(f"searching: {models}; images at {result.choices.image_size} px; budget {result.choices.timeout}")
     for note in result.choices.backbone_note[1:]:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
-    console.print(f"[green]wrote[/] {result.path}; next: autocnn validate {result.path} && autocnn study {result.path}", soft_wrap=True)
+    console.print(
+        f"[green]wrote[/] {result.path}; next: autocnn validate {result.path} && autocnn study {result.path}",
+        soft_wrap=True,
+    )
 
 
-data_app = typer.Typer(help="Datasets by name (cifar10, cifar100): the cache studies read, or as files.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Datasets by name (cifar10, cifar100): the cache studies read, or as files.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 
 @data_app.command("fetch")
 def data_fetch(
     name: Annotated[str, typer.Argument(help="cifar10 or cifar100.", show_default=False)],
-    out_dir: Annotated[Path, typer.Argument(help="New folder for train/ val/ test/ class folders of PNGs.", show_default=False)],
-    labels: Annotated[str | None, typer.Option(help="cifar100: fine (100 classes) or coarse (20 superclasses).")] = None,
+    out_dir: Annotated[
+        Path, typer.Argument(help="New folder for train/ val/ test/ class folders of PNGs.", show_default=False)
+    ],
+    labels: Annotated[
+        str | None, typer.Option(help="cifar100: fine (100 classes) or coarse (20 superclasses).")
+    ] = None,
     val: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of the training images kept for val/.")] = 0.2,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the stratified val split (a spec's seed draws the same).")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the stratified val split (a spec's seed draws the same).")
+    ] = 0,
 ) -> None:
     """Download a dataset by name (once, into the shared cache) and write it as an image folder.
 
@@ -686,7 +699,10 @@ def data_fetch(
                 written=lambda done, total: bars.data_progress(done, total),
             )
     shown = ", ".join(f"{part} {n}" for part, n in counts.items())
-    console.print(f"[green]wrote[/] {out_dir}: {shown} images; use it with data.source: imagefolder, root: {out_dir}", soft_wrap=True)
+    console.print(
+        f"[green]wrote[/] {out_dir}: {shown} images; use it with data.source: imagefolder, root: {out_dir}",
+        soft_wrap=True,
+    )
 
 
 if __name__ == "__main__":

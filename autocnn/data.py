@@ -519,7 +519,9 @@ def dataset_record(spec: Spec, cache: DataCache, data: Dataset) -> DatasetRecord
         from autocnn.datasets import NAMED, archive_for
 
         name = spec.data.source + ("-coarse" if spec.data.labels == "coarse" else "")
-        loader = f"torchvision.datasets.{NAMED[spec.data.source].torchvision_class} from {archive_for(spec.data.source).url}"
+        loader = (
+            f"torchvision.datasets.{NAMED[spec.data.source].torchvision_class} from {archive_for(spec.data.source).url}"
+        )
         return DatasetRecord(name, loader, _content_digest(splits), profile, local=False)
     root = spec.resolve_path(spec.data.root or "")
     return DatasetRecord(root.name, str(root), _file_list_digest(cache.index(), root), profile, local=True)

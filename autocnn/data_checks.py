@@ -132,11 +132,17 @@ def duplicate_lines(duplicates: list[Duplicate], classes: list[str], root: Path)
 
     lines = []
     for dup in duplicates[:PAIRS_NAMED]:
-        how = "identical files" if dup.identical else f"near-duplicates: perceptual hashes {dup.distance} of 64 bits apart"
+        how = (
+            "identical files"
+            if dup.identical
+            else f"near-duplicates: perceptual hashes {dup.distance} of 64 bits apart"
+        )
         labels = {dup.first[2], dup.second[2]}
         if len(labels) > 1:
             how += f"; labelled {classes[dup.first[2]]} and {classes[dup.second[2]]}"
-        lines.append(f"same image in {dup.first[0]} and {dup.second[0]}: {shown(dup.first)} and {shown(dup.second)} ({how})")
+        lines.append(
+            f"same image in {dup.first[0]} and {dup.second[0]}: {shown(dup.first)} and {shown(dup.second)} ({how})"
+        )
     if len(duplicates) > PAIRS_NAMED:
         lines.append(f"{len(duplicates) - PAIRS_NAMED} more image pairs appear in two splits")
     if duplicates:

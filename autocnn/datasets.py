@@ -146,7 +146,9 @@ def is_cached(name: str) -> bool:
     return all((folder / file).is_file() for file, _ in archive.members)
 
 
-def fetch_dataset(name: str, *, say: Callable[[str], None] | None = None, progress: DownloadProgress | None = None) -> Path:
+def fetch_dataset(
+    name: str, *, say: Callable[[str], None] | None = None, progress: DownloadProgress | None = None
+) -> Path:
     """The dataset's cache folder, downloading it first if it is not there yet.
 
     The download goes into a private folder beside the cache and is renamed into place after

@@ -190,7 +190,9 @@ def pick_image_size(profile: DataProfile, machine: Machine) -> tuple[int, str]:
     return size, "; ".join(why)
 
 
-def pick_backbones(profile: DataProfile, machine: Machine, weights: Weights) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
+def pick_backbones(
+    profile: DataProfile, machine: Machine, weights: Weights
+) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
     """2-3 pretrained backbones for this hardware and data size, with freeze choices to match:
     (those that can run, those without weights here, notes)."""
     wanted = BACKBONES[(machine.device, profile.regime)]
@@ -207,7 +209,11 @@ def pick_backbones(profile: DataProfile, machine: Machine, weights: Weights) -> 
 def freeze_space(regime: str) -> dict[str, Any]:
     """Small data: train the head (and the last stages); large data: fine-tune all, gently."""
     if regime == "small":
-        return {"pretrained": True, "freeze": {"choices": ["backbone", "partial"]}, "unfreeze_last": {"low": 1, "high": 2}}
+        return {
+            "pretrained": True,
+            "freeze": {"choices": ["backbone", "partial"]},
+            "unfreeze_last": {"low": 1, "high": 2},
+        }
     if regime == "medium":
         return {
             "pretrained": True,
@@ -245,7 +251,9 @@ def augment_space(profile: DataProfile, size: int, *, flip: bool) -> tuple[dict[
     return space, note
 
 
-def choose(profile: DataProfile, machine: Machine, weights: Weights, *, budget_s: float, flip: bool, name: str, root: str) -> Choices:
+def choose(
+    profile: DataProfile, machine: Machine, weights: Weights, *, budget_s: float, flip: bool, name: str, root: str
+) -> Choices:
     """Every decision of the spec, from the data, the machine and the budget."""
     size, size_note = pick_image_size(profile, machine)
     backbones, unavailable, backbone_note = pick_backbones(profile, machine, weights)
@@ -257,13 +265,20 @@ def choose(profile: DataProfile, machine: Machine, weights: Weights, *, budget_s
         root=root,
         image_size=size,
         size_note=size_note,
-        split=None if profile.presplit else ({"val": 0.2, "test": 0.2} if profile.n_images < 2000 else {"val": 0.15, "test": 0.15}),
+        split=None
+        if profile.presplit
+        else ({"val": 0.2, "test": 0.2} if profile.n_images < 2000 else {"val": 0.15, "test": 0.15}),
         metric="val_macro_f1" if imbalanced else "val_accuracy",
-        metric_note=f"classes {profile.imbalance:.1f}x imbalanced" + (": every class weighs the same" if imbalanced else ""),
+        metric_note=f"classes {profile.imbalance:.1f}x imbalanced"
+        + (": every class weighs the same" if imbalanced else ""),
         timeout=_duration_text(budget_s),
         pruner="hyperband" if budget_s >= 2 * 3600 else "median",
         custom_cnn=custom_cnn_space(size, machine),
-        batch_size={"choices": [16, 32]} if small else {"choices": [64, 128]} if machine.device == "gpu" else {"choices": [32, 64]},
+        batch_size={"choices": [16, 32]}
+        if small
+        else {"choices": [64, 128]}
+        if machine.device == "gpu"
+        else {"choices": [32, 64]},
         backbones=backbones,
         unavailable=unavailable,
         backbone_note=backbone_note,
@@ -310,7 +325,12 @@ def render(choices: Choices, *, schema: str | None = None) -> str:
     """The spec as YAML, a comment beside each choice."""
     lines = [f"# yaml-language-server: $schema={schema}"] if schema else []
     lines += [f"# Written by `autocnn init`: {h}" if i == 0 else f"# {h}" for i, h in enumerate(choices.header)]
-    lines += ["# Edit freely; `autocnn validate` checks it, `autocnn study` runs it.", f"name: {choices.name}", "seed: 0", "data:"]
+    lines += [
+        "# Edit freely; `autocnn validate` checks it, `autocnn study` runs it.",
+        f"name: {choices.name}",
+        "seed: 0",
+        "data:",
+    ]
     lines += [_line(2, "source", "imagefolder"), _line(2, "root", choices.root, "relative to this file")]
     lines.append(_line(2, "image_size", choices.image_size, choices.size_note))
     if choices.split:
@@ -320,7 +340,10 @@ def render(choices: Choices, *, schema: str | None = None) -> str:
     lines.append(_line(2, "pruner", choices.pruner, "hyperband for long budgets, median for short ones"))
     lines += ["train:", _line(2, "epochs", "auto", "each trial trains until it stops improving, within the budget")]
     lines.append(_line(2, "batch_size", choices.batch_size))
-    lines += [_line(2, "lr", {"low": 1.0e-4, "high": 3.0e-3, "log": True}), _line(2, "weight_decay", {"low": 1.0e-6, "high": 5.0e-2, "log": True})]
+    lines += [
+        _line(2, "lr", {"low": 1.0e-4, "high": 3.0e-3, "log": True}),
+        _line(2, "weight_decay", {"low": 1.0e-6, "high": 5.0e-2, "log": True}),
+    ]
     lines += [_line(2, "label_smoothing", {"choices": [0.0, 0.1]}), "models:"]
     lines.append(_line(2, "custom_cnn", None, f"depth sized to {choices.image_size} px images"))
     lines += [_line(4, key, value) for key, value in choices.custom_cnn.items()]
@@ -355,7 +378,9 @@ def study_name(root: Path) -> str:
     return name or "study"
 
 
-def init_spec(root: Path, *, out: Path | None = None, budget_s: float = 1800, flip: bool = True, force: bool = False) -> InitResult:
+def init_spec(
+    root: Path, *, out: Path | None = None, budget_s: float = 1800, flip: bool = True, force: bool = False
+) -> InitResult:
     """Inspect the folder and the machine, write a spec that validates, and return what was chosen."""
     from autocnn.spec import parse_spec
 
@@ -387,4 +412,3 @@ def _write(path: Path, text: str) -> None:
             tmp.unlink(missing_ok=True)
     except OSError as exc:
         raise InitError(f"{path}: cannot write ({exc.strerror or exc})") from None
-

@@ -93,7 +93,10 @@ def test_interrupted_download_keeps_nothing_and_says_so(data_home: Path, monkeyp
     with file_server() as served:
         path = _serve(monkeypatch, served, "cifar100")
         served.truncated.add(path)
-        with pytest.raises(DataError, match=r"^data\.source: cifar100: download from http://127\.0\.0\.1:\d+/cifar-100-python\.tar\.gz failed") as caught:
+        with pytest.raises(
+            DataError,
+            match=r"^data\.source: cifar100: download from http://127\.0\.0\.1:\d+/cifar-100-python\.tar\.gz failed",
+        ) as caught:
             datasets.fetch_dataset("cifar100")
         assert "the download stopped after" in str(caught.value) and "nothing was kept" in str(caught.value)
         assert [p.name for p in data_home.iterdir()] == []

@@ -98,7 +98,9 @@ def test_without_a_hub_the_study_fails_before_trial_1_naming_the_models(
     assert not list(spec.parent.glob("*.optuna.db")) and not (in_tmp / "mlruns").exists()  # nothing written
 
 
-def test_the_cli_says_it_in_one_line_with_exit_code_2(in_tmp: Path, empty_hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cli_says_it_in_one_line_with_exit_code_2(
+    in_tmp: Path, empty_hub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
     result = CliRunner().invoke(app, ["study", str(_spec(in_tmp))])
     assert result.exit_code == 2

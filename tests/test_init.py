@@ -31,8 +31,12 @@ def empty_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-def _profile(per_class: int, *, n_classes: int = 5, size: tuple[int, int] = (300, 200), channels: int = 3) -> DataProfile:
-    return DataProfile(Path("data"), [f"c{i}" for i in range(n_classes)], [per_class] * n_classes, False, size, channels)
+def _profile(
+    per_class: int, *, n_classes: int = 5, size: tuple[int, int] = (300, 200), channels: int = 3
+) -> DataProfile:
+    return DataProfile(
+        Path("data"), [f"c{i}" for i in range(n_classes)], [per_class] * n_classes, False, size, channels
+    )
 
 
 def _all_weights(names: list[str]) -> Weights:
@@ -86,9 +90,7 @@ def test_offline_with_an_empty_cache_comments_the_backbones_out() -> None:
 
 
 def test_partly_cached_weights_keep_the_cached_ones(empty_hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        "autocnn.models.hub.cached_weights", lambda name: Path("/x") if name == "resnet18" else None
-    )
+    monkeypatch.setattr("autocnn.models.hub.cached_weights", lambda name: Path("/x") if name == "resnet18" else None)
     weights = init.weights_status(["resnet18", "mobilenetv3_large_100"])
     assert weights.usable == {"resnet18": "cached"} and weights.offline == "HF_HUB_OFFLINE=1 is set"
 

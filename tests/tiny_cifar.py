@@ -50,7 +50,15 @@ def _members(kind: str, per_class: int, n_classes: int) -> dict[str, bytes]:
 
 
 ORDER = {
-    "cifar10": ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"],
+    "cifar10": [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+        "batches.meta",
+    ],
     "cifar100": ["train", "test", "meta"],
 }
 FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
