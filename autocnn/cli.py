@@ -635,8 +635,12 @@ def init(
     from autocnn.init_spec import init_spec
 
     with user_errors():
-        seconds = _duration(budget, option="--budget")
-        result = init_spec(data_dir, out=out, budget_s=seconds or 1800, flip=flip, force=force)
+        seconds = _duration(budget, option="--budget") or 0.0
+        if seconds < 60:
+            from autocnn.errors import SpecError
+
+            raise SpecError([f"--budget: at least a minute, got {budget!r}"])
+        result = init_spec(data_dir, out=out, budget_s=seconds, flip=flip, force=force)
     console = _console()
     for line in result.choices.header:
         console.print(line, highlight=False, soft_wrap=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,7 +116,6 @@ def tqdm_reporting_to(label: str, progress: DownloadProgress | None) -> type | N
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
             self.done = 0
-            self.started = time.monotonic()
 
         def update(self, n: float | None = 1) -> bool | None:
             self.done += int(n or 0)

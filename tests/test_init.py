@@ -140,6 +140,8 @@ def test_init_refuses_to_overwrite_and_names_a_missing_folder(tmp_path: Path, em
     assert result.exit_code == 2 and "data root not found" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["init", str(tmp_path / "d"), "-o", str(tmp_path / "n.yaml"), "--budget", "soon"])
     assert result.exit_code == 2 and "--budget: expected seconds" in result.output
+    result = runner.invoke(app, ["init", str(tmp_path / "d"), "-o", str(tmp_path / "n.yaml"), "--budget", "0"])
+    assert result.exit_code == 2 and "--budget: at least a minute, got '0'" in result.output
     assert not (tmp_path / "n.yaml").exists()
 
 
