@@ -575,16 +575,18 @@ app.add_typer(weights_app, name="weights")
 def weights_fetch(
     names: Annotated[list[str], typer.Argument(help="timm model names, as keys under `models`.", show_default=False)],
 ) -> None:
-    """Download timm's pretrained weights into the local cache; the only command that goes online.
+    """Download timm's pretrained weights into the local cache, ahead of a study on an offline machine.
 
     Example: autocnn weights fetch resnet50 efficientnet_b0 mobilenetv2_035
     """
+    from autocnn.console import RichReporter
     from autocnn.models.hub import fetch_weights
 
-    with user_errors():
-        fetched = fetch_weights(names)
+    console = _console()
+    with user_errors(), RichReporter(console) as bars:
+        fetched = fetch_weights(names, progress=bars.download_progress)
     for name, path in fetched:
-        _console().print(f"[green]cached:[/] {name} -> {path}", highlight=False)
+        console.print(f"[green]cached:[/] {name} -> {path}", highlight=False)
 
 
 @weights_app.command("list")

@@ -120,3 +120,24 @@ def test_weights_fetch_uses_the_same_download_and_cache(empty_hub: Path, monkeyp
     with pytest.raises(WeightsError, match=r"^test_efficientnet: cannot download: cannot reach 127\.0\.0\.1"):
         monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
         fetch_weights(["test_efficientnet"])
+
+
+def test_without_a_safetensors_file_the_bin_timm_would_load_is_fetched(
+    empty_hub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    import timm
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(timm.create_model("test_efficientnet", num_classes=1000).state_dict(), buffer)
+    hub_file = "timm/test_efficientnet.r160_in1k/pytorch_model.bin"
+    with file_server(Served(hub_files={hub_file: buffer.getvalue()})) as served:
+        monkeypatch.setenv("HF_ENDPOINT", served.url)
+        [(name, path)] = fetch_weights(["test_efficientnet"])
+        asked = [path for _, path in served.requests]
+    assert asked[0].endswith("/model.safetensors") and asked[-1].endswith("/pytorch_model.bin")
+    assert path.name == "pytorch_model.bin" and cached_weights("test_efficientnet") == path
+    model = timm.create_model("test_efficientnet", pretrained=True, num_classes=3)  # timm finds it offline
+    assert model.num_classes == 3

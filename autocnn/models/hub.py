@@ -243,27 +243,33 @@ def download_weights(name: str, *, progress: DownloadProgress | None = None) -> 
     source, location = _weight_source(name)
     if source == "url":
         return _download_url_weights(str(location))
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
     hub_id, filename = location if isinstance(location, tuple) else (location, None)
     repo, _, revision = hub_id.partition("@")
     candidates = _hub_filenames(filename)
-    for candidate in candidates:
+    for candidate in candidates[:-1]:
         try:
-            with _online_hub():
-                found = hf_hub_download(
-                    repo,
-                    candidate,
-                    revision=revision or None,
-                    endpoint=hub_endpoint(),
-                    tqdm_class=tqdm_reporting_to(f"weights {name}", progress),
-                )
-            return Path(found)
+            return _hub_download(repo, candidate, revision=revision or None, label=f"weights {name}", progress=progress)
         except RemoteEntryNotFoundError:
-            if candidate == candidates[-1]:
-                raise
-    raise AssertionError("unreachable: the last candidate raises")
+            continue  # no safetensors twin: the next file timm would try
+    return _hub_download(repo, candidates[-1], revision=revision or None, label=f"weights {name}", progress=progress)
+
+
+def _hub_download(
+    repo: str, filename: str, *, revision: str | None, label: str, progress: DownloadProgress | None
+) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    with _online_hub():
+        found = hf_hub_download(
+            repo,
+            filename,
+            revision=revision,
+            endpoint=hub_endpoint(),
+            tqdm_class=tqdm_reporting_to(label, progress),
+        )
+    return Path(found)
 
 
 def _download_url_weights(url: str) -> Path:
