@@ -59,6 +59,8 @@ def quiet_libraries(
     _verbose = verbose
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # With a tracking server MLflow prints two links per ended run: a study's output would be mostly links.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     ctx.call_on_close(_route_library_output(verbose))
 
 
@@ -138,10 +140,27 @@ def study(
     keep_checkpoints: Annotated[
         bool, typer.Option("--keep-checkpoints", help="Keep per-epoch trial checkpoints after trials end.")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes on this machine, sharing the study: each gets its share of the cores, or a GPU.",
+        ),
+    ] = 1,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for running trials' checkpoints; on storage every worker machine sees, so a dead "
+            "worker's trial resumes on another. Default: .autocnn/ beside the spec."
+        ),
+    ] = None,
 ) -> None:
     """Run a study, or resume it: only the missing trials run.
 
-    Example: autocnn study studies/digits.yaml --trials 20
+    Any number of `autocnn study` processes, on this machine or others sharing --storage, run the
+    same study together.
+
+    Example: autocnn study studies/digits.yaml --trials 20 --workers 2
     """
     from autocnn import StudyOptions, run_study
     from autocnn.console import RichReporter, leaderboard_table
@@ -157,6 +176,8 @@ def study(
             storage=storage,
             tracking_uri=tracking_uri,
             keep_checkpoints=keep_checkpoints,
+            workers=workers,
+            checkpoint_dir=checkpoint_dir.resolve() if checkpoint_dir is not None else None,
         )
         try:
             with RichReporter(console, metric=loaded.study.metric) as reporter:

@@ -65,6 +65,7 @@ class TrialFacts:
     value: float | None
     epochs: int
     seconds: float | None
+    worker: str | None = None  # host:pid
     run_id: str | None = None
     facts: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
@@ -100,7 +101,9 @@ def gather_trials(
     out = []
     for row in leaderboard(study, objective, top=len(trials)):
         run = runs.get(row["number"])
-        item = TrialFacts(**{k: row[k] for k in ("number", "model", "params", "state", "value", "epochs", "seconds")})
+        item = TrialFacts(
+            **{k: row[k] for k in ("number", "model", "params", "state", "value", "epochs", "seconds", "worker")}
+        )
         item.run_id = run.info.run_id if run is not None else attrs.get(row["number"])
         if run is not None and tracker is not None:
             item.facts = _facts(run.data.metrics)
@@ -215,7 +218,9 @@ def short_params(model: str, params: dict[str, Any]) -> str:
 
 
 def leaderboard_html(trials: Sequence[TrialFacts], metric: str) -> str:
-    headers = ["trial", "model", "key params", metric, "state", "epochs", "seconds"]
+    """Every trial; with the worker (host:pid) that ran it when several shared the study."""
+    workers = len({t.worker for t in trials if t.worker}) > 1
+    headers = ["trial", "model", "key params", metric, "state", "epochs", "seconds"] + (["worker"] if workers else [])
     rows = [
         [
             str(t.number),
@@ -226,6 +231,7 @@ def leaderboard_html(trials: Sequence[TrialFacts], metric: str) -> str:
             str(t.epochs),
             _fmt(t.seconds, 3),
         ]
+        + ([html.escape(t.worker or "—")] if workers else [])
         for t in trials
     ]
     return table(headers, rows, numeric_from=3)

@@ -108,6 +108,8 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
 
 def leaderboard(study: optuna.Study, objective: Objective, top: int = 10) -> list[dict[str, Any]]:
     """Finished trials best first, then pruned ones by their last value, then the rest by number."""
+    from autocnn.resume import OWNER_ATTR
+
     rows = []
     for t in study.get_trials(deepcopy=False):
         curve = t.intermediate_values
@@ -121,6 +123,7 @@ def leaderboard(study: optuna.Study, objective: Objective, top: int = 10) -> lis
                 "state": t.state.name,
                 "epochs": len(curve),
                 "seconds": trial_seconds(t),
+                "worker": t.user_attrs.get(OWNER_ATTR),  # host:pid of the process that ran it
             }
         )
     rows.sort(key=lambda r: (STATE_ORDER.get(r["state"], 5), objective.rank(r["value"]), r["number"]))

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 OWNER_ATTR = "owner"  # "<host>:<pid>" of the process running the trial
 RETRY_OF_ATTR = "retry_of"  # the first trial number of a retried configuration
 RESUME_FROM_ATTR = "resume_from"  # the trial number whose checkpoint a retry continues from
+RESUMED_AT_ATTR = "resumed_after_epoch"  # the checkpoint's last epoch a retry started from
 REASON_ATTR = "fail_reason"
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 30
@@ -94,7 +95,8 @@ class Checkpoints:
         return self.folder / f".trial-{number}.previous"
 
     def _pooled(self) -> list[Path]:
-        return [self.folder / f".spare-{k}" for k in range(self.POOLED_SPARES)]
+        # Per process: workers sharing the folder never take, or delete, each other's spares.
+        return [self.folder / f".spare-{os.getpid()}-{k}" for k in range(self.POOLED_SPARES)]
 
     def save(self, number: int, state: dict[str, Any]) -> None:
         """Snapshot `state` now; the file follows in the background, or later (see the class)."""
@@ -133,21 +135,13 @@ class Checkpoints:
         checkpoint's name always holds a whole checkpoint: a kill mid-write tears only the spare,
         and each rename is atomic.
         """
-        import torch
-
-        self.folder.mkdir(parents=True, exist_ok=True)
         path, spare, previous = self.path(number), self._spare(number), self._link(number)
         if not spare.exists():
             self._adopt_pooled_spare(spare)
-        # No per-record CRC32: it doubled the save time; torch.load does not need it.
-        crc = torch.serialization.get_crc32_options()
-        torch.serialization.set_crc32_options(False)
         try:
-            with open(spare, "r+b" if spare.exists() else "wb") as handle:
-                torch.save(state, handle)
-                handle.truncate()
-        finally:
-            torch.serialization.set_crc32_options(crc)
+            self._save_into(spare, state)
+        except FileNotFoundError:  # another worker sharing the folder removed it, empty, just now
+            self._save_into(spare, state)
         previous.unlink(missing_ok=True)
         try:
             if path.exists():
@@ -157,6 +151,20 @@ class Checkpoints:
         os.replace(spare, path)
         if previous.exists():
             os.replace(previous, spare)
+
+    def _save_into(self, file: Path, state: dict[str, Any]) -> None:
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # No per-record CRC32: it doubled the save time; torch.load does not need it.
+        crc = torch.serialization.get_crc32_options()
+        torch.serialization.set_crc32_options(False)
+        try:
+            with open(file, "r+b" if file.exists() else "wb") as handle:
+                torch.save(state, handle)
+                handle.truncate()
+        finally:
+            torch.serialization.set_crc32_options(crc)
 
     def load(self, number: int) -> dict[str, Any] | None:
         import torch
@@ -212,8 +220,11 @@ class Checkpoints:
         self._remove_folder_if_empty()
 
     def _remove_folder_if_empty(self) -> None:
-        if self.folder.exists() and not any(self.folder.iterdir()):
-            self.folder.rmdir()
+        try:
+            if self.folder.exists() and not any(self.folder.iterdir()):
+                self.folder.rmdir()
+        except OSError:  # another worker sharing the folder wrote into it, or removed it, meanwhile
+            pass
 
     def close(self) -> None:
         """Write a held-back snapshot, wait for the writer thread, stop it, delete the pooled spares."""
@@ -279,8 +290,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
 
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if owner_is_dead(trial.user_attrs.get(OWNER_ATTR)):
-            study.tell(trial.number, state=TrialState.FAIL)
+        if owner_is_dead(trial.user_attrs.get(OWNER_ATTR)) and _fail(study, trial.number):
             recovered.append(trial.number)
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     with warnings.catch_warnings():
@@ -292,6 +302,27 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
         if trial.number in recovered and not has_retry(study, trial.number):
             enqueue_retry(study, trial)
     return recovered
+
+
+def _fail(study: optuna.Study, number: int) -> bool:
+    """Mark a trial FAIL; False when another worker ended it first (each dead trial is retried once)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        study.tell(number, state=TrialState.FAIL)
+    except (UpdateFinishedTrialError, ValueError):  # ValueError: Optuna saw it finished before writing
+        return False
+    return True
+
+
+def others_running(study: optuna.Study) -> list[str]:
+    """The workers, other than this process, that run one of the study's trials now."""
+    from optuna.trial import TrialState
+
+    me = owner_id()
+    owners = {t.user_attrs.get(OWNER_ATTR) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    return sorted(o for o in owners if o and o != me and not owner_is_dead(o))
 
 
 def close_orphan_runs(study: optuna.Study, tracker: Tracker, parent_id: str) -> int:

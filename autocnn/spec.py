@@ -588,6 +588,10 @@ class Spec(StrictModel):
 
     _path: Path | None = PrivateAttr(default=None)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its keys (for worker processes): pydantic's generic range types cannot be."""
+        return (_rebuild_spec, (self.model_dump(mode="json", exclude_unset=True, by_alias=True), self._path))
+
     @property
     def path(self) -> Path:
         """Where the spec was read from (the current directory for specs built in code)."""
@@ -803,6 +807,12 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError([f"{path}: expected a mapping of spec keys at the top level, got {type(raw).__name__}"])
     spec = parse_spec(raw, source=str(path))
     spec._path = path.resolve()
+    return spec
+
+
+def _rebuild_spec(raw: dict[str, Any], path: Path | None) -> Spec:
+    spec = parse_spec(raw)
+    spec._path = path
     return spec
 
 

@@ -5,8 +5,12 @@ Optuna journal file. Opening one is the same for the study that writes it and fo
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +52,24 @@ def enable_wal(db: Path) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
 
 
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Held by one process of this machine at a time: workers opening an SQLite file that may not
+    exist yet take turns, so its tables and migrations are made once, not half-made by two."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one process at a time is then the user's to ensure
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def open_storage(url: str) -> Any:
     """Optuna's storage for `url`, with heartbeats so a dead process's trial is noticed."""
     import optuna
@@ -57,17 +79,36 @@ def open_storage(url: str) -> Any:
 
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(url))
-    db = sqlite_path(url)
-    if db is not None:
-        enable_wal(db)
-        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    else:
-        engine_kwargs = dict(SERVER_POOL)
     from autocnn.resume import heartbeat_kwargs
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs())
+    def open_rdb(engine_kwargs: dict[str, Any]) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs())
+
+    db = sqlite_path(url)
+    if db is None:
+        return _first_to_create_tables_wins(lambda: open_rdb(dict(SERVER_POOL)))
+    with folder_lock(db.parent):
+        enable_wal(db)
+        return open_rdb({"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}})
+
+
+def _first_to_create_tables_wins(open_rdb: Callable[[], Any], attempts: int = 3) -> Any:
+    """Workers started together on an empty database server all try to create Optuna's tables;
+    all but one fail with "already exists" (a table, a type, a unique key). Those open it again
+    and find the tables made by the winner: the server's DDL is transactional, nothing half-made."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return open_rdb()
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:
+            text = str(exc).lower()
+            if attempt == attempts - 1 or not ("already exists" in text or "duplicate" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def storage_exists(url: str) -> bool:

@@ -7,6 +7,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from autocnn.budget import BUDGET_ATTR, auto_epochs, steps_per_epoch
@@ -20,11 +21,13 @@ from autocnn.resume import (
     OWNER_ATTR,
     REASON_ATTR,
     RESUME_FROM_ATTR,
+    RESUMED_AT_ATTR,
     RETRY_OF_ATTR,
     Checkpoints,
     close_orphan_runs,
     enqueue_retry,
     graceful_interrupts,
+    others_running,
     owner_id,
     recover_dead_trials,
 )
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
     from autocnn.train import EpochMetrics
 
 MAX_FAILS_IN_A_ROW = 5
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # Optuna study attribute: the study's MLflow parent run
+PARENT_RUN_WAIT_S = 120.0  # how long a worker waits for the study's creator to record it
 
 
 class Reporter(Protocol):
@@ -85,6 +90,9 @@ class StudyOptions:
     storage: str | None = None
     tracking_uri: str | None = None
     keep_checkpoints: bool = False
+    workers: int = 1  # local worker processes sharing the study
+    checkpoint_dir: Path | None = None  # where running trials' checkpoints live (default: beside the spec)
+    supervised: bool = False  # set in the processes `workers` starts: their starter closes the study
 
 
 # --------------------------------------------------------------------------- pruner & sampler
@@ -135,22 +143,30 @@ def build_sampler(spec: Spec, *, n_existing: int) -> Any:
         return TrialSeededTPESampler(seed=spec.seed, n_startup_trials=startup, multivariate=True, group=True)
 
 
-def create_study(spec: Spec, storage: str, plan: Plan) -> optuna.Study:
-    """The spec's study, made if missing; the plan sizes the pruner for this run's trials."""
+def create_study(spec: Spec, storage: str, plan: Plan) -> tuple[optuna.Study, bool]:
+    """The spec's study, and whether this process created it (the storage lets only one do so,
+    however many workers start at once); the plan sizes the pruner for this run's trials."""
     import optuna
 
     backend = open_storage(storage)
     objectives = study_objectives(spec)
-    study = optuna.create_study(
-        study_name=spec.name,
-        storage=backend,
-        directions=[objective.direction for objective in objectives],
-        sampler=build_sampler(spec, n_existing=stored_trials(backend, spec.name)),
-        pruner=build_pruner(spec, max_resource=plan.largest_cap(), n_val=plan.n_val),
-        load_if_exists=True,
-    )
+    sampler = build_sampler(spec, n_existing=stored_trials(backend, spec.name))
+    pruner = build_pruner(spec, max_resource=plan.largest_cap(), n_val=plan.n_val)
+    try:
+        study = optuna.create_study(
+            study_name=spec.name,
+            storage=backend,
+            directions=[objective.direction for objective in objectives],
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=False,
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=spec.name, storage=backend, sampler=sampler, pruner=pruner)
+        created = False
     name_metrics(study, [objective.metric for objective in objectives])
-    return study
+    return study, created
 
 
 def name_metrics(study: optuna.Study, names: list[str]) -> None:
@@ -286,6 +302,7 @@ def resume_trainer(ctx: TrialContext, trial: optuna.Trial, trainer: Any) -> list
     history = [(int(epoch), float(value)) for epoch, value in state["history"]]
     for epoch, value in history:  # the pruner compares whole curves
         trial.report(value, epoch)
+    trial.set_user_attr(RESUMED_AT_ATTR, trainer.epoch)
     ctx.reporter.message(f"trial {trial.number} resumes trial {source} after epoch {trainer.epoch}")
     return history
 
@@ -380,51 +397,44 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
     """Check everything, then run (or resume) the study until it holds `trials` done trials.
 
     A study that has trials in its storage resumes: only the missing trials run, and a trial cut
-    short by a killed process continues from its last checkpoint. `reporter` hears about each
-    trial and epoch (the command line draws progress bars with it); by default nothing is shown.
+    short by a killed process continues from its last checkpoint. Any number of processes, here
+    (`workers`) or on other machines sharing the storage, can run the same study at once: each
+    takes trials until the total is reached. `reporter` hears about each trial and epoch (the
+    command line draws progress bars with it); by default nothing is shown.
 
     Example:
         >>> result = autocnn.run_study(spec, autocnn.StudyOptions(trials=20, timeout=900))
         >>> result.best_number, result.best_value, result.counts
     """
-    from autocnn.first_use import fetch_on_first_use
-    from autocnn.tracking import default_tracking_uri
+    return run_prepared_study(spec, options or StudyOptions(), reporter or SilentReporter())
 
-    options = options or StudyOptions()
-    reporter = reporter or SilentReporter()
-    fetch_on_first_use(spec, reporter)  # a dataset by name, pretrained weights: before trial 1, or fail fast
-    cache = DataCache(spec, progress=reporter.data_progress)
-    data = checked_data(spec, cache, reporter)  # before any store is written: bad data leaves nothing
-    timeout = options.timeout or spec.study.timeout
-    target = trial_target(spec, options)
-    plan = study_plan(spec, data, timeout=timeout, target=target)
-    for warning in plan.warnings:
-        reporter.message(f"warning: {warning}")
-    storage = storage_url(spec, options.storage)
-    study = create_study(spec, storage, plan)
-    if spec.study.defaults and enqueue_defaults(study, spec):
-        reporter.message(f"first trials: the default configuration of {', '.join(spec.models.spaces())}")
-    tracker, parent = open_tracking(
-        spec, options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri(), storage
-    )
-    dataset = dataset_record(spec, cache, data)
-    tracker.log_dataset(parent, dataset)
-    for number in recover_dead_trials(study):
-        reporter.message(f"trial {number} was running when its process died: marked failed, queued again to resume")
-    close_orphan_runs(study, tracker, parent)
+
+def run_prepared_study(
+    spec: Spec, options: StudyOptions, reporter: Reporter, *, plan: Plan | None = None
+) -> StudyResult:
+    """`run_study`, with the plan of the process that started this worker when there is one."""
+    session = open_session(spec, options, reporter, plan=plan)
+    study, tracker, parent = session.study, session.tracker, session.parent
     before = count_states(study)
     done_before = before["COMPLETE"] + before["PRUNED"]
-    to_run = None if target is None else max(0, target - done_before)
-    reporter.study_started(name=spec.name, done=done_before, target=target, to_run=to_run)
+    to_run = None if session.target is None else max(0, session.target - done_before)
+    if not options.supervised:
+        reporter.study_started(name=spec.name, done=done_before, target=session.target, to_run=to_run)
 
-    checkpoints = Checkpoints(spec.base_dir / ".autocnn" / spec.name / "checkpoints", keep=options.keep_checkpoints)
-    ctx = TrialContext(spec, cache, tracker, parent, reporter, checkpoints, plan, dataset)
+    checkpoints = Checkpoints(checkpoint_folder(spec, options), keep=options.keep_checkpoints)
+    ctx = TrialContext(spec, session.cache, tracker, parent, reporter, checkpoints, session.plan, session.dataset)
     streak = FailStreak()
     status = "KILLED"
     started = time.perf_counter()
+    stopped: list[str] = []
     try:
         if to_run is None or to_run > 0:
-            optimize(study, ctx, timeout=timeout, target=target, streak=streak)
+            if options.workers > 1:
+                from autocnn.workers import run_workers
+
+                stopped = run_workers(spec, options, session.plan, reporter, timeout=session.timeout)
+            else:
+                optimize(study, ctx, timeout=session.timeout, target=session.target, streak=streak)
         status = "FINISHED"
     finally:
         try:
@@ -432,14 +442,95 @@ def run_study(spec: Spec, options: StudyOptions | None = None, reporter: Reporte
         except Exception as exc:  # the study's runs are closed all the same
             reporter.message(f"warning: the last checkpoint could not be written: {exc}")
         ran = _started(study) - (sum(before.values()) - before["WAITING"])
-        result = summarize(study, primary(spec), storage=storage, tracking_uri=tracker.tracking_uri, ran=ran)
+        result = summarize(study, primary(spec), storage=session.storage, tracking_uri=tracker.tracking_uri, ran=ran)
         if streak.streak >= MAX_FAILS_IN_A_ROW:
-            result.stopped_reason = f"the last {MAX_FAILS_IN_A_ROW} trials all failed; last error: {streak.last_error}"
+            stopped.append(f"the last {MAX_FAILS_IN_A_ROW} trials all failed; last error: {streak.last_error}")
             status = "FAILED"
-        close_tracking(tracker, parent, result, seconds=time.perf_counter() - started, status=status)
-    if result.best_number is not None:
-        log_best_model(spec, study, tracker, parent, data)
+        if stopped:
+            result.stopped_reason = stopped[0]
+            status = "FAILED"
+        closing = closes_the_study(study, options, reporter)
+        if closing:
+            recover_dead_trials(study)  # a worker killed at the end: its trial waits to resume
+            close_orphan_runs(study, tracker, parent)
+            close_tracking(tracker, parent, result, seconds=time.perf_counter() - started, status=status)
+        else:
+            tracker.flush()
+    if closing and result.best_number is not None:
+        log_best_model(spec, study, tracker, parent, session.data)
     return result
+
+
+@dataclass
+class Session:
+    """One process's view of a study, ready to run trials: checked data, plan, Optuna study, and
+    the MLflow parent run that every worker's trial runs nest under."""
+
+    cache: DataCache
+    data: Dataset
+    plan: Plan
+    storage: str
+    study: optuna.Study
+    tracker: Tracker
+    parent: str
+    dataset: DatasetRecord
+    timeout: float | None
+    target: int | None
+
+
+def open_session(spec: Spec, options: StudyOptions, reporter: Reporter, plan: Plan | None = None) -> Session:
+    """Everything a trial needs, checked before anything is written; a user error raises here.
+
+    The first process to create the Optuna study queues the default trials and makes the parent
+    run; any other (a worker started at the same time, here or elsewhere) waits for that run.
+    """
+    from autocnn.first_use import fetch_on_first_use
+    from autocnn.tracking import default_tracking_uri
+
+    quiet = reporter if not options.supervised else SilentReporter()  # the supervisor said it all
+    fetch_on_first_use(spec, quiet)  # a dataset by name, pretrained weights: before trial 1, or fail fast
+    cache = DataCache(spec, progress=quiet.data_progress)
+    data = checked_data(spec, cache, quiet)  # before any store is written: bad data leaves nothing
+    timeout = options.timeout or spec.study.timeout
+    target = trial_target(spec, options)
+    if plan is None:
+        plan = study_plan(spec, data, timeout=timeout, target=target)
+        for warning in plan.warnings:
+            reporter.message(f"warning: {warning}")
+    storage = storage_url(spec, options.storage)
+    study, created = create_study(spec, storage, plan)
+    if created and spec.study.defaults and enqueue_defaults(study, spec):
+        reporter.message(f"first trials: the default configuration of {', '.join(spec.models.spaces())}")
+    tracking_uri = options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri()
+    tracker, parent = open_tracking(spec, tracking_uri, storage, study, created=created)
+    dataset = dataset_record(spec, cache, data)
+    if not options.supervised:
+        tracker.log_dataset(parent, dataset)
+    for number in recover_dead_trials(study):
+        reporter.message(f"trial {number} was running when its process died: marked failed, queued again to resume")
+    close_orphan_runs(study, tracker, parent)
+    return Session(cache, data, plan, storage, study, tracker, parent, dataset, timeout, target)
+
+
+def checkpoint_folder(spec: Spec, options: StudyOptions) -> Path:
+    """Where running trials keep their last epoch: workers on several machines need a folder they
+    all see (`--checkpoint-dir` on shared storage), so a dead worker's trial resumes anywhere."""
+    root = options.checkpoint_dir or spec.base_dir / ".autocnn"
+    return Path(root) / spec.name / "checkpoints"
+
+
+def closes_the_study(study: optuna.Study, options: StudyOptions, reporter: Reporter) -> bool:
+    """Whether this process ends the parent run and logs the best model: only the last worker.
+
+    A worker under `--workers` leaves that to the process that started it; one of several
+    independent workers leaves it to whichever is still running trials.
+    """
+    if options.supervised:
+        return False
+    others = others_running(study)
+    if others:
+        reporter.message(f"other workers still run trials ({', '.join(others)}): the last one to end closes the study")
+    return not others
 
 
 def checked_data(spec: Spec, cache: DataCache, reporter: Reporter) -> Dataset:
@@ -454,13 +545,42 @@ def checked_data(spec: Spec, cache: DataCache, reporter: Reporter) -> Dataset:
     return data
 
 
-def open_tracking(spec: Spec, tracking_uri: str, storage: str) -> tuple[Tracker, str]:
-    """The MLflow tracker and the study's parent run (found again on a resume)."""
+def open_tracking(
+    spec: Spec, tracking_uri: str, storage: str, study: optuna.Study, *, created: bool
+) -> tuple[Tracker, str]:
+    """The MLflow tracker and the study's one parent run, made once however many workers start.
+
+    The parent run's id is kept in the Optuna study, so the storage decides: the process that
+    created the study makes the run (or finds it again by its tags) and records it; the others
+    read it, waiting while the creator is still at it. Searching MLflow and creating when nothing
+    is found would give two parents to two workers started together.
+    """
     from autocnn.tracking import Tracker
 
     tracker = Tracker(tracking_uri, spec.experiment_name)
     spec_text = spec.path.read_text() if spec.path.exists() else ""
-    return tracker, tracker.open_study_run(spec.name, spec_text=spec_text, storage=storage)
+    if not created:
+        recorded = recorded_parent_run(study)
+        if recorded is not None and tracker.reopen_study_run(recorded, spec_text=spec_text):
+            return tracker, recorded
+    parent = tracker.open_study_run(spec.name, spec_text=spec_text, storage=storage)
+    study.set_user_attr(PARENT_RUN_ATTR, parent)
+    return tracker, parent
+
+
+def recorded_parent_run(study: optuna.Study, *, wait_s: float = PARENT_RUN_WAIT_S) -> str | None:
+    """The parent run id the study's creator recorded; None for a study that has run trials
+    without one (made by an older autocnn) or when the creator never recorded it in time."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        recorded = study.user_attrs.get(PARENT_RUN_ATTR)
+        if recorded is not None:
+            return str(recorded)
+        # The creator records the run before any trial starts: trials started without it mean
+        # there is nothing to wait for.
+        if _started(study) > 0 or time.monotonic() > deadline:
+            return None
+        time.sleep(0.25)
 
 
 def optimize(
@@ -471,11 +591,31 @@ def optimize(
     import optuna
     from optuna.trial import TrialState
 
-    callbacks: list[Any] = [streak]
+    callbacks: list[Any] = [streak, RecoverDeadWorkers(ctx)]
     if target is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     with graceful_interrupts():
         study.optimize(make_objective(ctx), timeout=timeout, catch=(Exception,), callbacks=callbacks)
+
+
+class RecoverDeadWorkers:
+    """After each trial, whichever worker notices first fails a trial whose process died (on this
+    host at once, elsewhere when its heartbeat stops) and queues it to resume from its checkpoint;
+    the dead trial's MLflow run is closed then too, not when the study next starts."""
+
+    def __init__(self, ctx: TrialContext) -> None:
+        self.ctx = ctx
+        self.failed: set[int] = set()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        from optuna.trial import TrialState
+
+        for number in recover_dead_trials(study):
+            self.ctx.reporter.message(f"trial {number}: its worker died; queued again to resume from its checkpoint")
+        failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        if failed - self.failed - {trial.number}:  # failed by another worker, or by a heartbeat check
+            close_orphan_runs(study, self.ctx.tracker, self.ctx.parent_run_id)
+        self.failed = failed
 
 
 def close_tracking(tracker: Tracker, parent: str, result: StudyResult, *, seconds: float, status: str) -> None:

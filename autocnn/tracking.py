@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from autocnn.storage import enable_wal, sqlite_path
+from autocnn.storage import enable_wal, folder_lock, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -51,11 +51,13 @@ class Tracker:
         import mlflow
 
         db = sqlite_path(tracking_uri)
-        if db is not None:
-            enable_wal(db)
         self.tracking_uri = tracking_uri
-        self._client: MlflowClient = mlflow.MlflowClient(tracking_uri)  # used by this class alone
-        self.experiment_id = self._experiment_id(experiment, db)
+        # MLflow makes and migrates an SQLite store's tables when the client opens it.
+        with folder_lock(db.parent) if db is not None else contextlib.nullcontext():
+            if db is not None:
+                enable_wal(db)
+            self._client: MlflowClient = mlflow.MlflowClient(tracking_uri)  # used by this class alone
+            self.experiment_id = self._experiment_id(experiment, db)
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future[Any]] = []
         self._unsent: dict[str, list[Any]] = {}  # run id -> metrics not yet queued
@@ -67,8 +69,16 @@ class Tracker:
             if found.lifecycle_stage == "deleted":
                 self._client.restore_experiment(found.experiment_id)
             return found.experiment_id
+        from mlflow.exceptions import MlflowException
+
         location = (db.parent / "artifacts").as_uri() if db is not None else None
-        return self._client.create_experiment(name, artifact_location=location)
+        try:
+            return self._client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            found = self._client.get_experiment_by_name(name)  # another worker created it just now
+            if found is None:
+                raise
+            return found.experiment_id
 
     # ---------------------------------------------------------------- the study's parent run
 
@@ -84,14 +94,28 @@ class Tracker:
     def open_study_run(self, study: str, *, spec_text: str, storage: str) -> str:
         """Reuse the study's parent run (resume) or create it; the spec is its artifact."""
         run = self.find_study_run(study)
-        if run is not None:
-            self._client.update_run(run.info.run_id, status="RUNNING")
-            run_id = run.info.run_id
-        else:
-            tags = {ROLE_TAG: "study", STUDY_TAG: study, "mlflow.runName": study, "optuna.storage": storage}
-            run_id = self._client.create_run(self.experiment_id, run_name=study, tags=tags).info.run_id
+        if run is not None and self.reopen_study_run(run.info.run_id, spec_text=spec_text):
+            return run.info.run_id
+        tags = {ROLE_TAG: "study", STUDY_TAG: study, "mlflow.runName": study, "optuna.storage": storage}
+        run_id = self._client.create_run(self.experiment_id, run_name=study, tags=tags).info.run_id
         self._client.log_text(run_id, spec_text, "spec.yaml")
         return run_id
+
+    def reopen_study_run(self, run_id: str, *, spec_text: str) -> bool:
+        """Mark the study's parent run RUNNING again; False when this tracking server does not hold
+        it in the study's experiment (deleted, or the study moved to another server)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self._client.get_run(run_id)
+        except MlflowException:
+            return False
+        if run.info.experiment_id != self.experiment_id or run.info.lifecycle_stage != "active":
+            return False
+        if run.info.status != "RUNNING":
+            self._client.update_run(run_id, status="RUNNING")
+        self._client.log_text(run_id, spec_text, "spec.yaml")
+        return True
 
     def close_study_run(self, run_id: str, summary: dict[str, Any], *, status: str = "FINISHED") -> None:
         from mlflow.entities import Metric

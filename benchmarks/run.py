@@ -1,4 +1,4 @@
-"""Does the search waste compute? Five measurements, side by side on this machine.
+"""Does the search waste compute, and what do more workers buy? Six measurements on this machine.
 
 Run: .venv/bin/python benchmarks/run.py [--quick] [--items 1 3] [--models custom_cnn] [--out FILE] [--keep]
 
@@ -36,11 +36,12 @@ from benchmarks.machine import machine_info, quiet_like_the_cli, quiet_machine
 from benchmarks.memory_use import measure_memory
 from benchmarks.pruning_savings import measure_pruning
 from benchmarks.results import Item, render_markdown, write_results
+from benchmarks.scale_out import measure_scale_out
 from benchmarks.startup_cost import measure_startup
 from benchmarks.timed_study import TrialTiming
 from benchmarks.trial_loop import CASES, measure_trial_loop
 
-ITEMS = (1, 2, 3, 4, 5)
+ITEMS = (1, 2, 3, 4, 5, 6)
 Log = Callable[[str], None]
 
 
@@ -59,13 +60,17 @@ class Settings:
     startup_repeats: int
     mem_images: int
     mem_epochs: int
+    scale_trials: int
+    scale_epochs: int
+    scale_repeats: int
+    trivial_trials: int
 
 
 def settings_for(quick: bool, models: Sequence[str] = tuple(CASES)) -> Settings:
     cases = tuple(CASES[m] for m in CASES if m in models)
     if quick:
-        return Settings(True, 1, 2, cases, 256, 1, 3, 2, 2, 300, 1)
-    return Settings(False, None, None, cases, 1024, 3, 20, 12, 7, 2000, 2)
+        return Settings(True, 1, 2, cases, 256, 1, 3, 2, 2, 300, 1, 4, 2, 1, 16)
+    return Settings(False, None, None, cases, 1024, 3, 20, 12, 7, 2000, 2, 12, 5, 2, 80)
 
 
 def run_items(settings: Settings, wanted: Sequence[int], work: Path, log: Log) -> list[Item]:
@@ -84,6 +89,17 @@ def run_items(settings: Settings, wanted: Sequence[int], work: Path, log: Log) -
         (3, "pruning", lambda: measure_pruning(work, trials=settings.prune_trials, epochs=settings.prune_epochs)),
         (4, "start-up", lambda: measure_startup(work, repeats=settings.startup_repeats, timings=timings)),
         (5, "memory", lambda: measure_memory(work, images=settings.mem_images, epochs=settings.mem_epochs)),
+        (
+            6,
+            "scale-out",
+            lambda: measure_scale_out(
+                work,
+                trials=settings.scale_trials,
+                epochs=settings.scale_epochs,
+                repeats=settings.scale_repeats,
+                trivial_trials=settings.trivial_trials,
+            ),
+        ),
     ]
     for number, name, measure in steps:
         if number in wanted:

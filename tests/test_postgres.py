@@ -1,46 +1,24 @@
-"""A study on a real PostgreSQL server (127.0.0.1:5432, user postgres): the storage workers share.
-
-CI machines run one; without it these tests fail and say why, rather than pass unexamined.
-"""
+"""A study on a real PostgreSQL server (127.0.0.1:5432, user postgres): the storage workers share."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from autocnn import StudyOptions, load_spec, run_study, study_status
 from autocnn.storage import SERVER_POOL, open_storage
 from tests.conftest import digits_spec_dict, write_spec
-
-SERVER = "postgresql://postgres@127.0.0.1:5432"
+from tests.postgres import temporary_database
 
 pytestmark = pytest.mark.slow
 
 
-def admin_connection() -> psycopg.Connection:
-    try:
-        return psycopg.connect(f"{SERVER}/postgres", connect_timeout=5, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"no PostgreSQL server at {SERVER} (start it: service postgresql start): {exc}")
-
-
 @pytest.fixture
 def database() -> Iterator[str]:
-    """A database of its own, dropped afterwards even while the test's pool still holds connections."""
-    name = f"autocnn_test_{uuid.uuid4().hex[:12]}"
-    admin = admin_connection()
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{SERVER}/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with temporary_database() as url:
+        yield url
 
 
 def test_a_study_runs_on_postgresql_and_status_reads_it_back(in_tmp: Path, database: str) -> None:

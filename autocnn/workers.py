@@ -1,0 +1,263 @@
+"""`workers: N`: one study run by N local processes that share its storage.
+
+Two single-threaded workers train small models faster than one process with two threads (the
+benchmark's scale-out item), and a machine with several GPUs trains one trial per GPU. The
+process that starts the workers prepares the study (data checks, the Optuna study, the MLflow
+parent run) before any starts, shows what they report, and closes the study when the last one
+ends. Each worker is a full autocnn process: it takes trials until the study's total is reached,
+and a trial whose worker dies is retried by another, from its checkpoint.
+
+Workers run in process groups of their own, so a Ctrl-C in the terminal reaches only the
+starting process, which passes it on once: each worker then stops the graceful way (its trial is
+queued to resume). A worker whose starter dies stops the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from autocnn.plan import Plan
+    from autocnn.spec import Spec
+    from autocnn.study import Reporter, StudyOptions
+
+STOP_GRACE_S = 300.0  # after a stop, how long a worker may take to close its trial before it is killed
+# What a worker passes on to the process that started it; the rest (data decoding, "study
+# started") that process has already shown.
+RELAYED = ("message", "trial_sampled", "trial_started", "epoch_done", "trial_finished")
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What one worker gets of the machine."""
+
+    index: int
+    threads: int  # torch's intra-op threads
+    gpu: str | None  # CUDA_VISIBLE_DEVICES, on a machine with GPUs
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_setups(workers: int, *, cores: int | None = None, gpus: int | None = None) -> list[WorkerSetup]:
+    """An equal share of the cores for each worker, at least one thread; one GPU each, in turn,
+    when the machine has any (then the CPU threads only feed the GPU)."""
+    cores = usable_cores() if cores is None else cores
+    gpus = visible_gpus() if gpus is None else gpus
+    threads = max(1, cores // workers)
+    return [WorkerSetup(i, threads, str(i % gpus) if gpus else None) for i in range(workers)]
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_workers(
+    spec: Spec, options: StudyOptions, plan: Plan, reporter: Reporter, *, timeout: float | None
+) -> list[str]:
+    """Run the prepared study in `options.workers` processes until they all end; what they
+    report goes to `reporter`. Returns why workers stopped the study early, if any did."""
+    import multiprocessing
+
+    from autocnn.resume import graceful_interrupts
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    worker_options = replace(options, workers=1, supervised=True, timeout=timeout)
+    levels = (logging.getLogger().getEffectiveLevel(), _optuna_verbosity())
+    processes: list[BaseProcess] = []
+    pipes: dict[Connection, int] = {}
+    for setup in worker_setups(options.workers):
+        receive, send = context.Pipe(duplex=False)
+        process = context.Process(
+            target=worker_main,
+            args=(spec, worker_options, plan, setup, send, os.getpid(), levels),
+            name=f"autocnn-worker-{setup.index}",
+        )
+        process.start()
+        send.close()  # the worker holds its end: when it exits, ours reads end-of-file
+        processes.append(process)
+        pipes[receive] = setup.index
+    stopped: list[str] = []
+    try:
+        with graceful_interrupts():
+            try:
+                relay(pipes, reporter, stopped)
+            except KeyboardInterrupt:
+                reporter.message(f"stopping {len(processes)} workers: each closes its running trial to resume later")
+                _signal_all(processes, signal.SIGTERM)
+                relay(pipes, reporter, stopped, deadline=time.monotonic() + STOP_GRACE_S)
+                raise
+    finally:
+        _end_all(processes)
+    for index, process in enumerate(processes):
+        if process.exitcode not in (0, None) and process.exitcode != -signal.SIGTERM:
+            reporter.message(
+                f"warning: worker {index} exited with code {process.exitcode}; the others retried its trial"
+            )
+    return stopped
+
+
+def relay(
+    pipes: dict[Connection, int], reporter: Reporter, stopped: list[str], *, deadline: float | None = None
+) -> None:
+    """Pass every worker's events to `reporter` until all workers have closed their pipes."""
+    while pipes and (deadline is None or time.monotonic() < deadline):
+        for conn in wait(list(pipes), timeout=1.0):
+            try:
+                kind, args = conn.recv()  # type: ignore[union-attr]
+            except (EOFError, OSError):  # the worker ended (or was killed)
+                pipes.pop(conn)  # type: ignore[arg-type]
+                conn.close()  # type: ignore[union-attr]
+                continue
+            index = pipes[conn]  # type: ignore[index]
+            if kind == "stopped":
+                stopped.append(f"worker {index}: {args[0]}")
+            elif kind == "error":
+                reporter.message(f"warning: worker {index} failed: {args[0]}")
+            elif kind == "message":
+                reporter.message(f"worker {index}: {args[0]}")
+            elif kind in RELAYED:
+                getattr(reporter, kind)(*args)
+
+
+def _signal_all(processes: list[BaseProcess], sig: int) -> None:
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            try:
+                os.kill(process.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _end_all(processes: list[BaseProcess]) -> None:
+    """No worker outlives the study: a stopped one gets its grace period, then is killed."""
+    for process in processes:
+        process.join(timeout=STOP_GRACE_S if process.is_alive() else 0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _optuna_verbosity() -> int:
+    import optuna
+
+    return optuna.logging.get_verbosity()
+
+
+# --------------------------------------------------------------------------- in the worker
+
+
+class PipeReporter:
+    """A worker's Reporter: every event goes, as it happens, to the process that started it."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def send(self, kind: str, *args: Any) -> None:
+        with self.lock:
+            try:
+                self.conn.send((kind, args))
+            except (BrokenPipeError, OSError):  # the starter is gone; the watchdog stops this worker
+                pass
+
+    def message(self, text: str) -> None:
+        self.send("message", text)
+
+    def data_progress(self, done: int, total: int) -> None:
+        pass
+
+    def study_started(self, *, name: str, done: int, target: int | None, to_run: int | None) -> None:
+        pass
+
+    def trial_sampled(self, number: int, config: Any) -> None:
+        self.send("trial_sampled", number, config)
+
+    def trial_started(self, number: int, config: Any, epochs: int) -> None:
+        self.send("trial_started", number, config, epochs)
+
+    def epoch_done(self, number: int, metrics: Any, metric: str) -> None:
+        self.send("epoch_done", number, metrics, metric)
+
+    def trial_finished(self, number: int, state: str, value: float | None) -> None:
+        self.send("trial_finished", number, state, value)
+
+
+def worker_main(
+    spec: Spec,
+    options: StudyOptions,
+    plan: Plan,
+    setup: WorkerSetup,
+    conn: Connection,
+    starter_pid: int,
+    levels: tuple[int, int],
+) -> None:
+    """One worker process: its share of the machine, then trials until the study's total."""
+    os.setpgid(0, 0)  # terminal signals go to the starter, which passes them on once
+    _use_share(setup)
+    _library_output(*levels)
+    _stop_when_orphaned(starter_pid)
+    reporter = PipeReporter(conn)
+    from autocnn.errors import AutocnnError
+    from autocnn.study import run_prepared_study
+
+    try:
+        result = run_prepared_study(spec, options, reporter, plan=plan)
+    except KeyboardInterrupt:
+        return  # stopped by the starter: the running trial is queued to resume
+    except AutocnnError as exc:
+        reporter.send("error", str(exc))
+        raise SystemExit(2) from None
+    except Exception as exc:
+        reporter.send("error", f"{exc.__class__.__name__}: {exc}")
+        raise SystemExit(1) from None
+    if result.stopped_reason:
+        reporter.send("stopped", result.stopped_reason)
+    conn.close()
+
+
+def _use_share(setup: WorkerSetup) -> None:
+    """Threads and GPU set before torch is imported: its thread pools are sized once, at import."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(setup.threads)
+    if setup.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = setup.gpu
+    import torch
+
+    torch.set_num_threads(setup.threads)
+
+
+def _library_output(root_level: int, optuna_level: int) -> None:
+    """The starter's choice of what other libraries may print (the command line's --verbose)."""
+    import optuna
+
+    logging.basicConfig(level=root_level, format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    optuna.logging.set_verbosity(optuna_level)
+
+
+def _stop_when_orphaned(starter_pid: int) -> None:
+    """A worker whose starter was killed stops as if told to: nothing runs on unwatched."""
+
+    def watch() -> None:
+        while os.getppid() == starter_pid:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="autocnn-orphan-watch", daemon=True).start()

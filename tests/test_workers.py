@@ -1,0 +1,224 @@
+"""Many workers on one study: local `workers`, independent processes on a shared PostgreSQL
+storage, a killed worker's trial resumed by another, and an MLflow server that all of them use."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from autocnn import StudyOptions, build_report, load_spec, run_study
+from autocnn.resume import OWNER_ATTR, RESUME_FROM_ATTR, RESUMED_AT_ATTR, RETRY_OF_ATTR
+from autocnn.storage import open_study, storage_url
+from autocnn.study import PARENT_RUN_ATTR
+from autocnn.tracking import RUN_STATUS, STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
+from autocnn.workers import worker_setups
+from tests.conftest import digits_spec_dict, write_spec
+from tests.local_servers import free_port, wait_until_answering
+from tests.postgres import temporary_database
+
+# A trial's MLflow run status for its Optuna state; a trial whose worker was killed is FAIL in
+# Optuna and KILLED in MLflow.
+ALLOWED_STATUS = {**{state: {status} for state, status in RUN_STATUS.items()}, "FAIL": {"FAILED", "KILLED"}}
+
+
+def test_each_worker_gets_an_equal_share_of_the_cores_and_a_gpu_in_turn() -> None:
+    assert [s.threads for s in worker_setups(2, cores=2, gpus=0)] == [1, 1]
+    assert [s.threads for s in worker_setups(3, cores=16, gpus=0)] == [5, 5, 5]
+    assert [s.threads for s in worker_setups(4, cores=2, gpus=0)] == [1, 1, 1, 1]  # at least one
+    assert [s.gpu for s in worker_setups(3, cores=8, gpus=2)] == ["0", "1", "0"]
+    assert [s.gpu for s in worker_setups(2, cores=8, gpus=0)] == [None, None]
+
+
+def test_a_spec_travels_to_a_worker_process_unchanged(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, digits_spec_dict(train={"epochs": "auto"})))
+    copy = pickle.loads(pickle.dumps(spec))
+    assert copy.model_dump() == spec.model_dump() and copy.path == spec.path
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def trial_runs(tracking_uri: str, name: str) -> tuple[mlflow.entities.Run, list[mlflow.entities.Run]]:
+    tracker = Tracker(tracking_uri, name)
+    parent = tracker.find_study_run(name)
+    assert parent is not None
+    return parent, tracker.trial_runs(parent.info.run_id)
+
+
+def assert_one_to_one(study: optuna.Study, parent: mlflow.entities.Run, runs: list[mlflow.entities.Run]) -> None:
+    """Every trial that started has exactly one run under the one parent, in the same state."""
+    started = [t for t in study.trials if t.state.name != "WAITING"]
+    by_number = {int(r.data.tags[TRIAL_TAG]): r for r in runs}
+    assert len(by_number) == len(runs), "one MLflow run per trial"
+    assert sorted(by_number) == [t.number for t in started]
+    for trial in started:
+        run = by_number[trial.number]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags[STATE_TAG] == trial.state.name
+        assert run.info.status in ALLOWED_STATUS[trial.state.name], (trial.number, run.info.status)
+    assert study.user_attrs[PARENT_RUN_ATTR] == parent.info.run_id
+    assert parent.info.status == "FINISHED"
+
+
+def assert_total_within_bound(study: optuna.Study, target: int, workers: int) -> None:
+    done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert target <= len(done) <= target + workers - 1
+    numbers = [t.number for t in study.trials]
+    assert numbers == list(range(len(numbers))), "trial numbers are unique and dense"
+
+
+def parent_runs(tracking_uri: str, name: str) -> int:
+    experiment = mlflow.MlflowClient(tracking_uri).get_experiment_by_name(name)
+    found = mlflow.MlflowClient(tracking_uri).search_runs(
+        [experiment.experiment_id], filter_string="tags.`autocnn.role` = 'study'"
+    )
+    return len(found)
+
+
+def logged_models(tracking_uri: str, name: str) -> int:
+    experiment = mlflow.MlflowClient(tracking_uri).get_experiment_by_name(name)
+    return len(mlflow.MlflowClient(tracking_uri).search_logged_models(experiment_ids=[experiment.experiment_id]))
+
+
+@pytest.mark.slow
+def test_two_local_workers_share_the_default_storage(in_tmp: Path) -> None:
+    spec = load_spec(write_spec(in_tmp, digits_spec_dict(study={"trials": 4, "pruner": "none"})))
+    result = run_study(spec, StudyOptions(workers=2))
+
+    study = open_study(spec, storage_url(spec))
+    assert_total_within_bound(study, target=4, workers=2)
+    assert result.counts["FAIL"] == 0  # no "database is locked", nor anything else
+    owners = {t.user_attrs[OWNER_ATTR] for t in study.trials}
+    assert len(owners) == 2 and f":{os.getpid()}" not in " ".join(owners), "trials ran in the two workers"
+    parent, runs = trial_runs(default_tracking_uri(), spec.name)
+    assert_one_to_one(study, parent, runs)
+    assert parent.data.tags["autocnn.best_model_trial"] == str(result.best_number)
+    assert logged_models(default_tracking_uri(), spec.name) == 1, "the best model is logged once"
+    page = build_report(spec).path.read_text()
+    assert all(owner in page for owner in owners), "the report says which worker ran each trial"
+
+
+def start_worker(folder: Path, *args: str, log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "autocnn", "study", "spec.yaml", *args],
+            cwd=folder,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+
+def finish(workers: list[subprocess.Popen], logs: list[Path], timeout: float = 600) -> None:
+    for worker, log in zip(workers, logs, strict=True):
+        worker.wait(timeout=timeout)
+        assert worker.returncode == 0, log.read_text()[-3000:]
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    with temporary_database() as url:
+        yield url
+
+
+def running_trial_with_checkpoint(study: optuna.Study, checkpoints: Path) -> optuna.trial.FrozenTrial | None:
+    """A trial past its first epoch whose checkpoint is on disk, with epochs still to go."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if 1 <= len(trial.intermediate_values) <= 2 and (checkpoints / f"trial-{trial.number}.pt").exists():
+            return trial
+    return None
+
+
+@pytest.mark.slow
+def test_three_workers_on_postgresql_one_killed_mid_trial(in_tmp: Path, database: str) -> None:
+    """Three `autocnn study` processes started together, as on three machines; one is killed with
+    SIGKILL inside a trial and the others retry that trial from its checkpoint."""
+    spec_dict = digits_spec_dict(
+        study={"trials": 6, "pruner": "none", "sampler": "random"}, data={"image_size": 32}, train={"epochs": 6}
+    )
+    spec = load_spec(write_spec(in_tmp, spec_dict))
+    logs = [in_tmp / f"worker-{i}.log" for i in range(3)]
+    workers = [start_worker(in_tmp, "--storage", database, log=log) for log in logs]
+
+    checkpoints = in_tmp / ".autocnn" / spec.name / "checkpoints"
+    deadline = time.monotonic() + 300
+    victim = None
+    while victim is None:
+        assert time.monotonic() < deadline, "no trial reached its first checkpoint"
+        assert all(w.poll() is None for w in workers), [log.read_text()[-2000:] for log in logs]
+        try:
+            victim = running_trial_with_checkpoint(open_study(spec, database), checkpoints)
+        except Exception:  # the study is not created yet
+            victim = None
+        time.sleep(0.05)
+    pid = int(victim.user_attrs[OWNER_ATTR].rpartition(":")[2])
+    killed = next(w for w in workers if w.pid == pid)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    survivors = [w for w in workers if w is not killed]
+    finish(survivors, [log for w, log in zip(workers, logs, strict=True) if w is not killed])
+
+    study = open_study(spec, database)
+    assert_total_within_bound(study, target=6, workers=3)
+    assert study.trials[victim.number].state.name == "FAIL"
+    (retry,) = [t for t in study.trials if t.user_attrs.get(RESUME_FROM_ATTR) == victim.number]
+    assert retry.user_attrs[RETRY_OF_ATTR] == victim.number and retry.params == victim.params
+    assert retry.state.name == "COMPLETE" and retry.user_attrs[OWNER_ATTR] != victim.user_attrs[OWNER_ATTR]
+    assert retry.user_attrs[RESUMED_AT_ATTR] >= 1, "the retry continued from the checkpoint"
+    assert sorted(retry.intermediate_values) == list(range(1, 7))
+    assert parent_runs(default_tracking_uri(), spec.name) == 1, "the parent run is created exactly once"
+    parent, runs = trial_runs(default_tracking_uri(), spec.name)
+    assert_one_to_one(study, parent, runs)
+    assert not list(checkpoints.parent.rglob("*.pt")), "checkpoints are deleted when trials end"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    """A real tracking server: PostgreSQL backend, artifacts it serves from a local folder."""
+    port = free_port()
+    log = tmp_path / "mlflow-server.log"
+    with temporary_database() as backend, open(log, "w") as out:
+        command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend]
+        command += ["--artifacts-destination", (tmp_path / "artifacts").as_uri()]
+        command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until_answering(f"{url}/health", server, log)
+            yield url
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_two_workers_started_together_nest_under_one_parent_on_an_mlflow_server(
+    in_tmp: Path, database: str, mlflow_server: str
+) -> None:
+    # Trials of seconds each: a worker started a moment later still finds trials to run.
+    spec_dict = digits_spec_dict(study={"trials": 4, "pruner": "none"}, data={"image_size": 24}, train={"epochs": 4})
+    spec = load_spec(write_spec(in_tmp, spec_dict))
+    logs = [in_tmp / f"worker-{i}.log" for i in range(2)]
+    workers = [start_worker(in_tmp, "--storage", database, "--tracking-uri", mlflow_server, log=log) for log in logs]
+    finish(workers, logs)
+
+    study = open_study(spec, database)
+    assert_total_within_bound(study, target=4, workers=2)
+    assert parent_runs(mlflow_server, spec.name) == 1, "the parent run is created exactly once"
+    parent, runs = trial_runs(mlflow_server, spec.name)
+    assert_one_to_one(study, parent, runs)
+    assert len({t.user_attrs[OWNER_ATTR] for t in study.trials}) == 2
+    assert logged_models(mlflow_server, spec.name) == 1
+    assert not (in_tmp / "mlruns").exists(), "nothing fell back to the local store"
+    assert "View run" not in logs[0].read_text() + logs[1].read_text(), "MLflow's links do not flood the output"
