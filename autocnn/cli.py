@@ -723,7 +723,7 @@ def data_fetch(
                 seed=seed,
                 say=bars.message,
                 progress=bars.download_progress,
-                written=lambda done, total: bars.data_progress(done, total),
+                written=lambda done, total: bars.count_progress("writing images", done, total),
             )
     shown = ", ".join(f"{part} {n}" for part, n in counts.items())
     console.print(

@@ -49,7 +49,7 @@ class RichReporter:
         self.trials_task: Any = None
         self.epoch_task: Any = None
         self.data_task: Any = None
-        self.downloads: dict[str, Any] = {}  # what -> progress task
+        self.downloads: dict[str, Any] = {}  # what -> progress task (downloads, files written)
         self._running: dict[int, tuple[str, float]] = {}  # trial -> (model, start)
         self._last: dict[int, tuple[int, float]] = {}  # trial -> (epoch, metric value)
 
@@ -89,6 +89,17 @@ class RichReporter:
         if task is None:
             task = self.downloads[what] = self.progress.add_task(what, total=mb_total, info="MB")
         self.progress.update(task, completed=done / 1e6, total=mb_total)
+
+    def count_progress(self, what: str, done: int, total: int) -> None:
+        """A bar counting items (images written by `autocnn data fetch`); a line at the end without a terminal."""
+        if not self.live:
+            if done >= total:
+                self._print(f"{what}: {total}")
+            return
+        task = self.downloads.get(what)
+        if task is None:
+            task = self.downloads[what] = self.progress.add_task(what, total=total, info="")
+        self.progress.update(task, completed=done, total=total)
 
     def study_started(self, *, name: str, done: int, target: int | None, to_run: int | None) -> None:
         if done and target is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -141,3 +142,28 @@ def test_without_a_safetensors_file_the_bin_timm_would_load_is_fetched(
     assert path.name == "pytorch_model.bin" and cached_weights("test_efficientnet") == path
     model = timm.create_model("test_efficientnet", pretrained=True, num_classes=3)  # timm finds it offline
     assert model.num_classes == 3
+
+
+def test_downloads_draw_bars_in_a_terminal_and_a_line_without_one() -> None:
+    from rich.console import Console
+
+    from autocnn.console import RichReporter
+
+    live = Console(file=io_buffer(), force_terminal=True, width=100)
+    with RichReporter(live) as reporter:
+        reporter.download_progress("weights resnet18", 5_000_000, 10_000_000)
+        reporter.download_progress("weights resnet18", 10_000_000, 10_000_000)
+    assert "weights resnet18" in live.file.getvalue() and "10/10" in live.file.getvalue()
+
+    plain = Console(file=io_buffer(), force_terminal=False, width=80)
+    reporter = RichReporter(plain)
+    reporter.download_progress("downloading cifar10", 1_000_000, 2_000_000)
+    reporter.download_progress("downloading cifar10", 2_000_000, 2_000_000)
+    reporter.count_progress("writing images", 60, 60)
+    assert plain.file.getvalue().splitlines() == ["downloading cifar10: 2.0 MB done", "writing images: 60"]
+
+
+def io_buffer() -> Any:
+    import io
+
+    return io.StringIO()
