@@ -4,9 +4,9 @@ the hub cannot be reached."""
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -149,21 +149,15 @@ def test_downloads_draw_bars_in_a_terminal_and_a_line_without_one() -> None:
 
     from autocnn.console import RichReporter
 
-    live = Console(file=io_buffer(), force_terminal=True, width=100)
+    live = Console(file=io.StringIO(), force_terminal=True, width=100)
     with RichReporter(live) as reporter:
         reporter.download_progress("weights resnet18", 5_000_000, 10_000_000)
         reporter.download_progress("weights resnet18", 10_000_000, 10_000_000)
     assert "weights resnet18" in live.file.getvalue() and "10/10" in live.file.getvalue()
 
-    plain = Console(file=io_buffer(), force_terminal=False, width=80)
+    plain = Console(file=io.StringIO(), force_terminal=False, width=80)
     reporter = RichReporter(plain)
     reporter.download_progress("downloading cifar10", 1_000_000, 2_000_000)
     reporter.download_progress("downloading cifar10", 2_000_000, 2_000_000)
     reporter.count_progress("writing images", 60, 60)
     assert plain.file.getvalue().splitlines() == ["downloading cifar10: 2.0 MB done", "writing images: 60"]
-
-
-def io_buffer() -> Any:
-    import io
-
-    return io.StringIO()
