@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from autocnn.data import Dataset, Split
+    from autocnn.features import FeatureCache, FeaturePath
     from autocnn.train import Trainer, TrainSettings
 
 # Seed s of a re-training offsets the trial's own seeds by s strides; a stride larger than any
@@ -89,39 +90,52 @@ def parameter_groups(model: nn.Module, *, lr: float, backbone_lr_mult: float | N
     return [*groups, {"params": head, "lr": lr, "name": "head"}]
 
 
-def train_batches(
-    augment: AugmentConfig, split: Split, pre: Preprocess, *, batch_size: int, seed: int, device: torch.device
-) -> tuple[Any, Any]:
-    """(batches, augmentation pipeline or None): augmented when `augment` turns any op on.
+def augmentation_pipeline(augment: AugmentConfig, *, image_size: int, seed: int) -> Any:
+    """The trial's albumentations pipeline, or None when it turns no operation on.
 
     albumentations is imported only when a trial augments.
     """
+    if not augment.enabled:
+        return None
+    from autocnn import augment as aug
+
+    return aug.build_train_transform(augment.ops(), image_size=image_size, seed=seed)
+
+
+def train_batches(
+    augment: AugmentConfig, split: Split, pre: Preprocess, *, batch_size: int, seed: int, device: torch.device
+) -> tuple[Any, Any]:
+    """(batches, augmentation pipeline or None): augmented when `augment` turns any op on."""
     from autocnn.train import TensorBatches
 
-    if augment.enabled:
+    pipeline = augmentation_pipeline(augment, image_size=pre.image_size, seed=seed)
+    if pipeline is not None:
         from autocnn import augment as aug
 
-        pipeline = aug.build_train_transform(augment.as_dict(), image_size=pre.image_size, seed=seed)
-        if pipeline is not None:
-            batches = aug.AugmentedBatches(
-                split, pre, pipeline, batch_size=batch_size, seed=seed, num_workers=aug.N_WORKERS, device=device
-            )
-            return batches, pipeline
+        batches = aug.AugmentedBatches(
+            split, pre, pipeline, batch_size=batch_size, seed=seed, num_workers=aug.N_WORKERS, device=device
+        )
+        return batches, pipeline
     return TensorBatches(split, pre, batch_size=batch_size, shuffle=True, seed=seed, device=device), None
 
 
 @dataclass
 class AssembledTrial:
-    """Everything one run of a configuration trains with; `trainer.fit(train, val)` runs it."""
+    """Everything one run of a configuration trains with; `trainer.fit(train, val)` runs it.
+
+    `model` is always the whole model, what is logged and exported. On the cached-feature path
+    the trainer's own model is only its head (the same modules), and the batches are features.
+    """
 
     config: TrialConfig
     pre: Preprocess
     settings: TrainSettings
     model: nn.Module
-    train: Any  # TensorBatches or AugmentedBatches
-    val: Any  # TensorBatches, never augmented
+    train: Any  # TensorBatches, AugmentedBatches or FeatureBatches
+    val: Any  # TensorBatches or FeatureBatches, never augmented
     augmentation: Any  # the albumentations pipeline, None without augmentation
     trainer: Trainer
+    path: FeaturePath | None = None  # which path the trial took and why; None: no cache was offered
 
 
 def assemble_trial(
@@ -136,14 +150,18 @@ def assemble_trial(
     batch_size: int | None = None,
     device: torch.device | None = None,
     load_weights: bool = True,
+    features: FeatureCache | None = None,
 ) -> AssembledTrial:
     """One configuration, ready to train on `data` (at the configuration's input size).
 
     `train_split` replaces the training images (a refit trains on train + val); `batch_size`
-    replaces the configured one where a split is smaller than a batch (the plan's probe).
+    replaces the configured one where a split is smaller than a batch (the plan's probe). With
+    `features`, a frozen backbone's trial trains its head on cached features (autocnn.features
+    says when); without, every trial takes the full path.
     """
     import torch
 
+    from autocnn.features import choose_path
     from autocnn.models import build_model
     from autocnn.train import TensorBatches, Trainer, pick_device
 
@@ -159,11 +177,119 @@ def assemble_trial(
         load_weights=load_weights,
     )
     batch = batch_size or config.train.batch_size
-    train, augmentation = train_batches(
-        config.augment, train_split or data.train, pre, batch_size=batch, seed=seeds.batches, device=device
-    )
+    split = train_split or data.train
+    pipeline = augmentation_pipeline(config.augment, image_size=pre.image_size, seed=seeds.batches)
+    offered = features is not None and load_weights  # features of weights about to be replaced are no use
+    path = choose_path(spec, config, augmenting=pipeline is not None) if offered else None
+    if path is not None and path.cached and features is not None:
+        return assemble_on_features(
+            spec, config, data, settings, features, path, seeds=seeds, pre=pre, model=model, split=split,
+            pipeline=pipeline, batch=batch, device=device,
+        )  # fmt: skip
+    train, augmentation = train_batches(config.augment, split, pre, batch_size=batch, seed=seeds.batches, device=device)
     val = TensorBatches(data.val, pre, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device)
     timm = config.model_config if isinstance(config.model_config, TimmConfig) else None
     groups = parameter_groups(model, lr=settings.lr, backbone_lr_mult=timm.backbone_lr_mult if timm else None)
     trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
-    return AssembledTrial(config, pre, settings, trainer.model, train, val, augmentation, trainer)
+    return AssembledTrial(config, pre, settings, trainer.model, train, val, augmentation, trainer, path)
+
+
+def assemble_on_features(
+    spec: Spec,
+    config: TrialConfig,
+    data: Dataset,
+    settings: TrainSettings,
+    features: FeatureCache,
+    path: FeaturePath,
+    *,
+    seeds: Seeds,
+    pre: Preprocess,
+    model: nn.Module,
+    split: Split,
+    pipeline: Any,
+    batch: int,
+    device: torch.device,
+) -> AssembledTrial:
+    """The head alone, trained on the frozen backbone's cached features of `split` and val.
+
+    The batches follow the full path's order and size; only the head's parameters train, at
+    `train.lr`, as on the full path where the frozen backbone has no optimizer group.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from autocnn.features import FeatureBatches
+    from autocnn.models.backbones import FeatureHead
+    from autocnn.train import Trainer
+
+    model = model.to(device, memory_format=torch.channels_last)
+    train_features, train_source = training_features(
+        spec, config, features, path, model, split, pre, seeds, pipeline, device
+    )
+    val_features, val_source = split_features(spec, config, features, model, data.val, pre, seeds, device)
+    sources = train_source if train_source == val_source else f"train {train_source}, val {val_source}"
+    train = FeatureBatches(
+        train_features, split.labels, batch_size=batch, shuffle=True, seed=seeds.batches, device=device
+    )
+    val = FeatureBatches(
+        val_features, data.val.labels, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device
+    )
+    head = FeatureHead(model)
+    groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": settings.lr, "name": "head"}]
+    trainer = Trainer(
+        head, settings, steps_per_epoch=len(train), device=device, param_groups=groups, channels_last=False
+    )
+    path = replace(path, source=sources)
+    return AssembledTrial(config, pre, settings, model, train, val, pipeline, trainer, path)
+
+
+def split_features(
+    spec: Spec,
+    config: TrialConfig,
+    features: FeatureCache,
+    model: nn.Module,
+    split: Split,
+    pre: Preprocess,
+    seeds: Seeds,
+    device: torch.device,
+) -> tuple[torch.Tensor, str]:
+    """(N, D) features of a split's images as they are, from the cache or computed into it."""
+    from autocnn.features import feature_key, pooled_features, weights_identity
+
+    weights = weights_identity(
+        config.model, config.model_params.get("pretrained", True), base_dir=spec.base_dir, torch_seed=seeds.torch
+    )
+    key = feature_key(config, pre, split, weights=weights)
+    return features.get(key, lambda: pooled_features(model, split, pre, device=device))
+
+
+def training_features(
+    spec: Spec,
+    config: TrialConfig,
+    features: FeatureCache,
+    path: FeaturePath,
+    model: nn.Module,
+    split: Split,
+    pre: Preprocess,
+    seeds: Seeds,
+    pipeline: Any,
+    device: torch.device,
+) -> tuple[torch.Tensor, str]:
+    """The training split's features, or with cached views (V, N, D) features of V augmented copies.
+
+    The views' seeds come from the spec's seed, not the trial's: every trial with the same
+    augmentation parameters trains on the same views, computed once.
+    """
+    from autocnn.features import augmented_views, feature_key, views_identity, weights_identity
+
+    if not path.views:
+        return split_features(spec, config, features, model, split, pre, seeds, device)
+    weights = weights_identity(
+        config.model, config.model_params.get("pretrained", True), base_dir=spec.base_dir, torch_seed=seeds.torch
+    )
+    views = views_identity(pipeline, views=path.views, seed=spec.seed)
+    key = feature_key(config, pre, split, weights=weights, views=views)
+    return features.get(
+        key, lambda: augmented_views(model, split, pre, pipeline, views=path.views, seed=spec.seed, device=device)
+    )
