@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from autocnn.data import Dataset, Split
-    from autocnn.features import FeatureCache, FeaturePath
+    from autocnn.features import FeatureCache, FeaturePath, Found
     from autocnn.train import Trainer, TrainSettings
 
 # Seed s of a re-training offsets the trial's own seeds by s strides; a stride larger than any
@@ -219,7 +219,7 @@ def assemble_on_features(
 
     import torch
 
-    from autocnn.features import FeatureBatches
+    from autocnn.features import FeatureBatches, describe_sources
     from autocnn.models.backbones import FeatureHead
     from autocnn.train import Trainer
 
@@ -228,7 +228,6 @@ def assemble_on_features(
         spec, config, features, path, model, split, pre, seeds, pipeline, device
     )
     val_features, val_source = split_features(spec, config, features, model, data.val, pre, seeds, device)
-    sources = train_source if train_source == val_source else f"train {train_source}, val {val_source}"
     train = FeatureBatches(
         train_features, split.labels, batch_size=batch, shuffle=True, seed=seeds.batches, device=device
     )
@@ -240,7 +239,7 @@ def assemble_on_features(
     trainer = Trainer(
         head, settings, steps_per_epoch=len(train), device=device, param_groups=groups, channels_last=False
     )
-    path = replace(path, source=sources)
+    path = replace(path, source=describe_sources(train_source, val_source))
     return AssembledTrial(config, pre, settings, model, train, val, pipeline, trainer, path)
 
 
@@ -253,7 +252,7 @@ def split_features(
     pre: Preprocess,
     seeds: Seeds,
     device: torch.device,
-) -> tuple[torch.Tensor, str]:
+) -> tuple[torch.Tensor, Found]:
     """(N, D) features of a split's images as they are, from the cache or computed into it."""
     from autocnn.features import feature_key, pooled_features, weights_identity
 
@@ -275,7 +274,7 @@ def training_features(
     seeds: Seeds,
     pipeline: Any,
     device: torch.device,
-) -> tuple[torch.Tensor, str]:
+) -> tuple[torch.Tensor, Found]:
     """The training split's features, or with cached views (V, N, D) features of V augmented copies.
 
     The views' seeds come from the spec's seed, not the trial's: every trial with the same

@@ -249,6 +249,24 @@ def views_identity(pipeline: Any, *, views: int, seed: int) -> str:
 # --------------------------------------------------------------------------- the cache
 
 
+@dataclass(frozen=True)
+class Found:
+    """Where a request's features came from: computed (and how long that took), memory or disk."""
+
+    kind: str  # "computed" | "memory" | "disk"
+    seconds: float = 0.0
+
+
+def describe_sources(*found: Found) -> str:
+    """`computed in 3.1 s`, `from memory`, `from disk`, or each split's when they differ."""
+    kinds = {f.kind for f in found}
+    if kinds == {"computed"}:
+        return f"computed in {sum(f.seconds for f in found):.1f} s"
+    if len(kinds) == 1:
+        return f"from {kinds.pop()}"
+    return ", ".join("computed" if f.kind == "computed" else f"from {f.kind}" for f in found)
+
+
 class FeatureCache:
     """Features by key: in memory (least recently used first out) within `memory_budget` bytes,
     and in one safetensors file per key under `folder` (None: memory only).
@@ -263,26 +281,25 @@ class FeatureCache:
         self.sources: dict[str, int] = {"computed": 0, "memory": 0, "disk": 0}
         self.warnings: list[str] = []
 
-    def get(self, key: FeatureKey, compute: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, str]:
-        """The features for `key`, and where they came from (`computed in 2.1 s`, `from memory`,
-        `from disk`)."""
+    def get(self, key: FeatureKey, compute: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, Found]:
+        """The features for `key`, and where they came from."""
         digest = key.digest()
         if digest in self._memory:
             self._memory.move_to_end(digest)
             self.sources["memory"] += 1
-            return self._memory[digest], "from memory"
+            return self._memory[digest], Found("memory")
         features = self._read(digest, key)
         if features is not None:
             self.sources["disk"] += 1
             self._keep(digest, features)
-            return features, "from disk"
+            return features, Found("disk")
         start = time.perf_counter()
         features = compute().contiguous()
         seconds = time.perf_counter() - start
         self.sources["computed"] += 1
         self._write(digest, key, features)
         self._keep(digest, features)
-        return features, f"computed in {seconds:.1f} s"
+        return features, Found("computed", seconds)
 
     def path(self, digest: str) -> Path | None:
         return None if self.folder is None else self.folder / f"{digest}.safetensors"
