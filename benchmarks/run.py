@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temp working folder")
     parser.add_argument("--models", nargs="+", choices=sorted(CASES), default=sorted(CASES), help="item 1 models")
     parser.add_argument(
+        "--feature-study",
+        type=int,
+        nargs=2,
+        metavar=("IMAGES", "SIZE"),
+        default=None,
+        help="item 7's study on a smaller folder (images, px) than its epochs' 2,000 at 96 px, to fit the time",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="keep the other items' sections of an existing results.md and results.json, replacing only those run",
@@ -166,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_like_the_cli()
     settings = settings_for(args.quick, args.models)
+    if args.feature_study:
+        images, size = args.feature_study
+        settings = replace(settings, features=replace(settings.features, study_images=images, study_image_size=size))
     info = run_info()
     work = Path(tempfile.mkdtemp(prefix="autocnn-bench-"))
     out = results_path(args)

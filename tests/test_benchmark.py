@@ -284,6 +284,7 @@ TINY_FEATURES = feature_cache.FeatureCacheCase(
 )
 
 
+@pytest.mark.slow
 def test_feature_cache_item_times_both_paths_and_both_studies(tmp_path: Path) -> None:
     item = feature_cache.measure_feature_cache(tmp_path, TINY_FEATURES)
     epochs, studies = item.raw["epochs"], item.raw["studies"]
