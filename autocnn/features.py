@@ -301,6 +301,11 @@ class FeatureCache:
         self._keep(digest, features)
         return features, Found("computed", seconds)
 
+    def take_warnings(self) -> list[str]:
+        """Warnings since the last call (a folder that could not be written), each said once."""
+        warnings, self.warnings = self.warnings, []
+        return list(dict.fromkeys(warnings))
+
     def path(self, digest: str) -> Path | None:
         return None if self.folder is None else self.folder / f"{digest}.safetensors"
 

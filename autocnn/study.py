@@ -239,7 +239,10 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     )
     settings = train_settings(spec, config, budget, n_val=len(data.val))
     seeds = trial_seeds(spec, trial.number)
-    assembled = assemble_trial(spec, config, data, settings, seeds=seeds, pre=pre, features=process_cache(spec))
+    features = process_cache(spec)
+    assembled = assemble_trial(spec, config, data, settings, seeds=seeds, pre=pre, features=features)
+    for warning in features.take_warnings():
+        ctx.reporter.message(f"warning: {warning}")
     # `model` is the whole model; on the cached-feature path the trainer trains its head alone.
     model, trainer, train, val = assembled.model, assembled.trainer, assembled.train, assembled.val
     feature_path = assembled.path.name if assembled.path is not None else FULL
