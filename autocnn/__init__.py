@@ -20,8 +20,9 @@ autocnn` stays cheap.
 What a library call changes beyond its own objects: training on a CPU with glibc raises malloc's
 trim and mmap thresholds for the process (autocnn.train.keep_freed_memory_for_reuse: freed
 activation buffers are reused instead of returned to the kernel); importing the augmentation
-module sets NO_ALBUMENTATIONS_UPDATE=1 (no network check), and resolving backbone weights sets
-HF_HUB_OFFLINE=1 unless it is set already; while `run_study` runs in the main thread, SIGINT, SIGTERM
+module sets NO_ALBUMENTATIONS_UPDATE=1 (no network check), and building a backbone turns
+huggingface_hub's offline switch on (its constant, not the HF_HUB_OFFLINE variable, which stays the
+user's say on whether `run_study` may fetch missing weights and datasets); while `run_study` runs in the main thread, SIGINT, SIGTERM
 and SIGHUP stop the study gracefully (the running trial is queued to resume, every run closed) and
 the previous handlers are restored when it returns. Logging levels, warning filters and MLflow's tracking
 URI are left as they were; the command line quiets MLflow and Optuna for itself.

@@ -63,6 +63,8 @@ def check_data(spec: Spec, cache: DataCache) -> dict[str, str]:
             "split": f"val {data.split.val}, test {data.split.test} (stratified, seed {spec.seed})",
             "image size": f"{data.image_size} px",
         }
+    if data.source != "imagefolder":
+        return named_data_table(spec)
     index = cache.index()
     counts = index.counts()
     how = "pre-split folders" if index.presplit else f"stratified split, seed {spec.seed}"
@@ -76,6 +78,20 @@ def check_data(spec: Spec, cache: DataCache) -> dict[str, str]:
     if left_out:
         table["not loaded"] = left_out
     return table
+
+
+def named_data_table(spec: Spec) -> dict[str, str]:
+    """A dataset by name: what it is, where it is cached, how it is split (nothing is read here)."""
+    from autocnn.datasets import NAMED, check_labels, dataset_dir
+
+    data = spec.data
+    labels = check_labels(data.source, data.labels)
+    return {
+        "source": f"{data.source} ({labels} labels): {NAMED[data.source].about}",
+        "cache": str(dataset_dir(data.source)),
+        "split": f"its own test split; val {data.split.val} of train (stratified, seed {spec.seed})",
+        "image size": f"{data.image_size} px",
+    }
 
 
 def _left_out(index: FileIndex) -> str:

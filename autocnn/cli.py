@@ -196,7 +196,7 @@ def study(
             raise typer.Exit(1)
 
 
-def _duration(value: str | None) -> float | None:
+def _duration(value: str | None, option: str = "--timeout") -> float | None:
     from pydantic_core import PydanticCustomError
 
     from autocnn.errors import SpecError
@@ -207,7 +207,7 @@ def _duration(value: str | None) -> float | None:
     try:
         return float(parse_duration(value))
     except PydanticCustomError:
-        raise SpecError([f"--timeout: expected seconds or 90s / 45m / 3h, got {value!r}"]) from None
+        raise SpecError([f"{option}: expected seconds or 90s / 45m / 3h, got {value!r}"]) from None
 
 
 @app.command()
@@ -217,7 +217,8 @@ def validate(
         bool, typer.Option("--probe/--no-probe", help="Time a few training steps per model family for the plan.")
     ] = True,
 ) -> None:
-    """Check a spec and its data, print the search space and the plan; writes nothing.
+    """Check a spec and its data, print the search space and the plan; writes no study (a dataset by name
+    or missing pretrained weights are fetched into their caches on first use).
 
     The plan says how many optimizer steps each trial gets, when pruning first judges it, and
     (after a few timed training steps per model family) how long trials take and how many fit.
@@ -225,19 +226,24 @@ def validate(
     Example: autocnn validate studies/20classes.yaml
     """
     from autocnn.checks import check_spec, unreadable_images
-    from autocnn.console import check_tables, plan_table
+    from autocnn.console import RichReporter, check_tables, class_counts_table, plan_table
     from autocnn.data import DataCache
+    from autocnn.data_checks import run_data_checks
+    from autocnn.first_use import fetch_on_first_use
     from autocnn.plan import plan_for
 
     with user_errors():
         loaded = _load(spec)
+        with RichReporter(_console()) as downloads:
+            fetch_on_first_use(loaded, downloads)
         cache = DataCache(loaded)
         report = check_spec(loaded, cache)
         plan = plan_for(loaded, cache, probe=probe)
+        checks = run_data_checks(loaded, cache)
     console = _console()
-    for warning in [*report.warnings, *unreadable_images(cache), *plan.warnings]:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    for table in [*check_tables(report), plan_table(plan)]:
+    for warning in [*report.warnings, *unreadable_images(cache), *checks.warnings, *plan.warnings]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    for table in [*check_tables(report), class_counts_table(checks), plan_table(plan)]:
         console.print(table)
     console.print(f"[green]ok:[/] {spec} is valid ({len(report.params)} searched parameters)")
 
@@ -594,16 +600,18 @@ app.add_typer(weights_app, name="weights")
 def weights_fetch(
     names: Annotated[list[str], typer.Argument(help="timm model names, as keys under `models`.", show_default=False)],
 ) -> None:
-    """Download timm's pretrained weights into the local cache; the only command that goes online.
+    """Download timm's pretrained weights into the local cache, ahead of a study on an offline machine.
 
     Example: autocnn weights fetch resnet50 efficientnet_b0 mobilenetv2_035
     """
+    from autocnn.console import RichReporter
     from autocnn.models.hub import fetch_weights
 
-    with user_errors():
-        fetched = fetch_weights(names)
+    console = _console()
+    with user_errors(), RichReporter(console) as bars:
+        fetched = fetch_weights(names, progress=bars.download_progress)
     for name, path in fetched:
-        _console().print(f"[green]cached:[/] {name} -> {path}", highlight=False)
+        console.print(f"[green]cached:[/] {name} -> {path}", highlight=False)
 
 
 @weights_app.command("list")
@@ -626,6 +634,106 @@ def weights_list() -> None:
     for row in rows:
         table.add_row(row.model, f"{row.size_mb:.1f}", str(row.path))
     console.print(table)
+
+
+# --------------------------------------------------------------------------- from data to a first study
+
+
+@app.command()
+def init(
+    data_dir: Annotated[
+        Path, typer.Argument(help="A folder of class folders (or train/ val/ [test/]).", show_default=False)
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Spec to write (default: studies/<folder name>.yaml).")
+    ] = None,
+    budget: Annotated[str, typer.Option(help="Time the study may take: 90s, 45m, 3h.")] = "30m",
+    flip: Annotated[
+        bool, typer.Option("--flip/--no-flip", help="--no-flip: no mirrored images (letters, digits, arrows).")
+    ] = True,
+    force: Annotated[bool, typer.Option("--force", help="Replace the spec if it exists.")] = False,
+) -> None:
+    """Write a commented study spec for a folder of images, sized to the data, this machine and the budget.
+
+    Example: autocnn init data/birds --budget 1h -o studies/birds.yaml
+    """
+    from rich.markup import escape
+
+    from autocnn.init_spec import init_spec
+
+    with user_errors():
+        seconds = _duration(budget, option="--budget") or 0.0
+        if seconds < 60:
+            from autocnn.errors import SpecError
+
+            raise SpecError([f"--budget: at least a minute, got {budget!r}"])
+        result = init_spec(data_dir, out=out, budget_s=seconds, flip=flip, force=force)
+    console = _console()
+    for line in result.choices.header:
+        console.print(line, highlight=False, soft_wrap=True)
+    models = ", ".join(["custom_cnn", *result.choices.backbones])
+    console.print(f"searching: {models}; images at {result.choices.image_size} px; budget {result.choices.timeout}")
+    for note in result.choices.backbone_note[1:]:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    console.print(
+        f"[green]wrote[/] {result.path}; next: autocnn validate {result.path} && autocnn study {result.path}",
+        soft_wrap=True,
+    )
+
+
+data_app = typer.Typer(
+    help="Datasets by name (cifar10, cifar100): the cache studies read, or as files.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="cifar10 or cifar100.", show_default=False)],
+    out_dir: Annotated[
+        Path, typer.Argument(help="New folder for train/ val/ test/ class folders of PNGs.", show_default=False)
+    ],
+    labels: Annotated[
+        str | None, typer.Option(help="cifar100: fine (100 classes) or coarse (20 superclasses).")
+    ] = None,
+    val: Annotated[float, typer.Option(min=0.01, max=0.5, help="Share of the training images kept for val/.")] = 0.2,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the stratified val split (a spec's seed draws the same).")
+    ] = 0,
+) -> None:
+    """Download a dataset by name (once, into the shared cache) and write it as an image folder.
+
+    Example: autocnn data fetch cifar100 data/cifar100-coarse --labels coarse
+    """
+    from autocnn.console import RichReporter
+    from autocnn.datasets import NAMED, export_imagefolder
+
+    with user_errors():
+        if name not in NAMED:
+            from autocnn.errors import DataError
+
+            raise DataError(f"NAME: unknown dataset {name!r}; choose one of: {', '.join(NAMED)}")
+        if labels is not None and labels not in ("fine", "coarse"):
+            from autocnn.errors import DataError
+
+            raise DataError(f"--labels: expected fine or coarse, got {labels!r}")
+        console = _console()
+        with RichReporter(console) as bars:
+            counts = export_imagefolder(
+                name,
+                out_dir,
+                labels=labels,
+                val=val,
+                seed=seed,
+                say=bars.message,
+                progress=bars.download_progress,
+                written=lambda done, total: bars.count_progress("writing images", done, total),
+            )
+    shown = ", ".join(f"{part} {n}" for part, n in counts.items())
+    console.print(
+        f"[green]wrote[/] {out_dir}: {shown} images; use it with data.source: imagefolder, root: {out_dir}",
+        soft_wrap=True,
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from autocnn.checks import CheckReport
+    from autocnn.data_checks import DataChecks
     from autocnn.export import FinalizeResult, TopK
     from autocnn.plan import Plan
     from autocnn.predict import PredictResult
@@ -48,6 +49,7 @@ class RichReporter:
         self.trials_task: Any = None
         self.epoch_task: Any = None
         self.data_task: Any = None
+        self.downloads: dict[str, Any] = {}  # what -> progress task (downloads, files written)
         self._running: dict[int, tuple[str, float]] = {}  # trial -> (model, start)
         self._last: dict[int, tuple[int, float]] = {}  # trial -> (epoch, metric value)
 
@@ -75,6 +77,29 @@ class RichReporter:
         if self.data_task is None:
             self.data_task = self.progress.add_task("decoding images", total=total, info="")
         self.progress.update(self.data_task, completed=done, total=total)
+
+    def download_progress(self, what: str, done: int, total: int | None) -> None:
+        """A bar per download (weights, a dataset by name) before trial 1; a line at its end without a terminal."""
+        if not self.live:
+            if total is not None and done >= total:
+                self._print(f"{what}: {done / 1e6:.1f} MB done")
+            return
+        mb_total = None if total is None else total / 1e6
+        task = self.downloads.get(what)
+        if task is None:
+            task = self.downloads[what] = self.progress.add_task(what, total=mb_total, info="MB")
+        self.progress.update(task, completed=done / 1e6, total=mb_total)
+
+    def count_progress(self, what: str, done: int, total: int) -> None:
+        """A bar counting items (images written by `autocnn data fetch`); a line at the end without a terminal."""
+        if not self.live:
+            if done >= total:
+                self._print(f"{what}: {total}")
+            return
+        task = self.downloads.get(what)
+        if task is None:
+            task = self.downloads[what] = self.progress.add_task(what, total=total, info="")
+        self.progress.update(task, completed=done, total=total)
 
     def study_started(self, *, name: str, done: int, target: int | None, to_run: int | None) -> None:
         if done and target is None:
@@ -210,6 +235,22 @@ def check_tables(report: CheckReport) -> list[Table]:
     for param in report.params:
         space.add_row(param.name, param.distribution, param.domain)
     return [data, space]
+
+
+def class_counts_table(checks: DataChecks, *, limit: int = 40) -> Table:
+    """Images per class in each split; past `limit` classes, the smallest ones (what needs a look)."""
+    splits = list(checks.counts)
+    table = Table(title="images per class", title_justify="left")
+    table.add_column("class")
+    for split in splits:
+        table.add_column(split, justify="right")
+    order = list(range(len(checks.classes)))
+    if len(order) > limit:
+        order = sorted(order, key=lambda i: checks.counts["train"][i])[:limit]
+        table.caption = f"the {limit} smallest of {len(checks.classes)} classes in train"
+    for i in order:
+        table.add_row(checks.classes[i], *(str(checks.counts[split][i]) for split in splits))
+    return table
 
 
 def plan_table(plan: Plan) -> Table:

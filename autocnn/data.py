@@ -428,6 +428,31 @@ def load_digits_dataset(size: int, *, val: float, test: float, seed: int) -> Dat
     return Dataset(classes, split["train"], split["val"], split.get("test"))
 
 
+def resized(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, h, w, 3) uint8 -> (N, size, size, 3), each image resized as files are when decoded."""
+    from PIL import Image
+
+    if images.shape[1:3] == (size, size):
+        return images
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        out[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    return out
+
+
+def load_named_dataset(name: str, size: int, *, labels: str | None, val: float, seed: int) -> Dataset:
+    """A dataset by name: its own test split kept, val drawn stratified from its training images."""
+    from autocnn.datasets import fetch_dataset, read_named
+
+    fetch_dataset(name)
+    named = read_named(name, labels=labels)
+    images, targets = named.train
+    parts = stratified_split(targets, val=val, test=0.0, seed=seed, names=named.classes)
+    split = {part: Split(resized(images[idx], size), targets[idx]) for part, idx in parts.items()}
+    test = Split(resized(named.test[0], size), named.test[1])
+    return Dataset(named.classes, split["train"], split["val"], test)
+
+
 class DataCache:
     """Decoded datasets per input size, shared by every trial of a process."""
 
@@ -459,6 +484,8 @@ class DataCache:
         data = self.spec.data
         if data.source == "digits":
             return load_digits_dataset(size, val=data.split.val, test=data.split.test, seed=self.spec.seed)
+        if data.source != "imagefolder":
+            return load_named_dataset(data.source, size, labels=data.labels, val=data.split.val, seed=self.spec.seed)
         return load_imagefolder(self.index(), size, progress=self.progress)
 
 
@@ -488,6 +515,14 @@ def dataset_record(spec: Spec, cache: DataCache, data: Dataset) -> DatasetRecord
     profile = _class_counts(data.classes, splits) | {"skipped": len(data.skipped)}
     if spec.data.source == "digits":
         return DatasetRecord("digits", "sklearn.datasets.load_digits", _content_digest(splits), profile, local=False)
+    if spec.data.source != "imagefolder":
+        from autocnn.datasets import NAMED, archive_for
+
+        name = spec.data.source + ("-coarse" if spec.data.labels == "coarse" else "")
+        loader = (
+            f"torchvision.datasets.{NAMED[spec.data.source].torchvision_class} from {archive_for(spec.data.source).url}"
+        )
+        return DatasetRecord(name, loader, _content_digest(splits), profile, local=False)
     root = spec.resolve_path(spec.data.root or "")
     return DatasetRecord(root.name, str(root), _file_list_digest(cache.index(), root), profile, local=True)
 

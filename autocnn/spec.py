@@ -373,9 +373,13 @@ class SplitSpec(StrictModel):
         return self
 
 
+NAMED_SOURCES = ("cifar10", "cifar100")  # datasets by name: autocnn.datasets downloads them once
+
+
 class DataSpec(StrictModel):
-    source: Literal["digits", "imagefolder"]
+    source: Literal["digits", "imagefolder", "cifar10", "cifar100"]
     root: LocalPath | None = None
+    labels: Literal["fine", "coarse"] | None = None
     image_size: Annotated[int, Field(ge=8, le=1024)] = 32
     split: SplitSpec = SplitSpec()
 
@@ -383,8 +387,12 @@ class DataSpec(StrictModel):
     def _root_matches_source(self) -> DataSpec:
         if self.source == "imagefolder" and not self.root:
             raise _sub_error("root", "required when source is imagefolder")
-        if self.source == "digits" and self.root:
-            raise _sub_error("root", "not used with source: digits (the data is built in); remove it")
+        if self.source != "imagefolder" and self.root:
+            raise _sub_error("root", f"not used with source: {self.source} (autocnn provides the data); remove it")
+        if self.labels == "coarse" and self.source != "cifar100":
+            raise _sub_error("labels", f"coarse labels exist for cifar100 only, not {self.source}")
+        if self.labels is not None and self.source not in NAMED_SOURCES:
+            raise _sub_error("labels", f"only for a dataset by name ({', '.join(NAMED_SOURCES)}); remove it")
         return self
 
 

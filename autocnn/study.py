@@ -505,9 +505,11 @@ def open_session(spec: Spec, options: StudyOptions, reporter: Reporter, plan: Pl
     The first process to create the Optuna study queues the default trials and makes the parent
     run; any other (a worker started at the same time, here or elsewhere) waits for that run.
     """
+    from autocnn.first_use import fetch_on_first_use
     from autocnn.tracking import default_tracking_uri
 
     quiet = reporter if not options.supervised else SilentReporter()  # the supervisor said it all
+    fetch_on_first_use(spec, quiet)  # a dataset by name, pretrained weights: before trial 1, or fail fast
     cache = DataCache(spec, progress=quiet.data_progress)
     data = checked_data(spec, cache, quiet)  # before any store is written: bad data leaves nothing
     timeout = options.timeout or spec.study.timeout

@@ -79,6 +79,28 @@ def render_markdown(info: dict[str, Any], items: Sequence[Item], *, command: str
     return "\n".join(lines).rstrip() + "\n"
 
 
+def carried_over(out: Path, items: Sequence[Item]) -> list[Item]:
+    """`items` and, from the results.json beside `out`, every item this run did not measure (a run
+    of `--items 6` must not erase items 1-5), each saying when and where it was measured."""
+    previous_file = out.with_suffix(".json")
+    if not previous_file.exists():
+        return list(items)
+    previous = json.loads(previous_file.read_text())
+    measured = {item.number for item in items}
+    kept = []
+    for raw in previous.get("items", []):
+        if raw["number"] in measured:
+            continue
+        item = Item(**{**raw, "rows": [Row(**row) for row in raw["rows"]]})
+        machine = raw.get("raw", {}).get("machine") or previous.get("machine", {})
+        stamp = f"Measured on {machine.get('date', 'an earlier run')} ({machine.get('cpu', 'unknown CPU')})"
+        if not any(note.startswith("Measured on ") for note in item.notes):
+            item.notes = [*item.notes, f"{stamp}, in an earlier run than the items above it."]
+        item.raw = {**item.raw, "machine": machine}
+        kept.append(item)
+    return sorted([*items, *kept], key=lambda i: i.number)
+
+
 def write_results(out: Path, info: dict[str, Any], items: Sequence[Item], *, command: str) -> None:
     """results.md at `out` (keeping search_quality.py's section) and every raw number beside it as .json."""
     out.parent.mkdir(parents=True, exist_ok=True)

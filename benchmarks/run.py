@@ -36,7 +36,7 @@ from benchmarks.feature_cache import FeatureCacheCase, measure_feature_cache
 from benchmarks.machine import machine_info, quiet_like_the_cli, quiet_machine
 from benchmarks.memory_use import measure_memory
 from benchmarks.pruning_savings import measure_pruning
-from benchmarks.results import Item, merge_items, render_markdown, write_results
+from benchmarks.results import Item, carried_over, merge_items, render_markdown, write_results
 from benchmarks.scale_out import measure_scale_out
 from benchmarks.startup_cost import measure_startup
 from benchmarks.timed_study import TrialTiming
@@ -192,10 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     info["total_seconds"] = round(time.perf_counter() - started)
     command = "benchmarks/run.py" + (" --quick" if args.quick else "")
-    if args.merge and out.exists():
+    if args.merge and out.exists():  # only the items run, spliced into the text as it is
         merge_items(out, info, items, command=f"{command} --items {' '.join(map(str, args.items))}")
         print(f"merged items {', '.join(str(i.number) for i in items)} into {out} and {out.with_suffix('.json')}")
         return 0
+    items = carried_over(out, items)
     write_results(out, info, items, command=command)
     print(render_markdown(info, items, command=command))
     print(f"wrote {out} and {out.with_suffix('.json')}")

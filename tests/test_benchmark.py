@@ -312,3 +312,30 @@ def test_merging_an_item_keeps_every_other_section(tmp_path: Path) -> None:
     data = json.loads(out.with_suffix(".json").read_text())
     assert [i["number"] for i in data["items"]] == [1, 6, 7] and data["machine"]["date"] == "before"
     assert data["items"][2]["raw"]["machine"]["date"] == "after"
+
+
+def test_a_run_of_some_items_keeps_the_others_saying_when_they_were_measured(tmp_path: Path) -> None:
+    out = tmp_path / "results.md"
+    first = [results.Item(1, "Loop", rows=[results.Row("ratio", "0.97")]), results.Item(6, "Old scale-out")]
+    results.write_results(out, {"date": "monday", "cpu": "cpu A"}, first, command="benchmarks/run.py")
+    items = results.carried_over(out, [results.Item(6, "New scale-out")])
+    results.write_results(out, {"date": "tuesday", "cpu": "cpu B"}, items, command="benchmarks/run.py --items 6")
+    text = out.read_text()
+    assert "## 1. Loop" in text and "| ratio | 0.97 |" in text and "Measured on monday (cpu A)" in text
+    assert "## 6. New scale-out" in text and "Old scale-out" not in text
+    again = results.carried_over(out, [results.Item(6, "Newer")])  # carried twice: one note, the first date
+    (loop,) = [i for i in again if i.number == 1]
+    assert [n for n in loop.notes if n.startswith("Measured on")] == [
+        "Measured on monday (cpu A), in an earlier run than the items above it."
+    ]
+
+
+def test_scale_out_parts_work_on_a_tiny_workload(tmp_path: Path) -> None:
+    from autocnn.spec import parse_spec
+    from benchmarks import scale_out
+
+    raw = scale_out.scale_out_spec("scale-test", trials=3, epochs=1)
+    spec = parse_spec(raw)
+    assert spec.augment is None and spec.study.pruner == "none" and spec.study.trials == 3
+    rate = scale_out.coordination_rate(tmp_path, workers=2, total=4)
+    assert 4 <= rate["trials"] <= 5 and rate["trials_per_s"] > 0  # the target, overshot by one worker at most

@@ -1,5 +1,5 @@
 """Many workers on one study: local `workers`, independent processes on a shared PostgreSQL
-storage, a killed worker's trial resumed by another, and an MLflow server that all of them use."""
+storage and MLflow server, a killed worker's trial resumed by another, stores opened together."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import optuna
 import pytest
 
 from autocnn import StudyOptions, build_report, load_spec, run_study
+from autocnn.errors import StudyError
 from autocnn.resume import OWNER_ATTR, RESUME_FROM_ATTR, RESUMED_AT_ATTR, RETRY_OF_ATTR
+from autocnn.spec import Spec
 from autocnn.storage import open_study, storage_url
 from autocnn.study import PARENT_RUN_ATTR
 from autocnn.tracking import RUN_STATUS, STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
@@ -43,6 +45,27 @@ def test_a_spec_travels_to_a_worker_process_unchanged(tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path, digits_spec_dict(train={"epochs": "auto"})))
     copy = pickle.loads(pickle.dumps(spec))
     assert copy.model_dump() == spec.model_dump() and copy.path == spec.path
+
+
+def open_both_stores(folder: str) -> None:
+    from autocnn.storage import open_storage
+
+    open_storage(f"sqlite:///{folder}/study.optuna.db")
+    Tracker(f"sqlite:///{folder}/mlruns/mlflow.db", "together")
+
+
+@pytest.mark.slow
+def test_processes_opening_new_sqlite_stores_together_make_their_tables_once(tmp_path: Path) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=open_both_stores, args=(str(tmp_path),)) for _ in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0, 0, 0], "no 'table already exists' in any of them"
+    assert Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "together").experiment_id
 
 
 # --------------------------------------------------------------------------- end to end
@@ -131,55 +154,28 @@ def database() -> Iterator[str]:
         yield url
 
 
-def running_trial_with_checkpoint(study: optuna.Study, checkpoints: Path) -> optuna.trial.FrozenTrial | None:
-    """A trial past its first epoch whose checkpoint is on disk, with epochs still to go."""
+def first_round_trial_with_checkpoint(
+    study: optuna.Study, checkpoints: Path, *, workers: int, epochs: int
+) -> optuna.trial.FrozenTrial | None:
+    """One of the first trials, past its first epoch, its checkpoint on disk, with epochs to go:
+    killed then, its retry is sure to run before the study's total is reached."""
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if 1 <= len(trial.intermediate_values) <= 2 and (checkpoints / f"trial-{trial.number}.pt").exists():
+        if trial.number >= workers or not 1 <= len(trial.intermediate_values) < epochs:
+            continue
+        if (checkpoints / f"trial-{trial.number}.pt").exists():
             return trial
     return None
 
 
-@pytest.mark.slow
-def test_three_workers_on_postgresql_one_killed_mid_trial(in_tmp: Path, database: str) -> None:
-    """Three `autocnn study` processes started together, as on three machines; one is killed with
-    SIGKILL inside a trial and the others retry that trial from its checkpoint."""
-    spec_dict = digits_spec_dict(
-        study={"trials": 6, "pruner": "none", "sampler": "random"}, data={"image_size": 32}, train={"epochs": 6}
-    )
-    spec = load_spec(write_spec(in_tmp, spec_dict))
-    logs = [in_tmp / f"worker-{i}.log" for i in range(3)]
-    workers = [start_worker(in_tmp, "--storage", database, log=log) for log in logs]
-
-    checkpoints = in_tmp / ".autocnn" / spec.name / "checkpoints"
+def wait_for_study(spec: Spec, storage: str, workers: list[subprocess.Popen], logs: list[Path]) -> optuna.Study:
     deadline = time.monotonic() + 300
-    victim = None
-    while victim is None:
-        assert time.monotonic() < deadline, "no trial reached its first checkpoint"
+    while True:
         assert all(w.poll() is None for w in workers), [log.read_text()[-2000:] for log in logs]
         try:
-            victim = running_trial_with_checkpoint(open_study(spec, database), checkpoints)
-        except Exception:  # the study is not created yet
-            victim = None
-        time.sleep(0.05)
-    pid = int(victim.user_attrs[OWNER_ATTR].rpartition(":")[2])
-    killed = next(w for w in workers if w.pid == pid)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=30)
-    survivors = [w for w in workers if w is not killed]
-    finish(survivors, [log for w, log in zip(workers, logs, strict=True) if w is not killed])
-
-    study = open_study(spec, database)
-    assert_total_within_bound(study, target=6, workers=3)
-    assert study.trials[victim.number].state.name == "FAIL"
-    (retry,) = [t for t in study.trials if t.user_attrs.get(RESUME_FROM_ATTR) == victim.number]
-    assert retry.user_attrs[RETRY_OF_ATTR] == victim.number and retry.params == victim.params
-    assert retry.state.name == "COMPLETE" and retry.user_attrs[OWNER_ATTR] != victim.user_attrs[OWNER_ATTR]
-    assert retry.user_attrs[RESUMED_AT_ATTR] >= 1, "the retry continued from the checkpoint"
-    assert sorted(retry.intermediate_values) == list(range(1, 7))
-    assert parent_runs(default_tracking_uri(), spec.name) == 1, "the parent run is created exactly once"
-    parent, runs = trial_runs(default_tracking_uri(), spec.name)
-    assert_one_to_one(study, parent, runs)
-    assert not list(checkpoints.parent.rglob("*.pt")), "checkpoints are deleted when trials end"
+            return open_study(spec, storage)
+        except StudyError:
+            assert time.monotonic() < deadline, "the workers never created the study"
+            time.sleep(0.2)
 
 
 @pytest.fixture
@@ -202,23 +198,51 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
             server.wait(timeout=60)
 
 
+EPOCHS = 4
+
+
 @pytest.mark.slow
-def test_two_workers_started_together_nest_under_one_parent_on_an_mlflow_server(
+def test_three_workers_on_postgresql_and_an_mlflow_server_one_killed_mid_trial(
     in_tmp: Path, database: str, mlflow_server: str
 ) -> None:
-    # Trials of seconds each: a worker started a moment later still finds trials to run.
-    spec_dict = digits_spec_dict(study={"trials": 4, "pruner": "none"}, data={"image_size": 24}, train={"epochs": 4})
+    """Three `autocnn study` processes started together, as on three machines, sharing a study
+    on PostgreSQL and an MLflow server; one is killed with SIGKILL inside a trial, and another
+    retries that trial from its checkpoint. Every run nests under the one parent run."""
+    spec_dict = digits_spec_dict(
+        study={"trials": 4, "pruner": "none", "sampler": "random"}, data={"image_size": 24}, train={"epochs": EPOCHS}
+    )
     spec = load_spec(write_spec(in_tmp, spec_dict))
-    logs = [in_tmp / f"worker-{i}.log" for i in range(2)]
+    logs = [in_tmp / f"worker-{i}.log" for i in range(3)]
     workers = [start_worker(in_tmp, "--storage", database, "--tracking-uri", mlflow_server, log=log) for log in logs]
-    finish(workers, logs)
+
+    checkpoints = in_tmp / ".autocnn" / spec.name / "checkpoints"
+    study = wait_for_study(spec, database, workers, logs)
+    deadline = time.monotonic() + 300
+    victim = None
+    while victim is None:
+        assert time.monotonic() < deadline, "none of the first trials was caught between two checkpoints"
+        assert all(w.poll() is None for w in workers), [log.read_text()[-2000:] for log in logs]
+        victim = first_round_trial_with_checkpoint(study, checkpoints, workers=3, epochs=EPOCHS)
+        time.sleep(0.05)
+    pid = int(victim.user_attrs[OWNER_ATTR].rpartition(":")[2])
+    killed = next(w for w in workers if w.pid == pid)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    survivors = [w for w in workers if w is not killed]
+    finish(survivors, [log for w, log in zip(workers, logs, strict=True) if w is not killed])
 
     study = open_study(spec, database)
-    assert_total_within_bound(study, target=4, workers=2)
+    assert_total_within_bound(study, target=4, workers=3)
+    assert study.trials[victim.number].state.name == "FAIL"
+    (retry,) = [t for t in study.trials if t.user_attrs.get(RESUME_FROM_ATTR) == victim.number]
+    assert retry.user_attrs[RETRY_OF_ATTR] == victim.number and retry.params == victim.params
+    assert retry.state.name == "COMPLETE" and retry.user_attrs[OWNER_ATTR] != victim.user_attrs[OWNER_ATTR]
+    assert retry.user_attrs[RESUMED_AT_ATTR] >= 1, "the retry continued from the checkpoint"
+    assert sorted(retry.intermediate_values) == list(range(1, EPOCHS + 1))
     assert parent_runs(mlflow_server, spec.name) == 1, "the parent run is created exactly once"
     parent, runs = trial_runs(mlflow_server, spec.name)
-    assert_one_to_one(study, parent, runs)
-    assert len({t.user_attrs[OWNER_ATTR] for t in study.trials}) == 2
-    assert logged_models(mlflow_server, spec.name) == 1
+    assert_one_to_one(study, parent, runs)  # the victim's and its retry's workers both nest under it
+    assert logged_models(mlflow_server, spec.name) == 1, "the best model is logged once"
     assert not (in_tmp / "mlruns").exists(), "nothing fell back to the local store"
-    assert "View run" not in logs[0].read_text() + logs[1].read_text(), "MLflow's links do not flood the output"
+    assert not list(checkpoints.parent.rglob("*.pt")), "checkpoints are deleted when trials end"
+    assert "View run" not in "".join(log.read_text() for log in logs), "MLflow's links do not flood the output"

@@ -1,10 +1,13 @@
 """timm names and pretrained weights, checked before trial 1 without importing torch or timm.
 
-Studies never download: the Hugging Face hub runs offline (HF_HUB_OFFLINE=1 unless the user set
-it), and `check_backbones` finds missing weights in the hub cache that `autocnn weights fetch`
-fills. Names and weight locations come from timm itself, read once per timm version into a small
-JSON catalog, so `validate` and a study's offline failure take a fraction of a second instead of
-the seconds that importing torch and timm costs.
+Weights are fetched on first use: before trial 1 a study downloads whatever pretrained weights
+its spec needs and the cache lacks (`fetch_missing_weights`), into the Hugging Face hub cache that
+`autocnn weights fetch` fills. Trials themselves only ever read that cache (timm runs with the hub
+offline), so no trial waits on a network. Offline (`HF_HUB_OFFLINE=1`, no route, or the hub not
+answering a connect within a few seconds) the study stops at once, naming the missing models.
+Names and weight locations come from timm itself, read once per timm version into a small JSON
+catalog, so `validate` and a study's offline failure take a fraction of a second instead of the
+seconds that importing torch and timm costs.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import difflib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -22,14 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from autocnn.downloads import DownloadProgress, offline_reason, tqdm_reporting_to, unreachable
 from autocnn.errors import AutocnnError, SpecError
 from autocnn.models import CUSTOM_CNN
 
 if TYPE_CHECKING:
     from autocnn.spec import Spec, TimmSpace
-
-_TRUE = {"1", "ON", "YES", "TRUE"}
-
 
 # --------------------------------------------------------------------------- the catalog
 
@@ -92,17 +93,19 @@ def weight_file_problem(file: Path, *, path: str) -> str | None:
 
 
 def use_offline_hub() -> None:
-    """Default HF_HUB_OFFLINE=1: without it a missing file costs ~46 s of retries, not 0.1 s."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """timm reads weights with the hub offline: a missing file fails in 0.1 s, not ~46 s of retries.
+
+    Only huggingface_hub's own switch is set, not the HF_HUB_OFFLINE variable: that one is the
+    user's, and says whether autocnn may fetch missing weights at all.
+    """
     from huggingface_hub import constants
 
-    # The constant is read once at import; honour the variable even if the hub was imported first.
-    constants.HF_HUB_OFFLINE = os.environ["HF_HUB_OFFLINE"].upper() in _TRUE
+    constants.HF_HUB_OFFLINE = True
 
 
 @contextmanager
 def _online_hub() -> Iterator[None]:
-    """Downloads only on an explicit `autocnn weights fetch`."""
+    """Downloads happen only inside this, before trial 1 or in `autocnn weights fetch`."""
     from huggingface_hub import constants
 
     before = constants.HF_HUB_OFFLINE
@@ -111,6 +114,13 @@ def _online_hub() -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_OFFLINE = before
+
+
+def hub_endpoint() -> str:
+    """HF_ENDPOINT as set now (huggingface_hub reads it once, at import): a mirror or a test hub."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
 def hub_cache_dir() -> Path:
@@ -222,10 +232,58 @@ def list_cached_weights() -> list[CachedWeights]:
     return rows
 
 
-def fetch_weights(names: list[str]) -> list[tuple[str, Path]]:
-    """Download timm's weights for each name into the hub cache: the only step that goes online."""
-    import timm
+def weights_url(name: str) -> str:
+    """Where `name`'s weights come from: the hub (HF_ENDPOINT) or the URL timm knows."""
+    source, location = _weight_source(name)
+    return str(location) if source == "url" else hub_endpoint()
 
+
+def download_weights(name: str, *, progress: DownloadProgress | None = None) -> Path:
+    """One model's weights into the cache timm reads, trying the files in timm's order."""
+    source, location = _weight_source(name)
+    if source == "url":
+        return _download_url_weights(str(location))
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    hub_id, filename = location if isinstance(location, tuple) else (location, None)
+    repo, _, revision = hub_id.partition("@")
+    candidates = _hub_filenames(filename)
+    for candidate in candidates[:-1]:
+        try:
+            return _hub_download(repo, candidate, revision=revision or None, label=f"weights {name}", progress=progress)
+        except RemoteEntryNotFoundError:
+            continue  # no safetensors twin: the next file timm would try
+    return _hub_download(repo, candidates[-1], revision=revision or None, label=f"weights {name}", progress=progress)
+
+
+def _hub_download(
+    repo: str, filename: str, *, revision: str | None, label: str, progress: DownloadProgress | None
+) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    with _online_hub():
+        found = hf_hub_download(
+            repo,
+            filename,
+            revision=revision,
+            endpoint=hub_endpoint(),
+            tqdm_class=tqdm_reporting_to(label, progress),
+        )
+    return Path(found)
+
+
+def _download_url_weights(url: str) -> Path:
+    """Older timm weights live at a URL: torch hub's checkpoint folder, written via a temp file."""
+    import torch
+
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    file.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(url, str(file), progress=False)
+    return file
+
+
+def fetch_weights(names: list[str], *, progress: DownloadProgress | None = None) -> list[tuple[str, Path]]:
+    """Download timm's weights for each name into the hub cache (`autocnn weights fetch`)."""
     for name in names:
         check_name(name, path=name)
     fetched: list[tuple[str, Path]] = []
@@ -233,13 +291,49 @@ def fetch_weights(names: list[str]) -> list[tuple[str, Path]]:
         problem = no_weights_problem(name, path=name)
         if problem:
             raise WeightsError(problem.replace(f"{name}.pretrained: ", f"{name}: ", 1))
-        try:
-            with _online_hub():
-                timm.create_model(name, pretrained=True)
-        except Exception as exc:  # noqa: BLE001 - network and hub errors all mean "not fetched"
-            raise WeightsError(f"{name}: download failed ({exc.__class__.__name__}: {exc})") from None
-        fetched.append((name, cached_weights(name) or hub_cache_dir()))
+        if reason := unreachable(weights_url(name)):
+            raise WeightsError(f"{name}: cannot download: {reason}")
+        fetched.append((name, _download_or_explain(name, progress)))
     return fetched
+
+
+def _download_or_explain(name: str, progress: DownloadProgress | None) -> Path:
+    try:
+        return download_weights(name, progress=progress)
+    except Exception as exc:  # noqa: BLE001 - network and hub errors all mean "not fetched"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise WeightsError(f"{name}: download failed ({exc.__class__.__name__}: {first})") from None
+
+
+def missing_pretrained(spec: Spec) -> list[str]:
+    """timm models the spec wants timm's weights for and the cache lacks (bad names: check_backbones)."""
+    missing = []
+    for name, space in timm_spaces(spec).items():
+        if space.pretrained is True and is_timm_name(name) and no_weights_problem(name, path=name) is None:
+            if cached_weights(name) is None:
+                missing.append(name)
+    return missing
+
+
+def fetch_missing_weights(
+    spec: Spec, *, say: Callable[[str], None] | None = None, progress: DownloadProgress | None = None
+) -> list[str]:
+    """Fetch, before trial 1, the pretrained weights the spec needs and the cache lacks.
+
+    Offline the study stops here, in seconds, naming every missing model: one connect to the
+    hub (or the weights' host) under a short timeout decides, never a library's retries.
+    """
+    missing = missing_pretrained(spec)
+    if not missing:
+        return []
+    for url in dict.fromkeys(weights_url(name) for name in missing):
+        if reason := offline_reason(url):
+            raise WeightsError(missing_weights_message(missing, reason=reason))
+    for name in missing:
+        if say is not None:
+            say(f"fetching pretrained weights for {name} from {weights_url(name)} into {hub_cache_dir()}")
+        _download_or_explain(name, progress)
+    return missing
 
 
 # --------------------------------------------------------------------------- checks before trial 1
@@ -249,12 +343,13 @@ def timm_spaces(spec: Spec) -> dict[str, TimmSpace]:
     return {name: space for name, space in spec.models.spaces().items() if name != CUSTOM_CNN}  # type: ignore[misc]
 
 
-def missing_weights_message(missing: list[str]) -> str:
+def missing_weights_message(missing: list[str], *, reason: str | None = None) -> str:
+    """The one line that names the models and both ways out; `reason` says why nothing was fetched."""
     names = " ".join(missing)
+    why = f" and cannot be fetched now ({reason})" if reason else ""
     return (
         f"pretrained weights for {', '.join(missing)} are not in the local cache "
-        f"({hub_cache_dir()}) "
-        f"and studies never download. Either run `autocnn weights fetch {names}` on a connected "
+        f"({hub_cache_dir()}){why}. Either run `autocnn weights fetch {names}` on a connected "
         "machine (it fills that same cache; copy it here or share HF_HOME), or set "
         "`models.<name>.pretrained` to a local .safetensors / .pth file (or false for random init)"
     )

@@ -1,0 +1,163 @@
+"""`autocnn init`: a spec from a folder that validates and runs, and whose choices follow the data,
+the machine (the device query faked) and which pretrained weights can be had."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from autocnn import init_spec as init
+from autocnn.cli import app
+from autocnn.init_spec import DataProfile, Machine, Weights, choose
+from autocnn.spec import load_spec
+from tests.conftest import write_images
+
+CPU = Machine("cpu", "", 2)
+GPU = Machine("gpu", "Fake GPU", 16)
+
+
+@pytest.fixture
+def empty_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No cached weights, and offline (the tests' HF_HUB_OFFLINE=1): only the custom CNN can run."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def _profile(
+    per_class: int, *, n_classes: int = 5, size: tuple[int, int] = (300, 200), channels: int = 3
+) -> DataProfile:
+    return DataProfile(
+        Path("data"), [f"c{i}" for i in range(n_classes)], [per_class] * n_classes, False, size, channels
+    )
+
+
+def _all_weights(names: list[str]) -> Weights:
+    return Weights(dict.fromkeys(names, "cached"))
+
+
+def _choices(profile: DataProfile, machine: Machine, **kw: object) -> init.Choices:
+    wanted = init.BACKBONES[(machine.device, profile.regime)]
+    options = {"budget_s": 1800, "flip": True, "name": "x", "root": "data", **kw}
+    return choose(profile, machine, _all_weights(wanted), **options)  # type: ignore[arg-type]
+
+
+def test_choices_follow_the_number_of_images_and_the_hardware() -> None:
+    small_cpu = _choices(_profile(40), CPU)
+    small_gpu = _choices(_profile(40), GPU)
+    large_cpu = _choices(_profile(3000), CPU)
+    large_gpu = _choices(_profile(3000), GPU)
+
+    assert list(small_cpu.backbones) == ["resnet18", "mobilenetv3_large_100"]
+    assert len(small_gpu.backbones) == 3 and "resnet50" in small_gpu.backbones
+    assert list(large_cpu.backbones) == ["mobilenetv3_large_100", "efficientnet_b0"]
+    # small data trains the head (and the last stages); large data fine-tunes everything
+    assert small_cpu.backbones["resnet18"]["freeze"] == {"choices": ["backbone", "partial"]}
+    assert large_gpu.backbones["convnext_tiny"]["freeze"] == "none"
+    # input size: the hardware's limit, and the memory the decoded images take
+    assert (small_cpu.image_size, small_gpu.image_size) == (96, 192)
+    assert _choices(_profile(30_000), GPU).image_size == 64  # 150,000 x 64 x 64 x 3 bytes fit in 3 GB
+    assert small_gpu.custom_cnn["width"] == {"choices": [32, 64, 128]}
+    assert small_cpu.batch_size == {"choices": [16, 32]} and large_gpu.batch_size == {"choices": [64, 128]}
+    assert small_cpu.augment["enabled"] is True and large_cpu.augment["enabled"] == {"choices": [True, False]}
+
+
+def test_flips_budget_imbalance_and_grayscale() -> None:
+    profile = DataProfile(Path("d"), ["a", "b"], [100, 20], False, (28, 28), 1)
+    chosen = _choices(profile, CPU, flip=False, budget_s=3 * 3600)
+    assert "hflip" not in chosen.augment and "color_jitter" not in chosen.augment
+    assert chosen.metric == "val_macro_f1" and chosen.pruner == "hyperband" and chosen.timeout == "3h"
+    assert chosen.image_size == 32 and chosen.custom_cnn["depth"] == {"low": 2, "high": 4}  # never below 32 px
+    assert _choices(_profile(40), CPU).metric == "val_accuracy"
+
+
+def test_offline_with_an_empty_cache_comments_the_backbones_out() -> None:
+    profile = _profile(40)
+    chosen = choose(profile, CPU, Weights({}, "HF_HUB_OFFLINE=1 is set"), budget_s=1800, flip=True, name="x", root="d")
+    text = init.render(chosen)
+    assert chosen.backbones == {}
+    assert "none can be fetched now: HF_HUB_OFFLINE=1 is set" in text
+    assert "autocnn weights fetch resnet18 mobilenetv3_large_100" in text
+    assert "  # resnet18:" in text and "searches the custom CNN only" in text
+    assert list(yaml.safe_load(text)["models"]) == ["custom_cnn"]
+
+
+def test_partly_cached_weights_keep_the_cached_ones(empty_hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("autocnn.models.hub.cached_weights", lambda name: Path("/x") if name == "resnet18" else None)
+    weights = init.weights_status(["resnet18", "mobilenetv3_large_100"])
+    assert weights.usable == {"resnet18": "cached"} and weights.offline == "HF_HUB_OFFLINE=1 is set"
+
+
+def _fake_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Fake GPU")
+
+
+def _folder(root: Path, per_class: int, size: int = 64) -> Path:
+    for label, name in enumerate(["ant", "bee"]):
+        write_images(root / name, label, per_class, size=size)
+    return root
+
+
+def test_init_on_folders_follows_their_size_and_the_device(
+    tmp_path: Path, empty_hub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(init, "weights_status", _all_weights)
+    small = init.init_spec(_folder(tmp_path / "small", 12), out=tmp_path / "s" / "small.yaml")
+    medium = init.init_spec(_folder(tmp_path / "medium", 160, size=40), out=tmp_path / "s" / "medium.yaml")
+    _fake_gpu(monkeypatch)
+    on_gpu = init.init_spec(tmp_path / "small", out=tmp_path / "s" / "gpu.yaml")
+
+    assert small.machine.device == "cpu" and on_gpu.machine == Machine("gpu", "Fake GPU", small.machine.cores)
+    assert small.profile.per_class == [12, 12] and medium.profile.per_class == [160, 160]
+    assert list(small.choices.backbones) == ["resnet18", "mobilenetv3_large_100"]
+    assert list(medium.choices.backbones) == ["efficientnet_b0", "resnet18"]
+    assert list(on_gpu.choices.backbones) == ["resnet50", "efficientnet_b0", "convnext_tiny"]
+    assert (small.choices.image_size, medium.choices.image_size, on_gpu.choices.image_size) == (64, 32, 64)
+    for result in (small, medium, on_gpu):
+        spec = load_spec(result.path)  # every written spec is valid
+        assert spec.data.root == ("../medium" if result is medium else "../small")
+    assert "machine: GPU Fake GPU" in on_gpu.path.read_text()
+
+
+def test_init_refuses_to_overwrite_and_names_a_missing_folder(tmp_path: Path, empty_hub: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "spec.yaml"
+    out.write_text("mine\n")
+    result = runner.invoke(app, ["init", str(_folder(tmp_path / "d", 6)), "-o", str(out)])
+    assert result.exit_code == 2 and f"error: {out}: exists" in result.output
+    assert out.read_text() == "mine\n"
+    result = runner.invoke(app, ["init", str(tmp_path / "nope"), "-o", str(tmp_path / "n.yaml")])
+    assert result.exit_code == 2 and "data root not found" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["init", str(tmp_path / "d"), "-o", str(tmp_path / "n.yaml"), "--budget", "soon"])
+    assert result.exit_code == 2 and "--budget: expected seconds" in result.output
+    result = runner.invoke(app, ["init", str(tmp_path / "d"), "-o", str(tmp_path / "n.yaml"), "--budget", "0"])
+    assert result.exit_code == 2 and "--budget: at least a minute, got '0'" in result.output
+    assert not (tmp_path / "n.yaml").exists()
+
+
+@pytest.mark.slow
+def test_init_writes_a_spec_that_validates_and_runs_two_trials(in_tmp: Path, empty_hub: Path) -> None:
+    _folder(in_tmp / "data" / "shapes", 12, size=24)
+    runner = CliRunner()
+    result = runner.invoke(app, ["init", "data/shapes", "--budget", "10m", "--no-flip"])
+    assert result.exit_code == 0, result.output
+    spec = in_tmp / "studies" / "shapes.yaml"
+    assert "wrote studies/shapes.yaml" in result.output and spec.is_file()
+    assert "hflip" not in spec.read_text() and "root: ../data/shapes" in spec.read_text()
+
+    validated = runner.invoke(app, ["validate", str(spec), "--no-probe"])
+    assert validated.exit_code == 0, validated.output
+    ran = runner.invoke(app, ["study", str(spec), "--trials", "2"])
+    assert ran.exit_code == 0, ran.output
+    finished = [line for line in ran.output.splitlines() if line.startswith("trial ") and "custom_cnn" in line]
+    assert len(finished) == 2 and all("COMPLETE" in line or "PRUNED" in line for line in finished), ran.output
