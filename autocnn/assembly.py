@@ -106,17 +106,23 @@ def train_batches(
     augment: AugmentConfig, split: Split, pre: Preprocess, *, batch_size: int, seed: int, device: torch.device
 ) -> tuple[Any, Any]:
     """(batches, augmentation pipeline or None): augmented when `augment` turns any op on."""
+    pipeline = augmentation_pipeline(augment, image_size=pre.image_size, seed=seed)
+    return image_batches(pipeline, split, pre, batch_size=batch_size, seed=seed, device=device), pipeline
+
+
+def image_batches(
+    pipeline: Any, split: Split, pre: Preprocess, *, batch_size: int, seed: int, device: torch.device
+) -> Any:
+    """Shuffled training batches of images, through `pipeline` when there is one."""
     from autocnn.train import TensorBatches
 
-    pipeline = augmentation_pipeline(augment, image_size=pre.image_size, seed=seed)
-    if pipeline is not None:
-        from autocnn import augment as aug
+    if pipeline is None:
+        return TensorBatches(split, pre, batch_size=batch_size, shuffle=True, seed=seed, device=device)
+    from autocnn import augment as aug
 
-        batches = aug.AugmentedBatches(
-            split, pre, pipeline, batch_size=batch_size, seed=seed, num_workers=aug.N_WORKERS, device=device
-        )
-        return batches, pipeline
-    return TensorBatches(split, pre, batch_size=batch_size, shuffle=True, seed=seed, device=device), None
+    return aug.AugmentedBatches(
+        split, pre, pipeline, batch_size=batch_size, seed=seed, num_workers=aug.N_WORKERS, device=device
+    )
 
 
 @dataclass
@@ -183,15 +189,26 @@ def assemble_trial(
     path = choose_path(spec, config, augmenting=pipeline is not None) if offered else None
     if path is not None and path.cached and features is not None:
         return assemble_on_features(
-            spec, config, data, settings, features, path, seeds=seeds, pre=pre, model=model, split=split,
-            pipeline=pipeline, batch=batch, device=device,
-        )  # fmt: skip
-    train, augmentation = train_batches(config.augment, split, pre, batch_size=batch, seed=seeds.batches, device=device)
+            spec,
+            config,
+            data,
+            settings,
+            features,
+            path,
+            seeds=seeds,
+            pre=pre,
+            model=model,
+            split=split,
+            pipeline=pipeline,
+            batch=batch,
+            device=device,
+        )
+    train = image_batches(pipeline, split, pre, batch_size=batch, seed=seeds.batches, device=device)
     val = TensorBatches(data.val, pre, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device)
     timm = config.model_config if isinstance(config.model_config, TimmConfig) else None
     groups = parameter_groups(model, lr=settings.lr, backbone_lr_mult=timm.backbone_lr_mult if timm else None)
     trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
-    return AssembledTrial(config, pre, settings, trainer.model, train, val, augmentation, trainer, path)
+    return AssembledTrial(config, pre, settings, trainer.model, train, val, pipeline, trainer, path)
 
 
 def assemble_on_features(
