@@ -238,13 +238,12 @@ def assemble_on_features(
 
     from autocnn.features import FeatureBatches, describe_sources
     from autocnn.models.backbones import FeatureHead
-    from autocnn.train import Trainer
+    from autocnn.train import Trainer, autocast_dtype
 
     model = model.to(device, memory_format=torch.channels_last)
-    train_features, train_source = training_features(
-        spec, config, features, path, model, split, pre, seeds, pipeline, device
-    )
-    val_features, val_source = split_features(spec, config, features, model, data.val, pre, seeds, device)
+    on = Backbone(model, pre, seeds, device, autocast_dtype(device, settings.precision))
+    train_features, train_source = training_features(spec, config, features, path, on, split, pipeline)
+    val_features, val_source = split_features(spec, config, features, on, data.val)
     train = FeatureBatches(
         train_features, split.labels, batch_size=batch, shuffle=True, seed=seeds.batches, device=device
     )
@@ -260,24 +259,32 @@ def assemble_on_features(
     return AssembledTrial(config, pre, settings, model, train, val, pipeline, trainer, path)
 
 
+@dataclass(frozen=True)
+class Backbone:
+    """The frozen model features are computed with, and what their key needs besides the split."""
+
+    model: nn.Module
+    pre: Preprocess
+    seeds: Seeds
+    device: torch.device
+    autocast: torch.dtype | None  # the trial's precision: the full path's backbone runs in it
+
+
+def weights_of(spec: Spec, config: TrialConfig, on: Backbone) -> str:
+    from autocnn.features import weights_identity
+
+    pretrained = config.model_params.get("pretrained", True)
+    return weights_identity(config.model, pretrained, base_dir=spec.base_dir, torch_seed=on.seeds.torch)
+
+
 def split_features(
-    spec: Spec,
-    config: TrialConfig,
-    features: FeatureCache,
-    model: nn.Module,
-    split: Split,
-    pre: Preprocess,
-    seeds: Seeds,
-    device: torch.device,
+    spec: Spec, config: TrialConfig, features: FeatureCache, on: Backbone, split: Split
 ) -> tuple[torch.Tensor, Found]:
     """(N, D) features of a split's images as they are, from the cache or computed into it."""
-    from autocnn.features import feature_key, pooled_features, weights_identity
+    from autocnn.features import feature_key, pooled_features
 
-    weights = weights_identity(
-        config.model, config.model_params.get("pretrained", True), base_dir=spec.base_dir, torch_seed=seeds.torch
-    )
-    key = feature_key(config, pre, split, weights=weights)
-    return features.get(key, lambda: pooled_features(model, split, pre, device=device))
+    key = feature_key(config, on.pre, split, weights=weights_of(spec, config, on), autocast=on.autocast)
+    return features.get(key, lambda: pooled_features(on.model, split, on.pre, device=on.device, autocast=on.autocast))
 
 
 def training_features(
@@ -285,27 +292,25 @@ def training_features(
     config: TrialConfig,
     features: FeatureCache,
     path: FeaturePath,
-    model: nn.Module,
+    on: Backbone,
     split: Split,
-    pre: Preprocess,
-    seeds: Seeds,
     pipeline: Any,
-    device: torch.device,
 ) -> tuple[torch.Tensor, Found]:
     """The training split's features, or with cached views (V, N, D) features of V augmented copies.
 
     The views' seeds come from the spec's seed, not the trial's: every trial with the same
     augmentation parameters trains on the same views, computed once.
     """
-    from autocnn.features import augmented_views, feature_key, views_identity, weights_identity
+    from autocnn.features import augmented_views, feature_key, views_identity
 
     if not path.views:
-        return split_features(spec, config, features, model, split, pre, seeds, device)
-    weights = weights_identity(
-        config.model, config.model_params.get("pretrained", True), base_dir=spec.base_dir, torch_seed=seeds.torch
-    )
+        return split_features(spec, config, features, on, split)
     views = views_identity(pipeline, views=path.views, seed=spec.seed)
-    key = feature_key(config, pre, split, weights=weights, views=views)
-    return features.get(
-        key, lambda: augmented_views(model, split, pre, pipeline, views=path.views, seed=spec.seed, device=device)
-    )
+    key = feature_key(config, on.pre, split, weights=weights_of(spec, config, on), views=views, autocast=on.autocast)
+
+    def compute() -> torch.Tensor:
+        return augmented_views(
+            on.model, split, on.pre, pipeline, views=path.views, seed=spec.seed, device=on.device, autocast=on.autocast
+        )
+
+    return features.get(key, compute)

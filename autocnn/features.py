@@ -122,7 +122,7 @@ class FeatureKey:
     views: str
     timm: str
     torch: str
-    dtype: str = "float32"
+    precision: str = "float32"  # the backbone's compute precision; the features are stored as float32
 
     def digest(self) -> str:
         text = json.dumps(asdict(self), sort_keys=True)
@@ -180,7 +180,15 @@ def split_digest(split: Split) -> str:
     return value
 
 
-def feature_key(config: TrialConfig, pre: Preprocess, split: Split, *, weights: str, views: str = "none") -> FeatureKey:
+def feature_key(
+    config: TrialConfig,
+    pre: Preprocess,
+    split: Split,
+    *,
+    weights: str,
+    views: str = "none",
+    autocast: torch.dtype | None = None,
+) -> FeatureKey:
     import timm
 
     return FeatureKey(
@@ -194,6 +202,7 @@ def feature_key(config: TrialConfig, pre: Preprocess, split: Split, *, weights: 
         views=views,
         timm=timm.__version__,
         torch=torch.__version__.split("+")[0],
+        precision=f"{str(autocast).removeprefix('torch.')} autocast" if autocast is not None else "float32",
     )
 
 
@@ -201,27 +210,41 @@ def feature_key(config: TrialConfig, pre: Preprocess, split: Split, *, weights: 
 
 
 @torch.no_grad()
-def pooled_features(model: nn.Module, split: Split, pre: Preprocess, *, device: torch.device) -> torch.Tensor:
+def pooled_features(
+    model: nn.Module, split: Split, pre: Preprocess, *, device: torch.device, autocast: torch.dtype | None = None
+) -> torch.Tensor:
     """(N, D) float32 on the CPU: a TimmClassifier's pooled pre-logits features of every image,
     in eval mode (a frozen backbone's BatchNorm runs in eval mode in training too), normalised
-    exactly as training batches are."""
+    exactly as training batches are, and computed in the precision the full path would use
+    (`autocast`: the trial's autocast dtype, None for float32): as fast, and the same numbers."""
     from autocnn.train import TensorBatches
 
     body = model.body
     was_training = model.training
     model.eval()
     out = []
+    mixed = torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None)
     try:
         for x, _ in TensorBatches(split, pre, batch_size=FEATURE_BATCH, shuffle=False, device=device):
             x = x.contiguous(memory_format=torch.channels_last)
-            out.append(body.forward_head(body.forward_features(x), pre_logits=True).float().cpu())
+            with mixed:
+                pooled = body.forward_head(body.forward_features(x), pre_logits=True)
+            out.append(pooled.float().cpu())
     finally:
         model.train(was_training)  # the classifier's own train(): frozen BatchNorm stays in eval
     return torch.cat(out)
 
 
 def augmented_views(
-    model: nn.Module, split: Split, pre: Preprocess, pipeline: Any, *, views: int, seed: int, device: torch.device
+    model: nn.Module,
+    split: Split,
+    pre: Preprocess,
+    pipeline: Any,
+    *,
+    views: int,
+    seed: int,
+    device: torch.device,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """(views, N, D): the features of `views` augmented copies of every image, each chunk of
     images augmented from a seed of (seed, view, chunk) so the same spec gives the same views."""
@@ -234,7 +257,7 @@ def augmented_views(
             images = split.images[start : start + FEATURE_BATCH]
             chunks.append(augment_batch(pipeline, images, seed=batch_seed(seed, view, chunk)))
         augmented = Split(np.concatenate(chunks), split.labels)
-        out.append(pooled_features(model, augmented, pre, device=device))
+        out.append(pooled_features(model, augmented, pre, device=device, autocast=autocast))
     return torch.stack(out)
 
 

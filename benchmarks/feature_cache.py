@@ -205,8 +205,8 @@ def measure_feature_cache(work: Path, case: FeatureCacheCase) -> Item:
         f"Epochs: one configuration (lr 1e-2, batch 64, the spec's precision) built by autocnn's trial assembly, "
         f"{case.full_epochs} epochs on the full path, then {case.cached_epochs} on the cached path; figures are "
         "medians of the epochs' own seconds (training and validation). The cached path's features were computed "
-        "once before its first epoch (the row below it), in fp32; the full path runs the frozen backbone in the "
-        "trial's precision every epoch. Validation accuracy after so few epochs is noisy; the paths are compared "
+        "once before its first epoch (the row below it), in the trial's precision, as the full path runs the "
+        "frozen backbone every epoch. Validation accuracy after so few epochs is noisy; the paths are compared "
         "epoch by epoch in tests/test_features.py.",
         "Studies: `autocnn study` in a fresh process each, random sampler over lr, no pruning (every trial trains "
         "all its epochs), start-up, MLflow logging and the best model's logging included; the cached run computes "
