@@ -4,14 +4,14 @@ A trial whose whole backbone is frozen (`freeze: backbone`, or `backbone_lr_mult
 the same images through the same fixed network every epoch: on a CPU that forward pass is nearly
 all of the epoch, while the head trains in milliseconds. Here the backbone's pooled features
 (timm's `forward_features` + `forward_head(pre_logits=True)`, in eval mode, as a frozen body runs
-in training too) are computed once per (backbone, weights, input size, preprocessing, split) and
+in training too, and in the trial's precision, as the full path runs it) are computed once per (backbone, weights, input size, preprocessing, split) and
 kept: in memory up to a budget, and always in a file under the study's folder, so later trials,
 a resumed study, other workers on the machine and `finalize` reuse them.
 
 The cache key holds everything that changes the features: the backbone's name, a digest of its
 weight file's bytes (a local file or the hub cache's; for random weights, the seed that drew
 them), the input size, mean and std, how images were resized, a digest of the split's decoded
-pixels, augmented views if any, and the timm and torch versions. A changed weight file or image
+pixels, augmented views if any, the compute precision, and the timm and torch versions. A changed weight file or image
 size therefore never meets stale features. Files are written whole or not at all (a temporary
 file renamed into place).
 
