@@ -193,7 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     info["total_seconds"] = round(time.perf_counter() - started)
     command = "benchmarks/run.py" + (" --quick" if args.quick else "")
     if args.merge and out.exists():  # only the items run, spliced into the text as it is
-        merge_items(out, info, items, command=f"{command} --items {' '.join(map(str, args.items))}")
+        merge_items(
+            out, info, items, command=" ".join(["benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
+        )
         print(f"merged items {', '.join(str(i.number) for i in items)} into {out} and {out.with_suffix('.json')}")
         return 0
     items = carried_over(out, items)
