@@ -225,6 +225,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     import optuna
 
     from autocnn.assembly import assemble_trial, preprocessing, train_settings, trial_seeds
+    from autocnn.features import FULL, process_cache
     from autocnn.models import freeze_mode, model_facts
     from autocnn.train import NonFiniteLossError
 
@@ -238,15 +239,22 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     )
     settings = train_settings(spec, config, budget, n_val=len(data.val))
     seeds = trial_seeds(spec, trial.number)
-    assembled = assemble_trial(spec, config, data, settings, seeds=seeds, pre=pre)
-    trainer, train, val = assembled.trainer, assembled.train, assembled.val
+    features = process_cache(spec)
+    assembled = assemble_trial(spec, config, data, settings, seeds=seeds, pre=pre, features=features)
+    for warning in features.take_warnings():
+        ctx.reporter.message(f"warning: {warning}")
+    # `model` is the whole model; on the cached-feature path the trainer trains its head alone.
+    model, trainer, train, val = assembled.model, assembled.trainer, assembled.train, assembled.val
+    feature_path = assembled.path.name if assembled.path is not None else FULL
     if assembled.augmentation is not None:
         log_augmentation(ctx, run_id, assembled.augmentation, data, seed=seeds.batches)
-    facts = model_facts(trainer.model, image_size=pre.image_size, device=trainer.device, latencies=ctx.latencies)
+    facts = model_facts(model, image_size=pre.image_size, device=trainer.device, latencies=ctx.latencies)
     ctx.tracker.log_facts(run_id, facts)
-    ctx.tracker.set_tags(run_id, {"autocnn.freeze": freeze_mode(trainer.model)})
+    ctx.tracker.set_tags(
+        run_id, {"autocnn.freeze": freeze_mode(model), **(assembled.path.tags() if assembled.path else {})}
+    )
     ctx.reporter.trial_started(trial.number, config, settings.epochs)
-    history = resume_trainer(ctx, trial, trainer)
+    history = resume_trainer(ctx, trial, trainer, feature_path=feature_path)
     # NopPruner never prunes, but asking it still reads the trial back from storage every epoch.
     can_prune = not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
     try:
@@ -259,7 +267,8 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
             ctx.tracker.log_epoch(run_id, metrics.as_dict(), step=metrics.epoch)
             history.append((metrics.epoch, value))
             if not prune:  # a pruned trial's checkpoint would only be deleted
-                ctx.checkpoints.save(trial.number, {"trainer": trainer.state_dict(), "history": history})
+                state = {"trainer": trainer.state_dict(), "history": history, "feature_path": feature_path}
+                ctx.checkpoints.save(trial.number, state)
             ctx.reporter.epoch_done(trial.number, metrics, ctx.objective.metric)
             if prune:
                 raise optuna.TrialPruned(_prune_reason(trial, metrics.epoch, ctx.objective.metric, value))
@@ -269,7 +278,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     # The best epoch's evaluation when this process saw it (not after a resume): no second pass.
     _log_evaluation(ctx, run_id, trainer.best_eval or trainer.evaluate(val), data)
     if is_new_best(trial, trainer.best_value, ctx.objective):
-        ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
+        ctx.tracker.log_state_dict(run_id, model.state_dict())  # the whole model, backbone and head
     return float(trainer.best_value)  # type: ignore[arg-type]
 
 
@@ -292,11 +301,23 @@ def log_augmentation(ctx: TrialContext, run_id: str, pipeline: Any, data: Datase
     ctx.tracker.log_figure(run_id, grid, "augment_grid.png")
 
 
-def resume_trainer(ctx: TrialContext, trial: optuna.Trial, trainer: Any) -> list[tuple[int, float]]:
-    """A retried trial continues from the last finished epoch of the trial it retries."""
+def resume_trainer(
+    ctx: TrialContext, trial: optuna.Trial, trainer: Any, *, feature_path: str = "full"
+) -> list[tuple[int, float]]:
+    """A retried trial continues from the last finished epoch of the trial it retries.
+
+    A checkpoint holds what the trainer trained: the whole model, or on the cached-feature path
+    the head alone; one saved on the other path (study.feature_cache changed) cannot continue.
+    """
     source = trial.user_attrs.get(RESUME_FROM_ATTR)
     state = ctx.checkpoints.load(int(source)) if source is not None else None
     if state is None:
+        return []
+    if state.get("feature_path", "full") != feature_path:
+        ctx.reporter.message(
+            f"trial {trial.number} starts over: trial {source} was checkpointed on the "
+            f"{state.get('feature_path', 'full')} path, this run takes the {feature_path} path"
+        )
         return []
     trainer.load_state_dict(state["trainer"])
     history = [(int(epoch), float(value)) for epoch, value in state["history"]]
