@@ -14,7 +14,7 @@ from autocnn.budget import BUDGET_ATTR, auto_epochs, steps_per_epoch
 from autocnn.checks import check_spec
 from autocnn.data import DataCache, Dataset, DatasetRecord, dataset_record
 from autocnn.defaults import DEFAULT_ATTR, enqueue_defaults
-from autocnn.objectives import Objective, primary, study_objectives
+from autocnn.objectives import COSTS_ATTR, Objective, is_multi_objective, primary, study_objectives
 from autocnn.plan import Plan, make_plan, probe_seconds_per_step
 from autocnn.results import StudyResult, best_trial, count_states, summarize
 from autocnn.resume import (
@@ -110,6 +110,12 @@ def build_pruner(spec: Spec, *, max_resource: int, n_val: int) -> Any:
     from autocnn.pruning import NoiseAwarePruner
 
     name = spec.study.pruner
+    if is_multi_objective(spec) and name != "none":
+        from autocnn.objectives import cost_objectives
+        from autocnn.pruning import DominatedCurvePruner
+
+        costs = [objective.metric for objective in cost_objectives(spec)]
+        return DominatedCurvePruner(objective=primary(spec), costs=costs, n_val=n_val)
     if name == "median":
         inner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     elif name == "hyperband":
@@ -220,12 +226,16 @@ def trial_budget(config: TrialConfig, plan: Plan) -> dict[str, Any]:
     }
 
 
-def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_id: str) -> float:
-    """Train one configuration; report every epoch to Optuna (pruning) and MLflow."""
+def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_id: str) -> float | list[float]:
+    """Train one configuration; report every epoch to Optuna (pruning) and MLflow.
+
+    Returns the study's value, or one value per objective in a multi-objective study.
+    """
     import optuna
 
     from autocnn.assembly import assemble_trial, preprocessing, train_settings, trial_seeds
     from autocnn.models import freeze_mode, model_facts
+    from autocnn.pruning import report_value, should_prune
     from autocnn.train import NonFiniteLossError
 
     spec = ctx.spec
@@ -243,6 +253,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     if assembled.augmentation is not None:
         log_augmentation(ctx, run_id, assembled.augmentation, data, seed=seeds.batches)
     facts = model_facts(trainer.model, image_size=pre.image_size, device=trainer.device, latencies=ctx.latencies)
+    facts.update(record_costs(ctx, trial, trainer.model, facts, run_id, image_size=pre.image_size))
     ctx.tracker.log_facts(run_id, facts)
     ctx.tracker.set_tags(run_id, {"autocnn.freeze": freeze_mode(trainer.model)})
     ctx.reporter.trial_started(trial.number, config, settings.epochs)
@@ -254,8 +265,8 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
             value = getattr(metrics, ctx.objective.metric)
             # Optuna's storage first: the writer threads woken below hold the GIL for a few ms at a
             # time, which tripled the report's time when it came after them.
-            trial.report(value, metrics.epoch)
-            prune = can_prune and trial.should_prune()
+            report_value(trial, value, metrics.epoch)
+            prune = can_prune and should_prune(trial)
             ctx.tracker.log_epoch(run_id, metrics.as_dict(), step=metrics.epoch)
             history.append((metrics.epoch, value))
             if not prune:  # a pruned trial's checkpoint would only be deleted
@@ -267,10 +278,63 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
         raise optuna.TrialPruned(f"diverged: {exc}") from None
     trainer.restore_best()
     # The best epoch's evaluation when this process saw it (not after a resume): no second pass.
-    _log_evaluation(ctx, run_id, trainer.best_eval or trainer.evaluate(val), data)
-    if is_new_best(trial, trainer.best_value, ctx.objective):
-        ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
-    return float(trainer.best_value)  # type: ignore[arg-type]
+    evaluation = trainer.best_eval or trainer.evaluate(val)
+    _log_evaluation(ctx, run_id, evaluation, data)
+    best = float(trainer.best_value)  # type: ignore[arg-type]
+    if not is_multi_objective(ctx.spec):
+        if is_new_best(trial, best, ctx.objective):
+            ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
+        return best
+    # Any complete trial may end on the front, and finalize --no-refit needs its weights.
+    ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
+    return objective_values(ctx, trial, trainer.model, evaluation, best, data, pre, run_id)
+
+
+def record_costs(
+    ctx: TrialContext, trial: optuna.Trial, model: Any, facts: dict[str, float], run_id: str, *, image_size: int
+) -> dict[str, float]:
+    """Measure the costs the study needs, keep them on the trial and mark it against the
+    constraints before it trains: the pruner compares like with like, samplers learn feasibility.
+
+    Returns what to log beside model_facts: the latency measured as `predict` runs the model
+    replaces the training-device forward time, so the report and the objective show one number.
+    """
+    from autocnn.costs import LATENCY_MACHINE_TAG, costs_needed, measure_costs
+    from autocnn.objectives import constraint_values
+
+    if not costs_needed(ctx.spec):
+        return {}
+    costs = measure_costs(model, facts, spec=ctx.spec, image_size=image_size, cache=ctx.latencies)
+    trial.set_user_attr(COSTS_ATTR, costs.as_attr())
+    for name, excess in constraint_values(costs.values, ctx.spec.study.constraints or {}).items():
+        trial.set_constraint(name, excess)
+    if costs.machine is not None:
+        trial.set_user_attr(LATENCY_MACHINE_TAG, costs.machine)
+        ctx.tracker.set_tags(run_id, {LATENCY_MACHINE_TAG: costs.machine})
+    return {"latency_ms": costs.values["latency_ms"]} if "latency_ms" in costs.values else {}
+
+
+def objective_values(
+    ctx: TrialContext, trial: optuna.Trial, model: Any, evaluation: Any, best: float, data: Dataset, pre: Any, run_id: str
+) -> list[float]:
+    """One value per objective: validation metrics at the best epoch, costs, int8 accuracy."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from autocnn.objectives import trial_costs
+
+    scored = {
+        "val_accuracy": float(accuracy_score(evaluation.labels, evaluation.preds)),
+        "val_macro_f1": float(f1_score(evaluation.labels, evaluation.preds, average="macro", zero_division=0)),
+        "val_loss": float(evaluation.loss),
+        ctx.objective.metric: best,
+        **trial_costs(trial.study._storage.get_trial(trial._trial_id)),
+    }
+    if "int8_accuracy" in ctx.spec.study.objective_names:
+        from autocnn.onnx_export import int8_val_accuracy
+
+        scored["int8_accuracy"] = int8_val_accuracy(model, data, pre, seed=ctx.spec.seed)
+        ctx.tracker.log_facts(run_id, {"int8_accuracy": scored["int8_accuracy"]})
+    return [scored[objective.metric] for objective in study_objectives(ctx.spec)]
 
 
 def _prune_reason(trial: optuna.Trial, epoch: int, metric: str, value: float) -> str:
@@ -312,7 +376,7 @@ def is_new_best(trial: optuna.Trial, value: float | None, objective: Objective) 
     if value is None:
         return False
     best = best_trial(trial.study, objective)
-    return objective.better(value, None if best is None else best.value)
+    return objective.better(value, None if best is None else objective.of(best))
 
 
 def _log_evaluation(ctx: TrialContext, run_id: str, ev: Any, data: Dataset) -> None:
@@ -326,10 +390,10 @@ def _log_evaluation(ctx: TrialContext, run_id: str, ev: Any, data: Dataset) -> N
     ctx.tracker.log_text(run_id, text, "per_class_metrics.txt")
 
 
-def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
+def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[float]]:
     import optuna
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | list[float]:
         trial.set_user_attr(OWNER_ATTR, owner_id())
         config = sample_config(trial, ctx.spec)
         ctx.reporter.trial_sampled(trial.number, config)
@@ -344,7 +408,7 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
         done_with = [trial.number, trial.user_attrs.get(RESUME_FROM_ATTR, trial.number)]
         try:
             value = run_trial(ctx, trial, config, run_id)
-            if not math.isfinite(value):
+            if not all(math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
                 raise ValueError(f"objective value is {value}")
         except optuna.TrialPruned as exc:
             ctx.checkpoints.discard(*done_with)
@@ -367,7 +431,8 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
             raise
         ctx.checkpoints.discard(*done_with)
         ctx.tracker.end_trial(run_id, "COMPLETE")
-        ctx.reporter.trial_finished(trial.number, "COMPLETE", value)
+        shown = value[max(ctx.objective.index, 0)] if isinstance(value, list) else value
+        ctx.reporter.trial_finished(trial.number, "COMPLETE", shown)
         return value
 
     return objective
@@ -453,6 +518,7 @@ def run_prepared_study(
         if closing:
             recover_dead_trials(study)  # a worker killed at the end: its trial waits to resume
             close_orphan_runs(study, tracker, parent)
+            log_front(spec, study, tracker, parent)
             close_tracking(tracker, parent, result, seconds=time.perf_counter() - started, status=status)
         else:
             tracker.flush()
@@ -623,6 +689,19 @@ def close_tracking(tracker: Tracker, parent: str, result: StudyResult, *, second
     summary: dict[str, Any] = {"best_trial": result.best_number, "best_value": result.best_value, "seconds": seconds}
     summary.update({f"n_{state.lower()}": n for state, n in result.counts.items()})
     tracker.close_study_run(parent, {k: v for k, v in summary.items() if v is not None}, status=status)
+
+
+def log_front(spec: Spec, study: optuna.Study, tracker: Tracker, parent: str) -> None:
+    """A multi-objective or constrained study's Pareto front on its parent run: the JSON as an
+    artifact, the front's trial numbers as a tag, so the UI lists the trade-offs to ship from."""
+    from autocnn.pareto import front_record
+
+    if not is_multi_objective(spec) and not spec.study.constraints:
+        return
+    record = front_record(study, study_objectives(spec), spec.study.constraints or {})
+    tracker.log_dict(parent, record, "pareto_front.json")
+    numbers = ",".join(str(item["trial"]) for item in record["front"])
+    tracker.set_tags(parent, {"autocnn.pareto_front": numbers or "none", "autocnn.objectives": ",".join(spec.study.objective_names)})
 
 
 def _started(study: optuna.Study) -> int:
