@@ -318,6 +318,13 @@ def finalize(
     ] = 1,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per config for --top-k: mean and std over them.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Export folder (default: models/<name>/).")] = None,
+    pick: Annotated[
+        str | None,
+        typer.Option(
+            help='Choose from the Pareto front, e.g. "max val_accuracy where latency_ms <= 5" '
+            "(default: the most accurate feasible trial)."
+        ),
+    ] = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
@@ -340,6 +347,7 @@ def finalize(
         storage=storage,
         tracking_uri=tracking_uri,
         out_dir=out,
+        pick=pick,
     )
     console = _console()
     with user_errors():

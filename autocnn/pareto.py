@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from autocnn.errors import StudyError
-from autocnn.objectives import Objective, feasible, trial_costs
+from autocnn.objectives import Objective, trial_costs
 
 if TYPE_CHECKING:
     import optuna
@@ -64,9 +64,7 @@ def pareto_front(study: optuna.Study, objectives: Sequence[Objective]) -> list[F
 
     trials = [t for t in complete_trials(study) if t.values is not None and all(map(math.isfinite, t.values))]
     values = {t.number: [objective.of(t) or 0.0 for objective in objectives] for t in trials}
-    front = [
-        t for t in trials if not any(dominates(values[o.number], values[t.number], objectives) for o in trials)
-    ]
+    front = [t for t in trials if not any(dominates(values[o.number], values[t.number], objectives) for o in trials)]
     return sorted(front, key=lambda t: t.number)
 
 
@@ -174,7 +172,9 @@ def parse_rule(text: str) -> PickRule:
     tokens = _tokens(text)
     rest = [t.lower() if t.isalpha() else t for t in tokens]
     if not rest or rest[0] not in ("max", "min"):
-        raise StudyError(f"--pick: a rule starts with max or min, as in 'max val_accuracy where latency_ms <= 5', got {text!r}")
+        raise StudyError(
+            f"--pick: a rule starts with max or min, as in 'max val_accuracy where latency_ms <= 5', got {text!r}"
+        )
     goal, name = rest[0], _name(rest[1] if len(rest) > 1 else None, text)
     conditions: list[Condition] = []
     at = 2
@@ -230,19 +230,29 @@ def pick_from_front(study: optuna.Study, objectives: Sequence[Objective], primar
         best = best_trial(study, primary)
         assert best is not None  # a non-empty front has a feasible complete trial
         reason = f"no --pick rule: the feasible trial with the best {primary.metric}"
-        return Pick(best, f"{'max' if primary.maximize else 'min'} {primary.metric}", reason, trial_quantities(best, objectives), numbers)
+        return Pick(
+            best,
+            f"{'max' if primary.maximize else 'min'} {primary.metric}",
+            reason,
+            trial_quantities(best, objectives),
+            numbers,
+        )
     parsed = parse_rule(rule)
     scored = [(t, trial_quantities(t, objectives)) for t in front]
     missing = [n for n in {parsed.name, *(c.name for c in parsed.conditions)} if not any(n in q for _, q in scored)]
     if missing:
-        raise StudyError(f"--pick: the study recorded no {', '.join(sorted(missing))}; use {', '.join(sorted(scored[0][1]))}")
+        raise StudyError(
+            f"--pick: the study recorded no {', '.join(sorted(missing))}; use {', '.join(sorted(scored[0][1]))}"
+        )
     meeting = [(t, q) for t, q in scored if all(c.holds(q.get(c.name)) for c in parsed.conditions) and parsed.name in q]
     if not meeting:
         shown = "; ".join(
             f"trial {t.number}: " + ", ".join(f"{c.name} {q.get(c.name, math.nan):.4g}" for c in parsed.conditions)
             for t, q in scored[:5]
         )
-        raise StudyError(f"--pick: no trial on the Pareto front meets {' and '.join(map(str, parsed.conditions))} ({shown})")
+        raise StudyError(
+            f"--pick: no trial on the Pareto front meets {' and '.join(map(str, parsed.conditions))} ({shown})"
+        )
     sign = -1.0 if parsed.goal == "max" else 1.0
     chosen, values = min(meeting, key=lambda item: (sign * item[1][parsed.name], item[0].number))
     reason = f"{parsed} on the Pareto front of {len(front)} trial(s), {len(meeting)} meeting the conditions"

@@ -151,9 +151,7 @@ class DominatedCurvePruner(BasePruner):
     The judge floor and the noise band are NoiseAwarePruner's.
     """
 
-    def __init__(
-        self, *, objective: Objective, costs: list[str], n_val: int, n_startup_trials: int = 3
-    ) -> None:
+    def __init__(self, *, objective: Objective, costs: list[str], n_val: int, n_startup_trials: int = 3) -> None:
         self.objective = objective
         self.costs = costs
         self.n_val = n_val

@@ -45,6 +45,7 @@ N_CURVES = 5  # learning curves of the top trials
 SECTIONS = {
     "leaderboard": "Leaderboard",
     "models": "Model families",
+    "pareto": "Pareto front: accuracy against cost",
     "history": "Optimization history",
     "importance": "Parameter importances",
     "parallel": "Parallel coordinates",
@@ -295,7 +296,14 @@ def figure_html(fig: Any, div_id: str) -> str:
     )
 
 
-def optuna_plot(kind: str, study: optuna.Study, n_complete: int, *, metric: str = "Objective Value") -> str:
+def optuna_plot(
+    kind: str,
+    study: optuna.Study,
+    n_complete: int,
+    *,
+    metric: str = "Objective Value",
+    objective: Objective | None = None,
+) -> str:
     """One of Optuna's plotly figures, or a sentence saying why it cannot be drawn yet.
 
     The history and parallel-coordinate plots label their axis with `metric`: they do not read the
@@ -308,10 +316,16 @@ def optuna_plot(kind: str, study: optuna.Study, n_complete: int, *, metric: str 
 
     if kind == "importance" and n_complete < 2:
         return f"<p class=note>Parameter importances need at least 2 complete trials; this study has {n_complete}.</p>"
+    # A multi-objective study has no single value: the plots follow the primary objective.
+    target: dict[str, Any] = {}
+    if len(study.directions) > 1 and objective is not None:
+        target = {"target": lambda t: objective.of(t) if objective.of(t) is not None else math.nan}
     make = {
-        "history": functools.partial(vis.plot_optimization_history, target_name=metric),
-        "importance": vis.plot_param_importances,
-        "parallel": functools.partial(vis.plot_parallel_coordinate, target_name=metric),
+        "history": functools.partial(vis.plot_optimization_history, target_name=metric, **target),
+        "importance": functools.partial(
+            vis.plot_param_importances, **({"target_name": metric, **target} if target else {})
+        ),
+        "parallel": functools.partial(vis.plot_parallel_coordinate, target_name=metric, **target),
         "intermediate": vis.plot_intermediate_values,
     }[kind]
     try:
@@ -455,6 +469,7 @@ def build_report(
     Example:
         >>> autocnn.build_report(spec, out=Path("digits.html")).path
     """
+    from autocnn.pareto_report import has_front, pareto_html
     from autocnn.storage import open_study, storage_url
     from autocnn.tracking import Tracker, default_tracking_uri
 
@@ -478,8 +493,9 @@ def build_report(
     sections = {
         "leaderboard": leaderboard_html(trials, metric),
         "models": families_html(families(trials, objective)),
+        **({"pareto": pareto_html(spec, study)} if has_front(spec) else {}),
         **{
-            kind: optuna_plot(kind, study, len(complete), metric=metric)
+            kind: optuna_plot(kind, study, len(complete), metric=metric, objective=objective)
             for kind in ("history", "importance", "parallel", "intermediate")
         },
         "curves": curves_html(trials, metric),

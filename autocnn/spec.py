@@ -438,7 +438,9 @@ class StudySpec(StrictModel):
     # Several objectives make a multi-objective study; constraints are upper bounds on costs.
     objectives: (
         Annotated[
-            list[Literal["val_accuracy", "val_macro_f1", "val_loss", "int8_accuracy", "latency_ms", "params", "size_mb"]],
+            list[
+                Literal["val_accuracy", "val_macro_f1", "val_loss", "int8_accuracy", "latency_ms", "params", "size_mb"]
+            ],
             Field(min_length=1, max_length=MAX_OBJECTIVES),
         ]
         | None
@@ -459,12 +461,15 @@ class StudySpec(StrictModel):
                 "objectives", "needs a quality objective (val_accuracy, val_macro_f1, val_loss or int8_accuracy)"
             )
         if "metric" in self.model_fields_set:
-            raise _sub_error("metric", "give study.metric or study.objectives, not both (objectives' first val_* trains)")
+            raise _sub_error(
+                "metric", "give study.metric or study.objectives, not both (objectives' first val_* trains)"
+            )
         if len(objectives) > 1 and self.sampler == "cmaes":
             raise _sub_error("sampler", "cmaes cannot search several objectives; use tpe, random or gp")
         if len(objectives) > 1 and self.pruner in ("hyperband", "successive_halving"):
             raise _sub_error(
-                "pruner", f"{self.pruner} ranks one value; with several objectives use median (the dominated-curve rule) or none"
+                "pruner",
+                f"{self.pruner} ranks one value; with several objectives use median (the dominated-curve rule) or none",
             )
         return self
 

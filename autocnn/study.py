@@ -315,7 +315,14 @@ def record_costs(
 
 
 def objective_values(
-    ctx: TrialContext, trial: optuna.Trial, model: Any, evaluation: Any, best: float, data: Dataset, pre: Any, run_id: str
+    ctx: TrialContext,
+    trial: optuna.Trial,
+    model: Any,
+    evaluation: Any,
+    best: float,
+    data: Dataset,
+    pre: Any,
+    run_id: str,
 ) -> list[float]:
     """One value per objective: validation metrics at the best epoch, costs, int8 accuracy."""
     from sklearn.metrics import accuracy_score, f1_score
@@ -701,7 +708,9 @@ def log_front(spec: Spec, study: optuna.Study, tracker: Tracker, parent: str) ->
     record = front_record(study, study_objectives(spec), spec.study.constraints or {})
     tracker.log_dict(parent, record, "pareto_front.json")
     numbers = ",".join(str(item["trial"]) for item in record["front"])
-    tracker.set_tags(parent, {"autocnn.pareto_front": numbers or "none", "autocnn.objectives": ",".join(spec.study.objective_names)})
+    tracker.set_tags(
+        parent, {"autocnn.pareto_front": numbers or "none", "autocnn.objectives": ",".join(spec.study.objective_names)}
+    )
 
 
 def _started(study: optuna.Study) -> int:
