@@ -1,4 +1,4 @@
-"""Does the search waste compute, and what do more workers buy? Six measurements on this machine.
+"""Does the search waste compute, and what do more workers buy? Measurements on this machine.
 
 Run: .venv/bin/python benchmarks/run.py [--quick] [--items 1 3] [--models custom_cnn] [--out FILE] [--keep]
 
@@ -34,6 +34,7 @@ from benchmarks.bare_loop import LoopCase
 from benchmarks.data_pipeline import measure_data_pipeline
 from benchmarks.machine import machine_info, quiet_like_the_cli, quiet_machine
 from benchmarks.memory_use import measure_memory
+from benchmarks.pareto_front import measure_pareto
 from benchmarks.pruning_savings import measure_pruning
 from benchmarks.results import Item, carried_over, render_markdown, write_results
 from benchmarks.scale_out import measure_scale_out
@@ -41,7 +42,7 @@ from benchmarks.startup_cost import measure_startup
 from benchmarks.timed_study import TrialTiming
 from benchmarks.trial_loop import CASES, measure_trial_loop
 
-ITEMS = (1, 2, 3, 4, 5, 6)
+ITEMS = (1, 2, 3, 4, 5, 6, 8)
 Log = Callable[[str], None]
 
 
@@ -64,12 +65,14 @@ class Settings:
     scale_epochs: int
     scale_repeats: int
     trivial_trials: int
+    pareto_trials: int = 20
+    pareto_epochs: int = 6
 
 
 def settings_for(quick: bool, models: Sequence[str] = tuple(CASES)) -> Settings:
     cases = tuple(CASES[m] for m in CASES if m in models)
     if quick:
-        return Settings(True, 1, 2, cases, 256, 1, 3, 2, 2, 300, 1, 4, 2, 1, 16)
+        return Settings(True, 1, 2, cases, 256, 1, 3, 2, 2, 300, 1, 4, 2, 1, 16, pareto_trials=3, pareto_epochs=2)
     return Settings(False, None, None, cases, 1024, 3, 20, 12, 7, 2000, 2, 10, 15, 2, 80)
 
 
@@ -99,6 +102,11 @@ def run_items(settings: Settings, wanted: Sequence[int], work: Path, log: Log) -
                 repeats=settings.scale_repeats,
                 trivial_trials=settings.trivial_trials,
             ),
+        ),
+        (
+            8,
+            "accuracy against latency",
+            lambda: measure_pareto(work, trials=settings.pareto_trials, epochs=settings.pareto_epochs),
         ),
     ]
     for number, name, measure in steps:
