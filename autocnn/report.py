@@ -45,7 +45,6 @@ N_CURVES = 5  # learning curves of the top trials
 SECTIONS = {
     "leaderboard": "Leaderboard",
     "models": "Model families",
-    "pareto": "Pareto front: accuracy against cost",
     "history": "Optimization history",
     "importance": "Parameter importances",
     "parallel": "Parallel coordinates",
@@ -53,6 +52,9 @@ SECTIONS = {
     "curves": "Learning curves of the top trials",
     "confusion": "Confusion matrix of the best trial",
 }
+# Only in a study with several objectives or constraints, after the model families.
+OPTIONAL_SECTIONS = {"pareto": "Pareto front: accuracy against cost"}
+TITLES = {**SECTIONS, **OPTIONAL_SECTIONS}
 
 
 @dataclass
@@ -442,10 +444,10 @@ def page(title: str, summary: list[tuple[str, str]], sections: dict[str, str]) -
     """The whole document: plotly's JS inlined once in the head, then each section."""
     from plotly.offline import get_plotlyjs
 
-    nav = "".join(f"<a href='#{key}'>{html.escape(SECTIONS[key])}</a>" for key in sections)
+    nav = "".join(f"<a href='#{key}'>{html.escape(TITLES[key])}</a>" for key in sections)
     facts = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in summary)
     body = "".join(
-        f"<section id='{key}'><h2>{html.escape(SECTIONS[key])}</h2>{content}</section>"
+        f"<section id='{key}'><h2>{html.escape(TITLES[key])}</h2>{content}</section>"
         for key, content in sections.items()
     )
     return (
