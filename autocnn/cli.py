@@ -180,14 +180,14 @@ def study(
             checkpoint_dir=checkpoint_dir.resolve() if checkpoint_dir is not None else None,
         )
         try:
-            with RichReporter(console, metric=loaded.study.metric) as reporter:
+            with RichReporter(console, metric=loaded.study.training_metric) as reporter:
                 result = run_study(loaded, options, reporter)
         except KeyboardInterrupt:
             console.print(f"\n[yellow]interrupted.[/] resume with: autocnn study {spec}")
             raise typer.Exit(130) from None
-        console.print(leaderboard_table(result, loaded.study.metric, width=console.width))
+        console.print(leaderboard_table(result, loaded.study.training_metric, width=console.width))
         if result.best_number is not None:
-            console.print(f"best trial {result.best_number}: {loaded.study.metric} = {result.best_value:.4f}")
+            console.print(f"best trial {result.best_number}: {loaded.study.training_metric} = {result.best_value:.4f}")
         # Paths are printed whole, even past the width: a path broken over two lines cannot be copied.
         console.print(f"results: {result.tracking_uri} (browse with `autocnn ui`)", soft_wrap=True)
         console.print(f"study: {result.storage} (browse with `autocnn dashboard {spec}`)", soft_wrap=True)
@@ -271,8 +271,8 @@ def status(spec: SpecPath, storage: Storage = None) -> None:
             f"[yellow]stale:[/] trial {number} is RUNNING but its process is gone; it resumes on the next `autocnn study`"
         )
     if result.best_number is not None:
-        console.print(f"best trial {result.best_number}: {loaded.study.metric} = {result.best_value:.4f}")
-    console.print(leaderboard_table(result, loaded.study.metric, width=console.width))
+        console.print(f"best trial {result.best_number}: {loaded.study.training_metric} = {result.best_value:.4f}")
+    console.print(leaderboard_table(result, loaded.study.training_metric, width=console.width))
 
 
 @app.command()

@@ -371,8 +371,10 @@ def resume_trainer(ctx: TrialContext, trial: optuna.Trial, trainer: Any) -> list
         return []
     trainer.load_state_dict(state["trainer"])
     history = [(int(epoch), float(value)) for epoch, value in state["history"]]
+    from autocnn.pruning import report_value
+
     for epoch, value in history:  # the pruner compares whole curves
-        trial.report(value, epoch)
+        report_value(trial, value, epoch)
     trial.set_user_attr(RESUMED_AT_ATTR, trainer.epoch)
     ctx.reporter.message(f"trial {trial.number} resumes trial {source} after epoch {trainer.epoch}")
     return history
