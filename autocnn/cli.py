@@ -401,6 +401,7 @@ def schema(
 
     Example: autocnn schema -o studies/autocnn.schema.json
     """
+    from autocnn.files import write_text_atomically
     from autocnn.spec import json_schema_text
 
     text = json_schema_text()
@@ -408,22 +409,12 @@ def schema(
         sys.stdout.write(text)
         return
     try:
-        _replace_file(out, text)
+        write_text_atomically(out, text)
     except OSError as exc:
         _console(stderr=True).print(
             f"[bold red]error:[/] {out}: cannot write ({exc.strerror or exc})", highlight=False, soft_wrap=True
         )
         raise typer.Exit(2) from None
-
-
-def _replace_file(path: Path, text: str) -> None:
-    """Write beside the target, then rename: an editor reading the schema never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @app.command()

@@ -87,7 +87,9 @@ def detect_machine() -> Machine:
     """CUDA GPU or CPU, and the CPU's cores (the study's data loading and a CPU's training use them)."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from autocnn.workers import usable_cores
+
+    cores = usable_cores()
     if torch.cuda.is_available():
         return Machine("gpu", torch.cuda.get_device_name(0), cores)
     return Machine("cpu", "", cores)
@@ -402,13 +404,10 @@ def init_spec(
 
 def _write(path: Path, text: str) -> None:
     """Beside the target, then renamed: never half a spec."""
+    from autocnn.files import write_text_atomically
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_text_atomically(path, text)
     except OSError as exc:
         raise InitError(f"{path}: cannot write ({exc.strerror or exc})") from None

@@ -33,19 +33,6 @@ def _numel(module: torch.nn.Module, prefix: str = "") -> int:
     return sum(p.numel() for n, p in module.named_parameters() if n.startswith(prefix))
 
 
-@pytest.fixture
-def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty Hugging Face hub cache, as on a fresh offline machine."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
 def _fill_hub_cache(cache: Path, hub_id: str, state: dict[str, torch.Tensor]) -> None:
     """Lay out one repo the way huggingface_hub stores a download: blob, snapshot link, ref."""
     from safetensors.torch import save_file

@@ -23,18 +23,13 @@ HUB_FILE = "timm/test_resnet.r160_in1k/model.safetensors"
 
 
 @pytest.fixture
-def empty_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def empty_hub(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty hub cache on a machine that may go online (the tests' default is HF_HUB_OFFLINE=1)."""
     from huggingface_hub import constants
 
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as autocnn leaves it after a trial
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return cache
+    return hub_cache
 
 
 def _weights_bytes() -> bytes:

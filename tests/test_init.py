@@ -20,15 +20,10 @@ GPU = Machine("gpu", "Fake GPU", 16)
 
 
 @pytest.fixture
-def empty_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def empty_hub(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No cached weights, and offline (the tests' HF_HUB_OFFLINE=1): only the custom CNN can run."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
+    return hub_cache
 
 
 def _profile(
