@@ -207,16 +207,6 @@ class Pick:
     values: dict[str, float]
     front: tuple[int, ...]
 
-    def as_dict(self, constraints: dict[str, float]) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "reason": self.reason,
-            "trial": self.trial.number,
-            "values": self.values,
-            "constraints": {name: {"max": bound} for name, bound in constraints.items()},
-            "pareto_front": list(self.front),
-        }
-
 
 def pick_from_front(study: optuna.Study, objectives: Sequence[Objective], primary: Objective, rule: str | None) -> Pick:
     """Apply a rule to the front; without one, the most accurate feasible trial, saying so."""
