@@ -14,7 +14,7 @@ from autocnn.budget import BUDGET_ATTR, auto_epochs, steps_per_epoch
 from autocnn.checks import check_spec
 from autocnn.data import DataCache, Dataset, DatasetRecord, dataset_record
 from autocnn.defaults import DEFAULT_ATTR, enqueue_defaults
-from autocnn.objectives import COSTS_ATTR, Objective, is_multi_objective, primary, study_objectives
+from autocnn.objectives import Objective, is_multi_objective, primary, study_objectives
 from autocnn.plan import Plan, make_plan, probe_seconds_per_step
 from autocnn.results import StudyResult, best_trial, count_states, summarize
 from autocnn.resume import (
@@ -234,6 +234,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     import optuna
 
     from autocnn.assembly import assemble_trial, preprocessing, train_settings, trial_seeds
+    from autocnn.costs import LATENCY_MACHINE_TAG, objective_values, record_costs
     from autocnn.models import freeze_mode, model_facts
     from autocnn.pruning import report_value, should_prune
     from autocnn.train import NonFiniteLossError
@@ -253,7 +254,9 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     if assembled.augmentation is not None:
         log_augmentation(ctx, run_id, assembled.augmentation, data, seed=seeds.batches)
     facts = model_facts(trainer.model, image_size=pre.image_size, device=trainer.device, latencies=ctx.latencies)
-    facts.update(record_costs(ctx, trial, trainer.model, facts, run_id, image_size=pre.image_size))
+    facts.update(record_costs(spec, trial, trainer.model, facts, image_size=pre.image_size, cache=ctx.latencies))
+    if LATENCY_MACHINE_TAG in trial.user_attrs:
+        ctx.tracker.set_tags(run_id, {LATENCY_MACHINE_TAG: trial.user_attrs[LATENCY_MACHINE_TAG]})
     ctx.tracker.log_facts(run_id, facts)
     ctx.tracker.set_tags(run_id, {"autocnn.freeze": freeze_mode(trainer.model)})
     ctx.reporter.trial_started(trial.number, config, settings.epochs)
@@ -287,61 +290,10 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
         return best
     # Any complete trial may end on the front, and finalize --no-refit needs its weights.
     ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
-    return objective_values(ctx, trial, trainer.model, evaluation, best, data, pre, run_id)
-
-
-def record_costs(
-    ctx: TrialContext, trial: optuna.Trial, model: Any, facts: dict[str, float], run_id: str, *, image_size: int
-) -> dict[str, float]:
-    """Measure the costs the study needs, keep them on the trial and mark it against the
-    constraints before it trains: the pruner compares like with like, samplers learn feasibility.
-
-    Returns what to log beside model_facts: the latency measured as `predict` runs the model
-    replaces the training-device forward time, so the report and the objective show one number.
-    """
-    from autocnn.costs import LATENCY_MACHINE_TAG, costs_needed, measure_costs
-    from autocnn.objectives import constraint_values
-
-    if not costs_needed(ctx.spec):
-        return {}
-    costs = measure_costs(model, facts, spec=ctx.spec, image_size=image_size, cache=ctx.latencies)
-    trial.set_user_attr(COSTS_ATTR, costs.as_attr())
-    for name, excess in constraint_values(costs.values, ctx.spec.study.constraints or {}).items():
-        trial.set_constraint(name, excess)
-    if costs.machine is not None:
-        trial.set_user_attr(LATENCY_MACHINE_TAG, costs.machine)
-        ctx.tracker.set_tags(run_id, {LATENCY_MACHINE_TAG: costs.machine})
-    return {"latency_ms": costs.values["latency_ms"]} if "latency_ms" in costs.values else {}
-
-
-def objective_values(
-    ctx: TrialContext,
-    trial: optuna.Trial,
-    model: Any,
-    evaluation: Any,
-    best: float,
-    data: Dataset,
-    pre: Any,
-    run_id: str,
-) -> list[float]:
-    """One value per objective: validation metrics at the best epoch, costs, int8 accuracy."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    from autocnn.objectives import trial_costs
-
-    scored = {
-        "val_accuracy": float(accuracy_score(evaluation.labels, evaluation.preds)),
-        "val_macro_f1": float(f1_score(evaluation.labels, evaluation.preds, average="macro", zero_division=0)),
-        "val_loss": float(evaluation.loss),
-        ctx.objective.metric: best,
-        **trial_costs(trial.study._storage.get_trial(trial._trial_id)),
-    }
-    if "int8_accuracy" in ctx.spec.study.objective_names:
-        from autocnn.onnx_export import int8_val_accuracy
-
-        scored["int8_accuracy"] = int8_val_accuracy(model, data, pre, seed=ctx.spec.seed)
-        ctx.tracker.log_facts(run_id, {"int8_accuracy": scored["int8_accuracy"]})
-    return [scored[objective.metric] for objective in study_objectives(ctx.spec)]
+    values = objective_values(spec, trial, evaluation, best, model=trainer.model, data=data, pre=pre)
+    if "int8_accuracy" in spec.study.objective_names:
+        ctx.tracker.log_facts(run_id, {"int8_accuracy": values[spec.study.objective_names.index("int8_accuracy")]})
+    return values
 
 
 def _prune_reason(trial: optuna.Trial, epoch: int, metric: str, value: float) -> str:
@@ -365,14 +317,14 @@ def log_augmentation(ctx: TrialContext, run_id: str, pipeline: Any, data: Datase
 
 def resume_trainer(ctx: TrialContext, trial: optuna.Trial, trainer: Any) -> list[tuple[int, float]]:
     """A retried trial continues from the last finished epoch of the trial it retries."""
+    from autocnn.pruning import report_value
+
     source = trial.user_attrs.get(RESUME_FROM_ATTR)
     state = ctx.checkpoints.load(int(source)) if source is not None else None
     if state is None:
         return []
     trainer.load_state_dict(state["trainer"])
     history = [(int(epoch), float(value)) for epoch, value in state["history"]]
-    from autocnn.pruning import report_value
-
     for epoch, value in history:  # the pruner compares whole curves
         report_value(trial, value, epoch)
     trial.set_user_attr(RESUMED_AT_ATTR, trainer.epoch)
