@@ -127,3 +127,22 @@ def test_pick_rule_round_trips() -> None:
     rule = parse_rule("max val_accuracy where latency_ms <= 5 and size_mb < 4.5")
     assert str(rule) == "max val_accuracy where latency_ms <= 5 and size_mb < 4.5"
     assert [c.holds(v) for c, v in zip(rule.conditions, [5.0, 4.5], strict=True)] == [True, False]
+
+
+def test_tpe_keeps_sampling_a_multi_objective_study_with_pruned_trials() -> None:
+    # Optuna's TPE ranks pruned trials by `study.direction`, which a multi-objective study lacks.
+    from autocnn.samplers import TrialSeededTPESampler
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    sampler = TrialSeededTPESampler(seed=0, n_startup_trials=2, multivariate=True, group=True)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for i in range(6):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0.0, 1.0)
+        report_value(trial, x, 1)
+        if i == 2:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, [x, 1.0 - x])
+    states = [t.state.name for t in study.trials]
+    assert states.count("PRUNED") == 1 and states.count("COMPLETE") == 5
