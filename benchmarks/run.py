@@ -73,7 +73,7 @@ def settings_for(quick: bool, models: Sequence[str] = tuple(CASES)) -> Settings:
     cases = tuple(CASES[m] for m in CASES if m in models)
     if quick:
         return Settings(True, 1, 2, cases, 256, 1, 3, 2, 2, 300, 1, 4, 2, 1, 16, pareto_trials=3, pareto_epochs=2)
-    return Settings(False, None, None, cases, 1024, 3, 20, 12, 7, 2000, 2, 10, 15, 2, 80)
+    return Settings(False, None, None, cases, 1024, 3, 20, 12, 7, 2000, 2, 24, 6, 2, 80)
 
 
 def run_items(settings: Settings, wanted: Sequence[int], work: Path, log: Log) -> list[Item]:
