@@ -146,3 +146,22 @@ def test_tpe_keeps_sampling_a_multi_objective_study_with_pruned_trials() -> None
             study.tell(trial, [x, 1.0 - x])
     states = [t.state.name for t in study.trials]
     assert states.count("PRUNED") == 1 and states.count("COMPLETE") == 5
+
+
+def test_report_section_draws_the_front_the_constraint_and_greys_infeasible_trials() -> None:
+    from autocnn.pareto_report import front_rows, pareto_html
+
+    spec = parse_spec(mo_spec_dict(constraints={"latency_ms": 5}))
+    study = mo_study()
+    for value, latency in [(0.90, 4.0), (0.80, 1.0), (0.70, 2.0), (0.99, 9.0)]:
+        run_curve(study, value, latency, bound=5.0)
+    rows = front_rows(study, study_objectives(spec))
+    assert [(r["number"], r["front"], r["feasible"]) for r in rows] == [
+        (0, True, True),
+        (1, True, True),
+        (2, False, True),
+        (3, False, False),
+    ]
+    section = pareto_html(spec, study)
+    assert "plot-pareto" in section and "latency_ms &lt;= 5" in section
+    assert "outside the constraints" in section and section.count("<b>front</b>") == 2
