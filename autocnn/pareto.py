@@ -93,7 +93,7 @@ def infeasible_message(study: optuna.Study) -> str:
     done = complete_trials(study, feasible_only=False)
     if not done:
         return f"study '{study.study_name}' has no complete trial yet; run `autocnn study` first"
-    closest = min(done, key=lambda t: (sum(max(v, 0.0) for v in t.constraints.values()), t.number))
+    closest = min(done, key=lambda t: (_relative_excess(t), t.number))
     costs = trial_costs(closest)
     broken = ", ".join(
         f"{name} {costs.get(name, math.nan):.4g} (limit {costs.get(name, math.nan) - excess:.4g})"
@@ -104,6 +104,17 @@ def infeasible_message(study: optuna.Study) -> str:
         f"study.constraints: none of the {len(done)} complete trials meets them; the closest, trial "
         f"{closest.number}, has {broken}; relax study.constraints or search smaller models"
     )
+
+
+def _relative_excess(trial: FrozenTrial) -> float:
+    """How far beyond its bounds a trial is, each excess as a share of its bound (ms and
+    parameter counts are not comparable in their own units)."""
+    costs = trial_costs(trial)
+    total = 0.0
+    for name, excess in trial.constraints.items():
+        bound = costs.get(name, excess) - excess
+        total += max(excess, 0.0) / max(abs(bound), 1e-12)
+    return total
 
 
 # --------------------------------------------------------------------------- the pick rule
