@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from autocnn.data import Dataset, Split
+    from autocnn.features import FeatureCache, FeaturePath, Found
     from autocnn.train import Trainer, TrainSettings
 
 # Seed s of a re-training offsets the trial's own seeds by s strides; a stride larger than any
@@ -89,39 +90,58 @@ def parameter_groups(model: nn.Module, *, lr: float, backbone_lr_mult: float | N
     return [*groups, {"params": head, "lr": lr, "name": "head"}]
 
 
-def train_batches(
-    augment: AugmentConfig, split: Split, pre: Preprocess, *, batch_size: int, seed: int, device: torch.device
-) -> tuple[Any, Any]:
-    """(batches, augmentation pipeline or None): augmented when `augment` turns any op on.
+def augmentation_pipeline(augment: AugmentConfig, *, image_size: int, seed: int) -> Any:
+    """The trial's albumentations pipeline, or None when it turns no operation on.
 
     albumentations is imported only when a trial augments.
     """
+    if not augment.enabled:
+        return None
+    from autocnn import augment as aug
+
+    return aug.build_train_transform(augment.ops(), image_size=image_size, seed=seed)
+
+
+def train_batches(
+    augment: AugmentConfig, split: Split, pre: Preprocess, *, batch_size: int, seed: int, device: torch.device
+) -> tuple[Any, Any]:
+    """(batches, augmentation pipeline or None): augmented when `augment` turns any op on."""
+    pipeline = augmentation_pipeline(augment, image_size=pre.image_size, seed=seed)
+    return image_batches(pipeline, split, pre, batch_size=batch_size, seed=seed, device=device), pipeline
+
+
+def image_batches(
+    pipeline: Any, split: Split, pre: Preprocess, *, batch_size: int, seed: int, device: torch.device
+) -> Any:
+    """Shuffled training batches of images, through `pipeline` when there is one."""
     from autocnn.train import TensorBatches
 
-    if augment.enabled:
-        from autocnn import augment as aug
+    if pipeline is None:
+        return TensorBatches(split, pre, batch_size=batch_size, shuffle=True, seed=seed, device=device)
+    from autocnn import augment as aug
 
-        pipeline = aug.build_train_transform(augment.as_dict(), image_size=pre.image_size, seed=seed)
-        if pipeline is not None:
-            batches = aug.AugmentedBatches(
-                split, pre, pipeline, batch_size=batch_size, seed=seed, num_workers=aug.N_WORKERS, device=device
-            )
-            return batches, pipeline
-    return TensorBatches(split, pre, batch_size=batch_size, shuffle=True, seed=seed, device=device), None
+    return aug.AugmentedBatches(
+        split, pre, pipeline, batch_size=batch_size, seed=seed, num_workers=aug.N_WORKERS, device=device
+    )
 
 
 @dataclass
 class AssembledTrial:
-    """Everything one run of a configuration trains with; `trainer.fit(train, val)` runs it."""
+    """Everything one run of a configuration trains with; `trainer.fit(train, val)` runs it.
+
+    `model` is always the whole model, what is logged and exported. On the cached-feature path
+    the trainer's own model is only its head (the same modules), and the batches are features.
+    """
 
     config: TrialConfig
     pre: Preprocess
     settings: TrainSettings
     model: nn.Module
-    train: Any  # TensorBatches or AugmentedBatches
-    val: Any  # TensorBatches, never augmented
+    train: Any  # TensorBatches, AugmentedBatches or FeatureBatches
+    val: Any  # TensorBatches or FeatureBatches, never augmented
     augmentation: Any  # the albumentations pipeline, None without augmentation
     trainer: Trainer
+    path: FeaturePath | None = None  # which path the trial took and why; None: no cache was offered
 
 
 def assemble_trial(
@@ -136,14 +156,18 @@ def assemble_trial(
     batch_size: int | None = None,
     device: torch.device | None = None,
     load_weights: bool = True,
+    features: FeatureCache | None = None,
 ) -> AssembledTrial:
     """One configuration, ready to train on `data` (at the configuration's input size).
 
     `train_split` replaces the training images (a refit trains on train + val); `batch_size`
-    replaces the configured one where a split is smaller than a batch (the plan's probe).
+    replaces the configured one where a split is smaller than a batch (the plan's probe). With
+    `features`, a frozen backbone's trial trains its head on cached features (autocnn.features
+    says when); without, every trial takes the full path.
     """
     import torch
 
+    from autocnn.features import choose_path
     from autocnn.models import build_model
     from autocnn.train import TensorBatches, Trainer, pick_device
 
@@ -159,11 +183,134 @@ def assemble_trial(
         load_weights=load_weights,
     )
     batch = batch_size or config.train.batch_size
-    train, augmentation = train_batches(
-        config.augment, train_split or data.train, pre, batch_size=batch, seed=seeds.batches, device=device
-    )
+    split = train_split or data.train
+    pipeline = augmentation_pipeline(config.augment, image_size=pre.image_size, seed=seeds.batches)
+    offered = features is not None and load_weights  # features of weights about to be replaced are no use
+    path = choose_path(spec, config, augmenting=pipeline is not None) if offered else None
+    if path is not None and path.cached and features is not None:
+        return assemble_on_features(
+            spec,
+            config,
+            data,
+            settings,
+            features,
+            path,
+            seeds=seeds,
+            pre=pre,
+            model=model,
+            split=split,
+            pipeline=pipeline,
+            batch=batch,
+            device=device,
+        )
+    train = image_batches(pipeline, split, pre, batch_size=batch, seed=seeds.batches, device=device)
     val = TensorBatches(data.val, pre, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device)
     timm = config.model_config if isinstance(config.model_config, TimmConfig) else None
     groups = parameter_groups(model, lr=settings.lr, backbone_lr_mult=timm.backbone_lr_mult if timm else None)
     trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
-    return AssembledTrial(config, pre, settings, trainer.model, train, val, augmentation, trainer)
+    return AssembledTrial(config, pre, settings, trainer.model, train, val, pipeline, trainer, path)
+
+
+def assemble_on_features(
+    spec: Spec,
+    config: TrialConfig,
+    data: Dataset,
+    settings: TrainSettings,
+    features: FeatureCache,
+    path: FeaturePath,
+    *,
+    seeds: Seeds,
+    pre: Preprocess,
+    model: nn.Module,
+    split: Split,
+    pipeline: Any,
+    batch: int,
+    device: torch.device,
+) -> AssembledTrial:
+    """The head alone, trained on the frozen backbone's cached features of `split` and val.
+
+    The batches follow the full path's order and size; only the head's parameters train, at
+    `train.lr`, as on the full path where the frozen backbone has no optimizer group.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from autocnn.features import FeatureBatches, describe_sources
+    from autocnn.models.backbones import FeatureHead
+    from autocnn.train import Trainer, autocast_dtype
+
+    model = model.to(device, memory_format=torch.channels_last)
+    on = Backbone(model, pre, seeds, device, autocast_dtype(device, settings.precision))
+    train_features, train_source = training_features(spec, config, features, path, on, split, pipeline)
+    val_features, val_source = split_features(spec, config, features, on, data.val)
+    train = FeatureBatches(
+        train_features, split.labels, batch_size=batch, shuffle=True, seed=seeds.batches, device=device
+    )
+    val = FeatureBatches(
+        val_features, data.val.labels, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device
+    )
+    head = FeatureHead(model)
+    groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": settings.lr, "name": "head"}]
+    trainer = Trainer(
+        head, settings, steps_per_epoch=len(train), device=device, param_groups=groups, channels_last=False
+    )
+    path = replace(path, source=describe_sources(train_source, val_source))
+    return AssembledTrial(config, pre, settings, model, train, val, pipeline, trainer, path)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """The frozen model features are computed with, and what their key needs besides the split."""
+
+    model: nn.Module
+    pre: Preprocess
+    seeds: Seeds
+    device: torch.device
+    autocast: torch.dtype | None  # the trial's precision: the full path's backbone runs in it
+
+
+def weights_of(spec: Spec, config: TrialConfig, on: Backbone) -> str:
+    from autocnn.features import weights_identity
+
+    pretrained = config.model_params.get("pretrained", True)
+    return weights_identity(config.model, pretrained, base_dir=spec.base_dir, torch_seed=on.seeds.torch)
+
+
+def split_features(
+    spec: Spec, config: TrialConfig, features: FeatureCache, on: Backbone, split: Split
+) -> tuple[torch.Tensor, Found]:
+    """(N, D) features of a split's images as they are, from the cache or computed into it."""
+    from autocnn.features import feature_key, pooled_features
+
+    key = feature_key(config, on.pre, split, weights=weights_of(spec, config, on), autocast=on.autocast)
+    return features.get(key, lambda: pooled_features(on.model, split, on.pre, device=on.device, autocast=on.autocast))
+
+
+def training_features(
+    spec: Spec,
+    config: TrialConfig,
+    features: FeatureCache,
+    path: FeaturePath,
+    on: Backbone,
+    split: Split,
+    pipeline: Any,
+) -> tuple[torch.Tensor, Found]:
+    """The training split's features, or with cached views (V, N, D) features of V augmented copies.
+
+    The views' seeds come from the spec's seed, not the trial's: every trial with the same
+    augmentation parameters trains on the same views, computed once.
+    """
+    from autocnn.features import augmented_views, feature_key, views_identity
+
+    if not path.views:
+        return split_features(spec, config, features, on, split)
+    views = views_identity(pipeline, views=path.views, seed=spec.seed)
+    key = feature_key(config, on.pre, split, weights=weights_of(spec, config, on), views=views, autocast=on.autocast)
+
+    def compute() -> torch.Tensor:
+        return augmented_views(
+            on.model, split, on.pre, pipeline, views=path.views, seed=spec.seed, device=on.device, autocast=on.autocast
+        )
+
+    return features.get(key, compute)

@@ -242,6 +242,7 @@ def retrain(
 ) -> Retrained:
     """Train the trial's config again, seeded as the trial was (seed 0) or offset; refit also learns from val."""
     from autocnn.assembly import assemble_trial, train_settings, trial_seeds
+    from autocnn.features import process_cache
 
     settings = train_settings(spec, config, recorded_budget(trial, config, data), n_val=len(data.val))
     train_split = None
@@ -251,16 +252,23 @@ def retrain(
             np.concatenate([data.train.images, data.val.images]),
             np.concatenate([data.train.labels, data.val.labels]),
         )
-    # Augmented exactly as the trial was, if it was.
+    # Augmented exactly as the trial was, if it was; a frozen backbone on the study's cached features.
     assembled = assemble_trial(
-        spec, config, data, settings, seeds=trial_seeds(spec, trial.number, seed), train_split=train_split
+        spec,
+        config,
+        data,
+        settings,
+        seeds=trial_seeds(spec, trial.number, seed),
+        train_split=train_split,
+        features=process_cache(spec),
     )
     trainer = assembled.trainer
     for _ in trainer.fit(assembled.train, assembled.val):
         pass
     if not refit:
         trainer.restore_best()
-    return Retrained(trainer.model, float(trainer.best_value), trainer.best_epoch)
+    # The whole model: on the cached-feature path the trainer's own is only the head.
+    return Retrained(assembled.model, float(trainer.best_value), trainer.best_epoch)
 
 
 # --------------------------------------------------------------------------- top-k by mean

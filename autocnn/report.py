@@ -70,6 +70,7 @@ class TrialFacts:
     seconds: float | None
     worker: str | None = None  # host:pid
     run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # the trial run's MLflow tags
     facts: dict[str, float] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
@@ -110,6 +111,7 @@ def gather_trials(
         item.run_id = run.info.run_id if run is not None else attrs.get(row["number"])
         if run is not None and tracker is not None:
             item.facts = _facts(run.data.metrics)
+            item.tags = dict(run.data.tags)
             item.curves = {k: _history(tracker, run.info.run_id, k) for k in CURVE_KEYS if k in run.data.metrics}
         out.append(item)
     return out
@@ -140,6 +142,9 @@ class Family:
     val_accuracy: float | None = None
     val_macro_f1: float | None = None
     total_seconds: float = 0.0
+    # Seconds per finished trial with the backbone frozen whole, by the path it took: "cached"
+    # (the head on cached features) and "full" (every epoch through the backbone).
+    frozen_seconds: dict[str, list[float]] = field(default_factory=dict)
 
 
 def families(trials: Sequence[TrialFacts], objective: Objective) -> list[Family]:
@@ -157,6 +162,7 @@ def families(trials: Sequence[TrialFacts], objective: Objective) -> list[Family]
             len(complete),
             best,
             total_seconds=sum(t.seconds or 0.0 for t in group),
+            frozen_seconds=frozen_seconds(group),
         )
         if best is not None:
             step = _best_step(best.curves.get(objective.metric, []), objective)
@@ -167,6 +173,26 @@ def families(trials: Sequence[TrialFacts], objective: Objective) -> list[Family]
         rows.append(family)
     rows.sort(key=lambda f: (f.best is None, objective.rank(f.best.value) if f.best else 0.0))
     return rows
+
+
+def frozen_seconds(group: Sequence[TrialFacts]) -> dict[str, list[float]]:
+    """Trial seconds of the family's finished frozen-backbone trials, by feature path (the tag
+    autocnn.features.PATH_TAG, spelt out: that module imports torch)."""
+    out: dict[str, list[float]] = {}
+    for t in group:
+        if t.tags.get("autocnn.freeze") == "backbone" and t.seconds is not None and t.state != "RUNNING":
+            out.setdefault(t.tags.get("autocnn.feature_path", "full"), []).append(t.seconds)
+    return out
+
+
+def frozen_seconds_text(seconds: dict[str, list[float]]) -> str:
+    """`cached 1.2 (4) · full 31 (2)`: mean seconds per trial and how many trials, per path."""
+    parts = [
+        f"{path} {_fmt(sum(values) / len(values), 3)} ({len(values)})"
+        for path in ("cached", "full")
+        if (values := seconds.get(path))
+    ]
+    return " · ".join(parts) or "—"
 
 
 def _best_step(curve: list[tuple[int, float]], objective: Objective) -> int | None:
@@ -253,6 +279,7 @@ def families_html(rows: Sequence[Family]) -> str:
         "latency ms/image",
         "train s (best)",
         "train s (all)",
+        "s/trial frozen: cached · full (trials)",
         "epochs (best)",
     ]
     body = []
@@ -277,6 +304,7 @@ def families_html(rows: Sequence[Family]) -> str:
                 _fmt(facts.get("latency_ms"), 3),
                 _fmt(b.seconds if b else None, 3),
                 _fmt(f.total_seconds, 3),
+                frozen_seconds_text(f.frozen_seconds),
                 "—" if b is None else str(b.epochs),
             ]
         )
@@ -284,6 +312,9 @@ def families_html(rows: Sequence[Family]) -> str:
         "<p class=note>Each family is described by its best complete trial, at that trial's "
         "best epoch. "
         "≈ marks a size estimated from the float32 parameter count where the trial logged none; "
+        "s/trial frozen: the mean seconds of the family's trials with the whole backbone frozen, "
+        "training the head on cached features or passing every epoch through the backbone "
+        "(with augmentation and no augment.cached_views, or study.feature_cache: false); "
         "— means the trial runs logged no such number.</p>"
     )
     return table(headers, body) + note

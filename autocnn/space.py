@@ -72,10 +72,16 @@ class AugmentConfig:
     blur: float = 0.0
     noise: float = 0.0
     cutout: float = 0.0
+    cached_views: int = 0  # frozen backbones: fixed augmented views per image (autocnn.features)
 
     def as_dict(self) -> dict[str, Any]:
         """What was sampled: a trial without augmentation samples (and logs) only `enabled`."""
         return asdict(self) if self.enabled else {"enabled": False}
+
+    def ops(self) -> dict[str, Any]:
+        """The image operations alone, as `autocnn.augment` builds them: how many views are
+        cached is no operation on an image."""
+        return {key: value for key, value in self.as_dict().items() if key != "cached_views"}
 
 
 @dataclass(frozen=True)

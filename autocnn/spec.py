@@ -66,6 +66,7 @@ MAX_TIMEOUT_S = 366 * 24 * 3600
 MAX_UNFREEZE = 1_000
 MAX_CHOICES = 256
 MAX_MODELS = 64
+MAX_VIEWS = 64  # augment.cached_views: each view is one more pass of the backbone over the training set
 MAX_SEED = 2**31 - 1  # NumPy's legacy seeds stop at 2**32; the sampler adds the trial count
 MAX_TEXT = 4096  # paths and URLs
 MAX_NAME_BYTES = 255  # one file or folder name, on every common file system
@@ -435,6 +436,8 @@ class StudySpec(StrictModel):
     pruner: Literal["none", "median", "hyperband", "successive_halving"] = "median"
     storage: StorageUrl | None = None
     defaults: bool = True  # start a new study with one known-good configuration per model family
+    # Frozen backbones: compute pooled features once and train only the head on them (autocnn.features)
+    feature_cache: bool = True
     # Several objectives make a multi-objective study; constraints are upper bounds on costs.
     objectives: (
         Annotated[
@@ -630,6 +633,9 @@ class AugmentSpace(StrictModel):
     blur: searchable(Chance) = 0.0
     noise: searchable(Chance) = 0.0
     cutout: searchable(Chance) = 0.0
+    # A frozen backbone's trial trains on this many fixed augmented views per training image,
+    # computed once, instead of augmenting every epoch; 0 keeps augmenting every epoch.
+    cached_views: searchable(Annotated[int, Field(ge=0, le=MAX_VIEWS)]) = 0
 
 
 class Spec(StrictModel):

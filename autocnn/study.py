@@ -235,6 +235,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
 
     from autocnn.assembly import assemble_trial, preprocessing, train_settings, trial_seeds
     from autocnn.costs import LATENCY_MACHINE_TAG, objective_values, record_costs
+    from autocnn.features import FULL, process_cache
     from autocnn.models import freeze_mode, model_facts
     from autocnn.pruning import report_value, should_prune
     from autocnn.train import NonFiniteLossError
@@ -249,18 +250,25 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     )
     settings = train_settings(spec, config, budget, n_val=len(data.val))
     seeds = trial_seeds(spec, trial.number)
-    assembled = assemble_trial(spec, config, data, settings, seeds=seeds, pre=pre)
-    trainer, train, val = assembled.trainer, assembled.train, assembled.val
+    features = process_cache(spec)
+    assembled = assemble_trial(spec, config, data, settings, seeds=seeds, pre=pre, features=features)
+    for warning in features.take_warnings():
+        ctx.reporter.message(f"warning: {warning}")
+    # `model` is the whole model; on the cached-feature path the trainer trains its head alone.
+    model, trainer, train, val = assembled.model, assembled.trainer, assembled.train, assembled.val
+    feature_path = assembled.path.name if assembled.path is not None else FULL
     if assembled.augmentation is not None:
         log_augmentation(ctx, run_id, assembled.augmentation, data, seed=seeds.batches)
-    facts = model_facts(trainer.model, image_size=pre.image_size, device=trainer.device, latencies=ctx.latencies)
-    facts.update(record_costs(spec, trial, trainer.model, facts, image_size=pre.image_size, cache=ctx.latencies))
+    facts = model_facts(model, image_size=pre.image_size, device=trainer.device, latencies=ctx.latencies)
+    facts.update(record_costs(spec, trial, model, facts, image_size=pre.image_size, cache=ctx.latencies))
     if LATENCY_MACHINE_TAG in trial.user_attrs:
         ctx.tracker.set_tags(run_id, {LATENCY_MACHINE_TAG: trial.user_attrs[LATENCY_MACHINE_TAG]})
     ctx.tracker.log_facts(run_id, facts)
-    ctx.tracker.set_tags(run_id, {"autocnn.freeze": freeze_mode(trainer.model)})
+    ctx.tracker.set_tags(
+        run_id, {"autocnn.freeze": freeze_mode(model), **(assembled.path.tags() if assembled.path else {})}
+    )
     ctx.reporter.trial_started(trial.number, config, settings.epochs)
-    history = resume_trainer(ctx, trial, trainer)
+    history = resume_trainer(ctx, trial, trainer, feature_path=feature_path)
     # NopPruner never prunes, but asking it still reads the trial back from storage every epoch.
     can_prune = not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
     try:
@@ -273,7 +281,8 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
             ctx.tracker.log_epoch(run_id, metrics.as_dict(), step=metrics.epoch)
             history.append((metrics.epoch, value))
             if not prune:  # a pruned trial's checkpoint would only be deleted
-                ctx.checkpoints.save(trial.number, {"trainer": trainer.state_dict(), "history": history})
+                state = {"trainer": trainer.state_dict(), "history": history, "feature_path": feature_path}
+                ctx.checkpoints.save(trial.number, state)
             ctx.reporter.epoch_done(trial.number, metrics, ctx.objective.metric)
             if prune:
                 raise optuna.TrialPruned(_prune_reason(trial, metrics.epoch, ctx.objective.metric, value))
@@ -286,11 +295,11 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     best = float(trainer.best_value)  # type: ignore[arg-type]
     if not is_multi_objective(ctx.spec):
         if is_new_best(trial, best, ctx.objective):
-            ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
+            ctx.tracker.log_state_dict(run_id, model.state_dict())  # the whole model, backbone and head
         return best
     # Any complete trial may end on the front, and finalize --no-refit needs its weights.
-    ctx.tracker.log_state_dict(run_id, trainer.model.state_dict())
-    values = objective_values(spec, trial, evaluation, best, model=trainer.model, data=data, pre=pre)
+    ctx.tracker.log_state_dict(run_id, model.state_dict())
+    values = objective_values(spec, trial, evaluation, best, model=model, data=data, pre=pre)
     if "int8_accuracy" in spec.study.objective_names:
         ctx.tracker.log_facts(run_id, {"int8_accuracy": values[spec.study.objective_names.index("int8_accuracy")]})
     return values
@@ -315,13 +324,25 @@ def log_augmentation(ctx: TrialContext, run_id: str, pipeline: Any, data: Datase
     ctx.tracker.log_figure(run_id, grid, "augment_grid.png")
 
 
-def resume_trainer(ctx: TrialContext, trial: optuna.Trial, trainer: Any) -> list[tuple[int, float]]:
-    """A retried trial continues from the last finished epoch of the trial it retries."""
+def resume_trainer(
+    ctx: TrialContext, trial: optuna.Trial, trainer: Any, *, feature_path: str = "full"
+) -> list[tuple[int, float]]:
+    """A retried trial continues from the last finished epoch of the trial it retries.
+
+    A checkpoint holds what the trainer trained: the whole model, or on the cached-feature path
+    the head alone; one saved on the other path (study.feature_cache changed) cannot continue.
+    """
     from autocnn.pruning import report_value
 
     source = trial.user_attrs.get(RESUME_FROM_ATTR)
     state = ctx.checkpoints.load(int(source)) if source is not None else None
     if state is None:
+        return []
+    if state.get("feature_path", "full") != feature_path:
+        ctx.reporter.message(
+            f"trial {trial.number} starts over: trial {source} was checkpointed on the "
+            f"{state.get('feature_path', 'full')} path, this run takes the {feature_path} path"
+        )
         return []
     trainer.load_state_dict(state["trainer"])
     history = [(int(epoch), float(value)) for epoch, value in state["history"]]

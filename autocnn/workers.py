@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from autocnn.spec import Spec
     from autocnn.study import Reporter, StudyOptions
 
-STOP_GRACE_S = 300.0  # after a stop, how long a worker may take to close its trial before it is killed
+STOP_GRACE_S = 300.0
+SHARE_SIGNAL = getattr(
+    signal, "SIGUSR1", None
+)  # "take a new share of the cores"  # after a stop, how long a worker may take to close its trial before it is killed
 # What a worker passes on to the process that started it; the rest (data decoding, "study
 # started") that process has already shown.
 RELAYED = ("message", "trial_sampled", "trial_started", "epoch_done", "trial_finished")
@@ -43,6 +46,7 @@ class WorkerSetup:
     index: int
     threads: int  # torch's intra-op threads
     gpu: str | None  # CUDA_VISIBLE_DEVICES, on a machine with GPUs
+    cores: int = 1  # the machine's, shared out again among the workers still running
 
 
 def usable_cores() -> int:
@@ -59,7 +63,7 @@ def worker_setups(workers: int, *, cores: int | None = None, gpus: int | None = 
     cores = usable_cores() if cores is None else cores
     gpus = visible_gpus() if gpus is None else gpus
     threads = max(1, cores // workers)
-    return [WorkerSetup(i, threads, str(i % gpus) if gpus else None) for i in range(workers)]
+    return [WorkerSetup(i, threads, str(i % gpus) if gpus else None, cores) for i in range(workers)]
 
 
 def visible_gpus() -> int:
@@ -82,11 +86,12 @@ def run_workers(
     levels = (logging.getLogger().getEffectiveLevel(), _optuna_verbosity())
     processes: list[BaseProcess] = []
     pipes: dict[Connection, int] = {}
+    alive = context.Value("i", options.workers)  # workers still taking trials: the cores' divisor
     for setup in worker_setups(options.workers):
         receive, send = context.Pipe(duplex=False)
         process = context.Process(
             target=worker_main,
-            args=(spec, worker_options, plan, setup, send, os.getpid(), levels),
+            args=(spec, worker_options, plan, setup, send, os.getpid(), levels, alive),
             name=f"autocnn-worker-{setup.index}",
         )
         process.start()
@@ -94,14 +99,15 @@ def run_workers(
         processes.append(process)
         pipes[receive] = setup.index
     stopped: list[str] = []
+    relayed = Relay(pipes, reporter, stopped, alive)
     try:
         with graceful_interrupts():
             try:
-                relay(pipes, reporter, stopped)
+                relayed.run()
             except KeyboardInterrupt:
                 reporter.message(f"stopping {len(processes)} workers: each closes its running trial to resume later")
                 _signal_all(processes, signal.SIGTERM)
-                relay(pipes, reporter, stopped, deadline=time.monotonic() + STOP_GRACE_S)
+                relayed.run(deadline=time.monotonic() + STOP_GRACE_S)
                 raise
     finally:
         _end_all(processes)
@@ -113,27 +119,54 @@ def run_workers(
     return stopped
 
 
-def relay(
-    pipes: dict[Connection, int], reporter: Reporter, stopped: list[str], *, deadline: float | None = None
-) -> None:
-    """Pass every worker's events to `reporter` until all workers have closed their pipes."""
-    while pipes and (deadline is None or time.monotonic() < deadline):
-        for conn in wait(list(pipes), timeout=1.0):
+class Relay:
+    """Passes every worker's events to the reporter until all workers have closed their pipes.
+
+    When a worker ends (the study's total is in sight), the others get its cores: the last trials
+    would otherwise train on one thread each while the rest of the machine idles.
+    """
+
+    def __init__(self, pipes: dict[Connection, int], reporter: Reporter, stopped: list[str], alive: Any) -> None:
+        self.pipes = pipes
+        self.reporter = reporter
+        self.stopped = stopped
+        self.alive = alive
+        self.ready: dict[int, int] = {}  # worker index -> pid, once it can take a share of the cores
+
+    def run(self, *, deadline: float | None = None) -> None:
+        while self.pipes and (deadline is None or time.monotonic() < deadline):
+            for conn in wait(list(self.pipes), timeout=1.0):
+                self._receive(conn)  # type: ignore[arg-type]
+
+    def _receive(self, conn: Connection) -> None:
+        index = self.pipes[conn]
+        try:
+            kind, args = conn.recv()
+        except (EOFError, OSError):  # the worker ended (or was killed)
+            self.pipes.pop(conn)
+            conn.close()
+            self._share_cores_of(index)
+            return
+        if kind == "ready":
+            self.ready[index] = args[0]
+        elif kind == "stopped":
+            self.stopped.append(f"worker {index}: {args[0]}")
+        elif kind == "error":
+            self.reporter.message(f"warning: worker {index} failed: {args[0]}")
+        elif kind == "message":
+            self.reporter.message(f"worker {index}: {args[0]}")
+        elif kind in RELAYED:
+            getattr(self.reporter, kind)(*args)
+
+    def _share_cores_of(self, index: int) -> None:
+        self.ready.pop(index, None)
+        with self.alive.get_lock():
+            self.alive.value = max(1, self.alive.value - 1)
+        for pid in self.ready.values():
             try:
-                kind, args = conn.recv()  # type: ignore[union-attr]
-            except (EOFError, OSError):  # the worker ended (or was killed)
-                pipes.pop(conn)  # type: ignore[arg-type]
-                conn.close()  # type: ignore[union-attr]
-                continue
-            index = pipes[conn]  # type: ignore[index]
-            if kind == "stopped":
-                stopped.append(f"worker {index}: {args[0]}")
-            elif kind == "error":
-                reporter.message(f"warning: worker {index} failed: {args[0]}")
-            elif kind == "message":
-                reporter.message(f"worker {index}: {args[0]}")
-            elif kind in RELAYED:
-                getattr(reporter, kind)(*args)
+                os.kill(pid, SHARE_SIGNAL)
+            except ProcessLookupError:
+                pass
 
 
 def _signal_all(processes: list[BaseProcess], sig: int) -> None:
@@ -207,6 +240,7 @@ def worker_main(
     conn: Connection,
     starter_pid: int,
     levels: tuple[int, int],
+    alive: Any,
 ) -> None:
     """One worker process: its share of the machine, then trials until the study's total."""
     os.setpgid(0, 0)  # terminal signals go to the starter, which passes them on once
@@ -214,6 +248,9 @@ def worker_main(
     _library_output(*levels)
     _stop_when_orphaned(starter_pid)
     reporter = PipeReporter(conn)
+    if setup.gpu is None and SHARE_SIGNAL is not None:
+        _take_new_shares(setup, alive)
+        reporter.send("ready", os.getpid())
     from autocnn.errors import AutocnnError
     from autocnn.study import run_prepared_study
 
@@ -241,6 +278,18 @@ def _use_share(setup: WorkerSetup) -> None:
     import torch
 
     torch.set_num_threads(setup.threads)
+
+
+def _take_new_shares(setup: WorkerSetup, alive: Any) -> None:
+    """On the starter's signal, the cores divided by the workers still running: torch's thread
+    pool can be resized between two operations, and a signal handler runs between two."""
+
+    def resize(signum: int, frame: Any) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, setup.cores // max(1, alive.value)))
+
+    signal.signal(SHARE_SIGNAL, resize)
 
 
 def _library_output(root_level: int, optuna_level: int) -> None:

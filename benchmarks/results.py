@@ -133,3 +133,58 @@ def keep_marked_section(previous: str, text: str) -> str:
     whole, and must not drop an hour of search-quality results."""
     span = marked_span(previous)
     return text if span is None else splice_section(text, previous[span[0] : span[1]])
+
+
+# --------------------------------------------------------------------------- merging a partial run
+
+
+def merge_items(out: Path, info: dict[str, Any], items: Sequence[Item], *, command: str) -> None:
+    """Put freshly run items into an existing results.md and results.json, every other section kept.
+
+    A run of some items must not drop the others' figures, nor the sections added by hand; the
+    machine table at the top describes the full run, so each merged item says where it ran.
+    """
+    stamped = [_stamped(item, info, command) for item in items]
+    text = out.read_text()
+    for item in stamped:
+        text = splice_item(text, item)
+    out.write_text(text)
+    data_path = out.with_suffix(".json")
+    data = json.loads(data_path.read_text()) if data_path.exists() else {"machine": info, "items": []}
+    numbers = {item.number for item in stamped}
+    kept = [entry for entry in data["items"] if entry.get("number") not in numbers]
+    data["items"] = sorted([*kept, *(asdict(item) for item in stamped)], key=lambda entry: entry["number"])
+    data_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _stamped(item: Item, info: dict[str, Any], command: str) -> Item:
+    where = ", ".join(f"{info[key]}" for key in ("cpu", "device") if key in info)
+    cores = f", {info['cores']} cores" if "cores" in info else ""
+    note = f"Run on its own: `{command}` on {info.get('date', '?')}, {where}{cores}, quiet: {info.get('quiet', '?')}."
+    return Item(item.number, item.title, item.rows, [*item.notes, note], {**item.raw, "machine": info}, item.seconds)
+
+
+def splice_item(text: str, item: Item) -> str:
+    """`text` with item's section in place of its old one, or right after the section of the
+    last item numbered below it (else before the first section): numbered items stay in order,
+    and sections added by hand stay where they were."""
+    section = "\n".join(item_section(item)).rstrip() + "\n\n"
+    lines = text.splitlines(keepends=True)
+    headings = [i for i, line in enumerate(lines) if line.startswith(("## ", SECTION_START))]
+    ends = [*headings[1:], len(lines)]
+    at = headings[0] if headings else len(lines)
+    for start, end in zip(headings, ends, strict=True):
+        n = _section_number(lines[start])
+        if n == item.number:
+            return "".join(lines[:start]) + section + "".join(lines[end:])
+        if n is not None and n < item.number:
+            at = end
+    if at == len(lines):
+        return text.rstrip("\n") + "\n\n" + section
+    return "".join(lines[:at]) + section + "".join(lines[at:])
+
+
+def _section_number(line: str) -> int | None:
+    """`## 7. Title` -> 7; None for a section that is not a numbered item."""
+    head = line[3:].split(".", 1)[0] if line.startswith("## ") else ""
+    return int(head) if head.isdigit() else None

@@ -1,6 +1,6 @@
-"""Does the search waste compute, and what do more workers buy? Measurements on this machine.
+"""Does the search waste compute, and what do more workers, cached features and a second objective buy?
 
-Run: .venv/bin/python benchmarks/run.py [--quick] [--items 1 3] [--models custom_cnn] [--out FILE] [--keep]
+Run: .venv/bin/python benchmarks/run.py [--quick] [--items 1 3] [--models custom_cnn] [--out FILE] [--keep] [--merge]
 
 Writes a readable results.md (one table per item: target, figure, met / not met) and a
 results.json beside it with every raw number and the machine it ran on. Targets are ratios
@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +32,18 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: import this chec
 # ruff: noqa: E402 - the imports below need the path set-up above
 from benchmarks.bare_loop import LoopCase
 from benchmarks.data_pipeline import measure_data_pipeline
+from benchmarks.feature_cache import FeatureCacheCase, measure_feature_cache
 from benchmarks.machine import machine_info, quiet_like_the_cli, quiet_machine
 from benchmarks.memory_use import measure_memory
 from benchmarks.pareto_front import measure_pareto
 from benchmarks.pruning_savings import measure_pruning
-from benchmarks.results import Item, carried_over, render_markdown, write_results
+from benchmarks.results import Item, carried_over, merge_items, render_markdown, write_results
 from benchmarks.scale_out import measure_scale_out
 from benchmarks.startup_cost import measure_startup
 from benchmarks.timed_study import TrialTiming
 from benchmarks.trial_loop import CASES, measure_trial_loop
 
-ITEMS = (1, 2, 3, 4, 5, 6, 8)
+ITEMS = (1, 2, 3, 4, 5, 6, 7, 8)
 Log = Callable[[str], None]
 
 
@@ -65,14 +66,32 @@ class Settings:
     scale_epochs: int
     scale_repeats: int
     trivial_trials: int
+    features: FeatureCacheCase = FeatureCacheCase()
     pareto_trials: int = 20
     pareto_epochs: int = 6
+
+
+# Item 7 as a smoke run: a small backbone on a small folder, a 3-trial study.
+QUICK_FEATURES = FeatureCacheCase(
+    backbone="resnet18",
+    image_size=32,
+    images=200,
+    full_epochs=2,
+    cached_epochs=2,
+    study_backbone="resnet18",
+    study_image_size=32,
+    study_images=200,
+    study_trials=3,
+    study_epochs=2,
+)
 
 
 def settings_for(quick: bool, models: Sequence[str] = tuple(CASES)) -> Settings:
     cases = tuple(CASES[m] for m in CASES if m in models)
     if quick:
-        return Settings(True, 1, 2, cases, 256, 1, 3, 2, 2, 300, 1, 4, 2, 1, 16, pareto_trials=3, pareto_epochs=2)
+        return Settings(
+            True, 1, 2, cases, 256, 1, 3, 2, 2, 300, 1, 4, 2, 1, 16, QUICK_FEATURES, pareto_trials=3, pareto_epochs=2
+        )
     return Settings(False, None, None, cases, 1024, 3, 20, 12, 7, 2000, 2, 24, 6, 2, 80)
 
 
@@ -103,6 +122,7 @@ def run_items(settings: Settings, wanted: Sequence[int], work: Path, log: Log) -
                 trivial_trials=settings.trivial_trials,
             ),
         ),
+        (7, "feature cache", lambda: measure_feature_cache(work, settings.features)),
         (
             8,
             "accuracy against latency",
@@ -125,6 +145,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp working folder")
     parser.add_argument("--models", nargs="+", choices=sorted(CASES), default=sorted(CASES), help="item 1 models")
+    parser.add_argument(
+        "--feature-study",
+        type=int,
+        nargs=2,
+        metavar=("IMAGES", "SIZE"),
+        default=None,
+        help="item 7's study on a smaller folder (images, px) than its epochs' 2,000 at 96 px, to fit the time",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other items' sections of an existing results.md and results.json, replacing only those run",
+    )
     return parser.parse_args(argv)
 
 
@@ -151,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_like_the_cli()
     settings = settings_for(args.quick, args.models)
+    if args.feature_study:
+        images, size = args.feature_study
+        settings = replace(settings, features=replace(settings.features, study_images=images, study_image_size=size))
     info = run_info()
     work = Path(tempfile.mkdtemp(prefix="autocnn-bench-"))
     out = results_path(args)
@@ -165,8 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     info["total_seconds"] = round(time.perf_counter() - started)
-    items = carried_over(out, items)
     command = "benchmarks/run.py" + (" --quick" if args.quick else "")
+    if args.merge and out.exists():  # only the items run, spliced into the text as it is
+        merge_items(
+            out, info, items, command=" ".join(["benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
+        )
+        print(f"merged items {', '.join(str(i.number) for i in items)} into {out} and {out.with_suffix('.json')}")
+        return 0
+    items = carried_over(out, items)
     write_results(out, info, items, command=command)
     print(render_markdown(info, items, command=command))
     print(f"wrote {out} and {out.with_suffix('.json')}")

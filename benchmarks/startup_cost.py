@@ -55,10 +55,12 @@ def heavy_imports(args: Sequence[str], cwd: Path) -> list[str]:
 
 
 def twenty_classes_spec(work: Path) -> Path:
-    """studies/20classes.yaml over a generated 20-class folder; timm models without downloads."""
+    """studies/20classes.yaml over a generated 20-class folder (its comment's own-folder variant, at
+    the spec's image size) instead of CIFAR-100; timm models without downloads."""
     raw = study_file("20classes")
     root = write_class_folders(work / "data" / "20classes", 20 * 20, 32, 20, seed=1)
-    raw["data"]["root"] = str(root)
+    size = raw["data"]["image_size"]
+    raw["data"] = {"source": "imagefolder", "root": str(root), "split": {"val": 0.15, "test": 0.15}, "image_size": size}
     for name, space in raw["models"].items():
         if name != "custom_cnn":
             space["pretrained"] = False

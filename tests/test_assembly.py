@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from autocnn.assembly import assemble_trial, parameter_groups, preprocessing, train_settings, trial_seeds
 from autocnn.data import DataCache
+from autocnn.features import FeatureCache
 from autocnn.plan import make_plan
 from autocnn.space import TrialConfig, config_from_params
 from autocnn.spec import AugmentSpace, CustomCNNSpace, HeadSpace, Spec, TimmSpace, TrainSpec, load_spec
@@ -65,6 +66,8 @@ CASES: dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {
         ("blur", {}, {"blur": 0.5}),
         ("noise", {}, {"noise": 0.5}),
         ("cutout", {}, {"cutout": 0.5}),
+        # on a frozen backbone (spec_for): views cached, or augmented every epoch
+        ("cached_views", {"hflip": 0.5, "cached_views": 0}, {"hflip": 0.5, "cached_views": 2}),
     ],
 }
 SECTIONS: dict[str, type[BaseModel]] = {
@@ -90,6 +93,8 @@ def spec_for(folder: Path, section: str, values: dict[str, Any]) -> Spec:
         raw["models"] = {"resnet18": {**BASE_TIMM, "head": values}}
     elif section == "augment":
         raw["augment"] = {"enabled": True, **values}
+        if "cached_views" in values:
+            raw["models"] = {"resnet18": {**BASE_TIMM, "freeze": "backbone"}}
     return load_spec(write_spec(folder, raw))
 
 
@@ -106,7 +111,7 @@ def fingerprint(spec: Spec) -> dict[str, Any]:
     data = cache.get(preprocessing(spec, config).image_size)
     budget = trial_budget(config, make_plan(spec, cache.get()))
     settings = train_settings(spec, config, budget, n_val=len(data.val))
-    trial = assemble_trial(spec, config, data, settings, seeds=trial_seeds(spec, 0))
+    trial = assemble_trial(spec, config, data, settings, seeds=trial_seeds(spec, 0), features=FeatureCache(None))
     trainer = trial.trainer
     return {
         "settings": asdict(settings),
@@ -121,6 +126,7 @@ def fingerprint(spec: Spec) -> dict[str, Any]:
         "loss": trainer.criterion.label_smoothing,
         "autocast": str(trainer.amp_dtype),
         "augmentation": None if trial.augmentation is None else augment.describe(trial.augmentation),
+        "feature_path": None if trial.path is None else (trial.path.name, trial.path.views),
     }
 
 

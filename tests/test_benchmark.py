@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import bare_loop, data_pipeline, pruner_replay, pruning_savings, results, run, timing
+from benchmarks import bare_loop, data_pipeline, feature_cache, pruner_replay, pruning_savings, results, run, timing
 from benchmarks.memory_use import digits_study_spec, imagefolder_study_spec
 from benchmarks.specs import heaviest, heaviest_augment, study_file, write_spec
 from benchmarks.startup_cost import twenty_classes_spec
@@ -264,6 +264,54 @@ def test_quick_settings_and_arguments() -> None:
     assert args.quick and args.items == [1, 4] and args.models == ["custom_cnn"]
     assert run.results_path(args).parent != run.REPO / "benchmarks"  # a smoke run never overwrites results
     assert run.results_path(run.parse_args([])) == run.REPO / "benchmarks" / "results.md"
+    assert run.parse_args(["--items", "7", "--merge"]).merge and 7 in run.ITEMS
+
+
+# --------------------------------------------------------------------------- item 7: the feature cache
+
+TINY_FEATURES = feature_cache.FeatureCacheCase(
+    backbone="resnet10t",
+    image_size=16,
+    images=30,
+    classes=3,
+    full_epochs=1,
+    cached_epochs=2,
+    study_backbone="resnet10t",
+    study_image_size=16,
+    study_images=30,
+    study_trials=2,
+    study_epochs=1,
+)
+
+
+@pytest.mark.slow
+def test_feature_cache_item_times_both_paths_and_both_studies(tmp_path: Path) -> None:
+    item = feature_cache.measure_feature_cache(tmp_path, TINY_FEATURES)
+    epochs, studies = item.raw["epochs"], item.raw["studies"]
+    assert len(epochs["full"]["epoch_seconds"]) == 1 and len(epochs["cached"]["epoch_seconds"]) == 2
+    assert epochs["full"]["source"] == "" and epochs["cached"]["source"].startswith("computed in")
+    assert set(studies) == {"cache", "no_cache"} and all(s["trials"] == 2 for s in studies.values())
+    assert list((tmp_path / "study-cache" / ".autocnn" / "frozen-cache" / "features").glob("*.safetensors"))
+    assert not (tmp_path / "study-no_cache" / ".autocnn" / "frozen-no_cache" / "features").exists()
+    assert "epoch speed-up" in item.rows[2].what and item.rows[2].target == ">= 20x"
+
+
+def test_merging_an_item_keeps_every_other_section(tmp_path: Path) -> None:
+    out = tmp_path / "results.md"
+    items = [results.Item(1, "One", [results.Row("a", "1")]), results.Item(6, "Six", [results.Row("b", "2")])]
+    results.write_results(out, {"date": "before"}, items, command="benchmarks/run.py")
+    out.write_text(out.read_text().replace("## 6. Six", "## By hand\n\nkept\n\n## 6. Six"))
+    out.write_text(out.read_text() + f"\n{results.SECTION_START}\nsearch\n{results.SECTION_END}\n")
+    info = {"date": "after", "cpu": "cpu", "cores": 2, "quiet": "yes"}
+    results.merge_items(out, info, [results.Item(7, "Seven", [results.Row("c", "3")])], command="run.py --items 7")
+    results.merge_items(out, info, [results.Item(1, "One again", [results.Row("a", "9")])], command="run.py --items 1")
+    text = out.read_text()
+    order = ["## 1. One again", "## By hand", "kept", "## 6. Six", "## 7. Seven", results.SECTION_START]
+    assert [text.index(part) for part in order] == sorted(text.index(part) for part in order)
+    assert "## 1. One\n" not in text and "| c | 3 |" in text and "Run on its own: `run.py --items 7` on after" in text
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [i["number"] for i in data["items"]] == [1, 6, 7] and data["machine"]["date"] == "before"
+    assert data["items"][2]["raw"]["machine"]["date"] == "after"
 
 
 def test_a_run_of_some_items_keeps_the_others_saying_when_they_were_measured(tmp_path: Path) -> None:

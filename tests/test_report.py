@@ -161,3 +161,17 @@ def test_report_without_a_study_is_one_line_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "reports").exists()
+
+
+def test_family_row_shows_seconds_per_frozen_trial_by_feature_path() -> None:
+    from autocnn.report import families_html
+
+    def trial(number: int, seconds: float, path: str | None, freeze: str = "backbone") -> TrialFacts:
+        tags = {"autocnn.freeze": freeze} | ({"autocnn.feature_path": path} if path else {})
+        return TrialFacts(number, "resnet50", {}, "COMPLETE", 0.5, 3, seconds, tags=tags)
+
+    trials = [trial(0, 2.0, "cached"), trial(1, 4.0, "cached"), trial(2, 30.0, "full"), trial(3, 99.0, "full", "none")]
+    trials.append(trial(4, 20.0, None))  # a run from before the tag: the full path
+    (row,) = families(trials, Objective("val_accuracy", "maximize"))
+    assert row.frozen_seconds == {"cached": [2.0, 4.0], "full": [30.0, 20.0]}
+    assert "<td class=num>cached 3 (2) · full 25 (2)</td>" in families_html([row])

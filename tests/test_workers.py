@@ -246,3 +246,26 @@ def test_three_workers_on_postgresql_and_an_mlflow_server_one_killed_mid_trial(
     assert not (in_tmp / "mlruns").exists(), "nothing fell back to the local store"
     assert not list(checkpoints.parent.rglob("*.pt")), "checkpoints are deleted when trials end"
     assert "View run" not in "".join(log.read_text() for log in logs), "MLflow's links do not flood the output"
+
+
+def test_a_worker_that_ends_gives_its_cores_to_the_others() -> None:
+    import multiprocessing
+
+    from autocnn.study import SilentReporter
+    from autocnn.workers import SHARE_SIGNAL, Relay
+
+    told: list[int] = []
+    previous = signal.signal(SHARE_SIGNAL, lambda signum, frame: told.append(signum))
+    try:
+        context = multiprocessing.get_context("spawn")
+        alive = context.Value("i", 2)
+        (staying_in, staying_out), (ending_in, ending_out) = context.Pipe(False), context.Pipe(False)
+        relay = Relay({staying_in: 0, ending_in: 1}, SilentReporter(), [], alive)
+        staying_out.send(("ready", (os.getpid(),)))  # this process stands in for the worker that stays
+        relay._receive(staying_in)
+        ending_out.close()  # the other worker ends
+        relay._receive(ending_in)
+        assert alive.value == 1 and told == [SHARE_SIGNAL]
+        assert list(relay.pipes) == [staying_in]
+    finally:
+        signal.signal(SHARE_SIGNAL, previous)

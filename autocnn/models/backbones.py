@@ -53,6 +53,26 @@ class TimmClassifier(nn.Module):
         return list(module.parameters())
 
 
+class FeatureHead(nn.Module):
+    """What follows a TimmClassifier's pooled pre-logits features, as a module of its own: the new
+    head, or timm's dropout (its `drop_rate`) and classifier.
+
+    It holds the classifier's own modules, not copies: training it on cached features trains the
+    whole classifier's head, which is then exported with its backbone as usual.
+    """
+
+    def __init__(self, model: TimmClassifier) -> None:
+        super().__init__()
+        if model.has_head:
+            self.layers: nn.Module = model.head
+        else:
+            drop = float(getattr(model.body, "drop_rate", 0.0) or 0.0)
+            self.layers = nn.Sequential(nn.Dropout(drop), model.body.get_classifier())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
 def build_head(in_features: int, *, num_classes: int, hidden: int, activation: str, dropout: float) -> nn.Sequential:
     """[Linear(hidden) + activation] + dropout + Linear(classes), on pooled features."""
     from autocnn.models.custom_cnn import ACTIVATIONS
