@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from autocnn.costs import costs_needed
 from autocnn.data import DataCache, FileIndex
 from autocnn.errors import SpecError
 from autocnn.models import CUSTOM_CNN, max_depth
@@ -121,6 +122,10 @@ def check_spec(spec: Spec, cache: DataCache | None = None) -> CheckReport:
         from autocnn.models.hub import check_backbones
 
         warnings += check_backbones(spec)
+    if spec.study.latency_device != "cpu" and "latency_ms" in costs_needed(spec):
+        from autocnn.onnx_export import latency_providers
+
+        latency_providers(spec.study.latency_device)  # no CUDA provider: one line, before trial 1
     data = check_data(spec, cache)
     warnings += data_notes(spec, cache)
     return CheckReport(data=data, params=searched_params(spec), warnings=warnings)

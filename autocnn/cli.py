@@ -180,14 +180,14 @@ def study(
             checkpoint_dir=checkpoint_dir.resolve() if checkpoint_dir is not None else None,
         )
         try:
-            with RichReporter(console, metric=loaded.study.metric) as reporter:
+            with RichReporter(console, metric=loaded.study.training_metric) as reporter:
                 result = run_study(loaded, options, reporter)
         except KeyboardInterrupt:
             console.print(f"\n[yellow]interrupted.[/] resume with: autocnn study {spec}")
             raise typer.Exit(130) from None
-        console.print(leaderboard_table(result, loaded.study.metric, width=console.width))
+        console.print(leaderboard_table(result, loaded.study.training_metric, width=console.width))
         if result.best_number is not None:
-            console.print(f"best trial {result.best_number}: {loaded.study.metric} = {result.best_value:.4f}")
+            console.print(f"best trial {result.best_number}: {loaded.study.training_metric} = {result.best_value:.4f}")
         # Paths are printed whole, even past the width: a path broken over two lines cannot be copied.
         console.print(f"results: {result.tracking_uri} (browse with `autocnn ui`)", soft_wrap=True)
         console.print(f"study: {result.storage} (browse with `autocnn dashboard {spec}`)", soft_wrap=True)
@@ -271,8 +271,8 @@ def status(spec: SpecPath, storage: Storage = None) -> None:
             f"[yellow]stale:[/] trial {number} is RUNNING but its process is gone; it resumes on the next `autocnn study`"
         )
     if result.best_number is not None:
-        console.print(f"best trial {result.best_number}: {loaded.study.metric} = {result.best_value:.4f}")
-    console.print(leaderboard_table(result, loaded.study.metric, width=console.width))
+        console.print(f"best trial {result.best_number}: {loaded.study.training_metric} = {result.best_value:.4f}")
+    console.print(leaderboard_table(result, loaded.study.training_metric, width=console.width))
 
 
 @app.command()
@@ -318,6 +318,13 @@ def finalize(
     ] = 1,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per config for --top-k: mean and std over them.")] = 1,
     out: Annotated[Path | None, typer.Option(help="Export folder (default: models/<name>/).")] = None,
+    pick: Annotated[
+        str | None,
+        typer.Option(
+            help='Choose from the Pareto front, e.g. "max val_accuracy where latency_ms <= 5" '
+            "(default: the most accurate feasible trial)."
+        ),
+    ] = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
@@ -340,6 +347,7 @@ def finalize(
         storage=storage,
         tracking_uri=tracking_uri,
         out_dir=out,
+        pick=pick,
     )
     console = _console()
     with user_errors():

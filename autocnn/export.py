@@ -47,6 +47,7 @@ Say = Callable[[str], None]
 TRIAL_WEIGHTS = "trial weights"
 RETRAINED = "retrained on train"
 REFIT = "refit on train+val"
+TRADE_OFF_FILE = "trade_off.json"  # the Pareto pick: rule, values, constraints, the front
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class FinalizeOptions:
     storage: str | None = None
     tracking_uri: str | None = None
     out_dir: Path | None = None  # default: ./models/<study>
+    pick: str | None = None  # a rule choosing from the Pareto front (autocnn.pareto)
 
     @property
     def compares(self) -> bool:
@@ -80,6 +82,8 @@ def check_options(options: FinalizeOptions) -> None:
             raise ExportError(f"{name} {value}: must be at least 1")
     if options.trial is not None and options.top_k > 1:
         raise ExportError(f"--trial {options.trial} with --top-k {options.top_k}: --top-k picks the trial; give one")
+    if options.pick is not None and (options.trial is not None or options.top_k > 1):
+        raise ExportError("--pick with --trial or --top-k: each picks the trial; give one")
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,7 @@ class FinalizeResult:
     registered: str  # "<name> version <n>"
     warnings: list[str] = field(default_factory=list)
     top_k: TopK | None = None  # only when --top-k or --seeds compared re-trained configs
+    trade_off: dict[str, Any] | None = None  # the pick from the Pareto front, in a multi-objective study
 
 
 # ------------------------------------------------------------------- which trial, which weights
@@ -542,6 +547,13 @@ def choose_trial(
 ) -> tuple[optuna.trial.FrozenTrial, TopK | None, nn.Module | None]:
     """The trial to finalize; with --top-k/--seeds also the comparison and the pick's seed-0 model."""
     objective = primary(spec)
+    if not options.compares and options.trial is None and (options.pick is not None or _has_front(spec)):
+        from autocnn.objectives import study_objectives
+        from autocnn.pareto import pick_from_front
+
+        chosen = pick_from_front(study, study_objectives(spec), objective, options.pick)
+        say(f"picked trial {chosen.trial.number}: {chosen.reason}")
+        return chosen.trial, None, None
     if not options.compares:
         return pick_trial(study, objective, options.trial), None, None
     if options.trial is not None:
@@ -552,6 +564,35 @@ def choose_trial(
     top_k, seed0_model = compare_top_k(spec, trials, cache, options.seeds, say)
     picked = next(t for t in trials if t.number == top_k.picked.trial)
     return picked, top_k, seed0_model
+
+
+def _has_front(spec: Spec) -> bool:
+    """Several objectives or constraints: the trial comes from the Pareto front."""
+    from autocnn.objectives import is_multi_objective
+
+    return is_multi_objective(spec) or bool(spec.study.constraints)
+
+
+def trade_off(
+    spec: Spec, study: optuna.Study, trial: optuna.trial.FrozenTrial, rule: str | None
+) -> dict[str, Any] | None:
+    """What the exported model trades: its objective values and costs, the rule, the front."""
+    from autocnn.objectives import study_objectives
+    from autocnn.pareto import pareto_front, trial_quantities
+
+    if not _has_front(spec) and rule is None:
+        return None
+    objectives = study_objectives(spec)
+    main = primary(spec)
+    return {
+        "rule": rule or f"{'max' if main.maximize else 'min'} {main.metric} (no --pick rule)",
+        "trial": trial.number,
+        "values": trial_quantities(trial, objectives),
+        "objectives": spec.study.objective_names,
+        "constraints": {name: {"max": bound} for name, bound in (spec.study.constraints or {}).items()},
+        "pareto_front": [t.number for t in pareto_front(study, objectives)],
+        "latency_machine": trial.user_attrs.get("autocnn.latency_machine"),
+    }
 
 
 def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None = None) -> FinalizeResult:
@@ -595,6 +636,10 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
     about: dict[str, Any] = {"study": spec.name, "trial": trial.number, "model": config.model, "weights_from": how}
     if top_k is not None:
         about["top_k"] = top_k.as_dict()
+    chosen = trade_off(spec, study, trial, options.pick)
+    if chosen is not None:
+        about["trade_off"] = chosen
+        (out / TRADE_OFF_FILE).write_text(json.dumps(chosen, indent=2))
     write_metrics(out, about, scores, facts)
     if tracker.find_study_run(spec.name) is None:
         warnings.append(f"no MLflow run for study '{spec.name}': the final run stands on its own")
@@ -617,6 +662,7 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
         registered=f"{spec.name} version {version}",
         warnings=warnings,
         top_k=top_k,
+        trade_off=chosen,
     )
 
 

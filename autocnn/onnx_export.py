@@ -149,3 +149,114 @@ def export_and_check(
     facts["int8_size_mb"] = megabytes(int8_path)
     facts["int8_agreement"] = float((int8.argmax(1) == logits.argmax(1)).mean())
     return facts
+
+
+# --------------------------------------------------------------------------- latency as predict runs it
+
+LATENCY_WARMUP = 5  # runs before timing: ORT allocates its arenas and picks kernels on the first ones
+LATENCY_RUNS = 50  # timed runs at most ...
+LATENCY_BUDGET_S = 0.5  # ... within this many seconds (at least LATENCY_MIN_RUNS)
+LATENCY_MIN_RUNS = 5
+
+
+def latency_providers(device: str) -> list[str]:
+    """ONNX Runtime's execution providers for `study.latency_device`: the CPU's, or CUDA's."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ExportError(
+            f"study.latency_device: {device}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)"
+        )
+    index = device.partition(":")[2] or "0"
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]  # type: ignore[list-item]
+
+
+def machine_name(device: str) -> str:
+    """What a latency was measured on: the CPU's model and cores, or the GPU's name."""
+    import os
+    import platform
+
+    if device != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name(torch.device(device))} (ONNX Runtime CUDA)"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores (ONNX Runtime CPU)"
+
+
+def onnx_latency_ms(model: nn.Module, *, image_size: int, device: str = "cpu") -> float:
+    """Median time of one image through ONNX Runtime, batch 1, as `autocnn predict` runs the model.
+
+    TorchScript's exporter writes the graph in a fraction of a second (the dynamo exporter
+    `finalize` ships with takes seconds), and ONNX Runtime optimises both into the same kernels.
+    """
+    import copy
+    import statistics
+    import tempfile
+    import time
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    clone = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+    x = torch.zeros(1, 3, image_size, image_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "latency.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(clone, (x,), str(path), dynamo=False, input_names=["images"], output_names=["logits"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=latency_providers(device))
+    feed = {"images": np.random.default_rng(0).standard_normal((1, 3, image_size, image_size), dtype=np.float32)}
+    for _ in range(LATENCY_WARMUP):
+        session.run(None, feed)
+    times: list[float] = []
+    while len(times) < LATENCY_RUNS and (sum(times) < LATENCY_BUDGET_S or len(times) < LATENCY_MIN_RUNS):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0
+
+
+def int8_val_accuracy(model: nn.Module, data: Dataset, pre: Preprocessing, *, seed: int) -> float:
+    """The trial's model quantized as `finalize` ships it (static QDQ int8), scored on val.
+
+    Asked for by the objective `int8_accuracy`: some models lose many points going to int8, and a
+    study that only measures float accuracy would never see it.
+    """
+    import copy
+    import tempfile
+    import warnings
+
+    import torch
+
+    clone = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+    inputs = normalize(data.val.images, pre.mean, pre.std)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                clone,
+                (torch.from_numpy(inputs[:1]),),
+                str(src),
+                dynamo=False,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        quantize_int8(src, dst, calibration_images(data.train, pre, seed))
+        logits = onnx_logits(dst, inputs)
+    return float((logits.argmax(1) == data.val.labels).mean())

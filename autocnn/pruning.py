@@ -134,3 +134,95 @@ def _rung_comparison(
     promoted = max(len(competing) // int(halving._reduction_factor), 1)
     reference = competing[promoted - 1]
     return value, reference, f"{scope}rung {rung} bar (top {promoted} of {len(competing)})"
+
+
+# --------------------------------------------------------------------------- several objectives
+
+
+class DominatedCurvePruner(BasePruner):
+    """Pruning for multi-objective studies: cut a trial only when cheaper-or-equal trials beat it.
+
+    Optuna's pruners rank one intermediate value and refuse multi-objective studies. Here every
+    cost objective (latency, parameters, size) is known before the first epoch, so a trial is
+    compared only with the complete trials that cost no more on every one of them: it is cut when,
+    at the same step, their median value beats its best value so far by more than the noise band,
+    i.e. when it is dominated on both accuracy and cost. A small, fast model that learns to a lower
+    accuracy is never cut for trailing a large one: it may still be the front's cheap end.
+    The judge floor and the noise band are NoiseAwarePruner's.
+    """
+
+    def __init__(self, *, objective: Objective, costs: list[str], n_val: int, n_startup_trials: int = 3) -> None:
+        self.objective = objective
+        self.costs = costs
+        self.n_val = n_val
+        self.n_startup_trials = n_startup_trials
+        self.reasons: dict[int, str] = {}
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or not NoiseAwarePruner._past_floor(trial, step):
+            return False
+        own_costs = _costs(trial, self.costs)
+        if own_costs is None:
+            return False
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if len(done) < self.n_startup_trials:
+            return False
+        rivals = [
+            t
+            for t in done
+            if step in t.intermediate_values
+            and not math.isnan(t.intermediate_values[step])
+            and (costs := _costs(t, self.costs)) is not None
+            and all(costs[name] <= own_costs[name] for name in self.costs)
+        ]
+        own = [v for s, v in trial.intermediate_values.items() if s <= step and not math.isnan(v)]
+        if not rivals or not own:
+            return False
+        import statistics
+
+        maximize = self.objective.maximize
+        value = max(own) if maximize else min(own)
+        reference = statistics.median(t.intermediate_values[step] for t in rivals)
+        metric = self.objective.metric
+        band = noise_band(metric, value, reference, self.n_val)
+        gap = reference - value if maximize else value - reference
+        if gap <= band:
+            return False
+        cheaper = f"no more costly in {', '.join(self.costs)}" if self.costs else "all"
+        self.reasons[trial.number] = (
+            f"pruned at epoch {step}{NoiseAwarePruner._steps_note(trial, step)}: {metric} {value:.4f} against "
+            f"the median {reference:.4f} of {len(rivals)} complete trials {cheaper}, {gap:.4f} worse, beyond "
+            f"the noise band of {band:.4f} ({self.n_val} validation images)"
+        )
+        return True
+
+    def reason(self, number: int) -> str | None:
+        return self.reasons.get(number)
+
+
+def _costs(trial: FrozenTrial, names: list[str]) -> dict[str, float] | None:
+    """The trial's recorded costs, or None when one of `names` is missing (not measured yet)."""
+    from autocnn.objectives import trial_costs
+
+    costs = trial_costs(trial)
+    return costs if all(name in costs for name in names) else None
+
+
+def report_value(trial: Any, value: float, step: int) -> None:
+    """`trial.report`, also for a multi-objective trial, whose `report` Optuna refuses.
+
+    The intermediate value goes to the storage exactly where `report` puts it, so Optuna's
+    intermediate-value plot and every pruner read it the same way.
+    """
+    if len(trial.study.directions) == 1:
+        trial.report(value, step)
+        return
+    trial.storage.set_trial_intermediate_value(trial._trial_id, step, float(value))
+
+
+def should_prune(trial: Any) -> bool:
+    """`trial.should_prune`, also for a multi-objective trial: the study's pruner on the stored trial."""
+    if len(trial.study.directions) == 1:
+        return bool(trial.should_prune())
+    return bool(trial.study.pruner.prune(trial.study, trial.study._storage.get_trial(trial._trial_id)))

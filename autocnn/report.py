@@ -52,6 +52,9 @@ SECTIONS = {
     "curves": "Learning curves of the top trials",
     "confusion": "Confusion matrix of the best trial",
 }
+# Only in a study with several objectives or constraints, after the model families.
+OPTIONAL_SECTIONS = {"pareto": "Pareto front: accuracy against cost"}
+TITLES = {**SECTIONS, **OPTIONAL_SECTIONS}
 
 
 @dataclass
@@ -326,7 +329,14 @@ def figure_html(fig: Any, div_id: str) -> str:
     )
 
 
-def optuna_plot(kind: str, study: optuna.Study, n_complete: int, *, metric: str = "Objective Value") -> str:
+def optuna_plot(
+    kind: str,
+    study: optuna.Study,
+    n_complete: int,
+    *,
+    metric: str = "Objective Value",
+    objective: Objective | None = None,
+) -> str:
     """One of Optuna's plotly figures, or a sentence saying why it cannot be drawn yet.
 
     The history and parallel-coordinate plots label their axis with `metric`: they do not read the
@@ -339,10 +349,16 @@ def optuna_plot(kind: str, study: optuna.Study, n_complete: int, *, metric: str 
 
     if kind == "importance" and n_complete < 2:
         return f"<p class=note>Parameter importances need at least 2 complete trials; this study has {n_complete}.</p>"
+    # A multi-objective study has no single value: the plots follow the primary objective.
+    target: dict[str, Any] = {}
+    if len(study.directions) > 1 and objective is not None:
+        target = {"target": lambda t: objective.of(t) if objective.of(t) is not None else math.nan}
     make = {
-        "history": functools.partial(vis.plot_optimization_history, target_name=metric),
-        "importance": vis.plot_param_importances,
-        "parallel": functools.partial(vis.plot_parallel_coordinate, target_name=metric),
+        "history": functools.partial(vis.plot_optimization_history, target_name=metric, **target),
+        "importance": functools.partial(
+            vis.plot_param_importances, **({"target_name": metric, **target} if target else {})
+        ),
+        "parallel": functools.partial(vis.plot_parallel_coordinate, target_name=metric, **target),
         "intermediate": vis.plot_intermediate_values,
     }[kind]
     try:
@@ -459,10 +475,10 @@ def page(title: str, summary: list[tuple[str, str]], sections: dict[str, str]) -
     """The whole document: plotly's JS inlined once in the head, then each section."""
     from plotly.offline import get_plotlyjs
 
-    nav = "".join(f"<a href='#{key}'>{html.escape(SECTIONS[key])}</a>" for key in sections)
+    nav = "".join(f"<a href='#{key}'>{html.escape(TITLES[key])}</a>" for key in sections)
     facts = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in summary)
     body = "".join(
-        f"<section id='{key}'><h2>{html.escape(SECTIONS[key])}</h2>{content}</section>"
+        f"<section id='{key}'><h2>{html.escape(TITLES[key])}</h2>{content}</section>"
         for key, content in sections.items()
     )
     return (
@@ -486,6 +502,7 @@ def build_report(
     Example:
         >>> autocnn.build_report(spec, out=Path("digits.html")).path
     """
+    from autocnn.pareto_report import has_front, pareto_html
     from autocnn.storage import open_study, storage_url
     from autocnn.tracking import Tracker, default_tracking_uri
 
@@ -509,8 +526,9 @@ def build_report(
     sections = {
         "leaderboard": leaderboard_html(trials, metric),
         "models": families_html(families(trials, objective)),
+        **({"pareto": pareto_html(spec, study)} if has_front(spec) else {}),
         **{
-            kind: optuna_plot(kind, study, len(complete), metric=metric)
+            kind: optuna_plot(kind, study, len(complete), metric=metric, objective=objective)
             for kind in ("history", "importance", "parallel", "intermediate")
         },
         "curves": curves_html(trials, metric),

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autocnn.errors import StudyError
-from autocnn.objectives import Objective
+from autocnn.objectives import Objective, feasible
 
 if TYPE_CHECKING:
     import optuna
@@ -42,13 +42,16 @@ def count_states(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def complete_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+def complete_trials(study: optuna.Study, *, feasible_only: bool = True) -> list[optuna.trial.FrozenTrial]:
+    """Complete trials; by default only those within `study.constraints`: the others are kept and
+    shown, never picked."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    return [t for t in done if feasible(t)] if feasible_only else done
 
 
 def ranked(trials: list[optuna.trial.FrozenTrial], objective: Objective) -> list[optuna.trial.FrozenTrial]:
     """Best first by the objective; ties go to the earlier trial."""
-    return sorted(trials, key=lambda t: (objective.rank(t.value), t.number))
+    return sorted(trials, key=lambda t: (objective.rank(objective.of(t)), t.number))
 
 
 def best_trial(study: optuna.Study, objective: Objective) -> optuna.trial.FrozenTrial | None:
@@ -62,7 +65,7 @@ def pick_trial(study: optuna.Study, objective: Objective, number: int | None) ->
     if number is None:
         best = best_trial(study, objective)
         if best is None:
-            raise StudyError(f"study '{study.study_name}' has no complete trial yet; run `autocnn study` first")
+            raise StudyError(no_complete_trial(study))
         return best
     if number not in trials:
         raise StudyError(f"--trial {number}: no such trial in study '{study.study_name}' (0..{len(trials) - 1})")
@@ -75,10 +78,19 @@ def top_trials(study: optuna.Study, k: int, objective: Objective) -> tuple[list[
     """The k best COMPLETE trials, best first; fewer, with a warning, if the study has fewer."""
     found = ranked(complete_trials(study), objective)
     if not found:
-        raise StudyError(f"study '{study.study_name}' has no complete trial yet; run `autocnn study` first")
+        raise StudyError(no_complete_trial(study))
     if len(found) >= k:
         return found[:k], []
     return found, [f"--top-k {k}: the study has {len(found)} complete trials; compared those"]
+
+
+def no_complete_trial(study: optuna.Study) -> str:
+    """Why nothing can be picked: no trial finished, or none finished within the constraints."""
+    from autocnn.pareto import infeasible_message
+
+    if complete_trials(study, feasible_only=False):
+        return infeasible_message(study)
+    return f"study '{study.study_name}' has no complete trial yet; run `autocnn study` first"
 
 
 def best_epoch(trial: optuna.trial.FrozenTrial, objective: Objective) -> int:
@@ -113,7 +125,7 @@ def leaderboard(study: optuna.Study, objective: Objective, top: int = 10) -> lis
     rows = []
     for t in study.get_trials(deepcopy=False):
         curve = t.intermediate_values
-        value = t.value if t.value is not None else (curve[max(curve)] if curve else None)
+        value = objective.of(t) if t.values is not None else (curve[max(curve)] if curve else None)
         rows.append(
             {
                 "number": t.number,
@@ -143,7 +155,7 @@ def summarize(
         tracking_uri=tracking_uri,
         counts=count_states(study),
         best_number=None if best is None else best.number,
-        best_value=None if best is None else best.value,
+        best_value=None if best is None else objective.of(best),
         ran=ran,
         stale=stale_trials(study),
         leaderboard=leaderboard(study, objective),

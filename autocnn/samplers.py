@@ -10,9 +10,11 @@ startup trials, the candidates it scores) are reseeded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import copy
+from typing import TYPE_CHECKING, Any
 
 from optuna.samplers import RandomSampler, TPESampler
+from optuna.trial import TrialState
 
 if TYPE_CHECKING:
     from optuna.samplers._lazy_random_state import LazyRandomState
@@ -43,10 +45,45 @@ class TrialSeededRandomSampler(RandomSampler):
         _reseed(self._rng, trial_seed(self.study_seed, trial.number))
 
 
+PRUNED_CONSTRAINT = "constraints:autocnn.pruned"  # Optuna's key for a constraint named autocnn.pruned
+
+
+class _PrunedAsInfeasible:
+    """A view of a multi-objective study in which each pruned trial reads as infeasible.
+
+    Optuna's TPE ranks pruned trials by one objective's direction, which a multi-objective study
+    does not have (it raises). autocnn prunes such studies (DominatedCurvePruner); a pruned trial
+    there was beaten by cheaper-or-equal trials, so it belongs with the poor trials, and TPE's
+    infeasible group (below every feasible trial) is where a constraint of 1 puts it.
+    """
+
+    def __init__(self, study: Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, *args: Any, **kwargs: Any) -> list[FrozenTrial]:
+        return [
+            _as_infeasible(t) if t.state == TrialState.PRUNED else t for t in self._study._get_trials(*args, **kwargs)
+        ]
+
+
+def _as_infeasible(trial: FrozenTrial) -> FrozenTrial:
+    shown = copy.copy(trial)
+    shown._system_attrs = {**trial.system_attrs, PRUNED_CONSTRAINT: 1.0}
+    return shown
+
+
 class TrialSeededTPESampler(TPESampler):
     def __init__(self, *, seed: int, **kwargs: object) -> None:
         super().__init__(seed=seed, **kwargs)  # type: ignore[arg-type]
         self.study_seed = seed
+
+    def _sample(self, study: Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        if len(study.directions) > 1:
+            study = _PrunedAsInfeasible(study)  # type: ignore[assignment]
+        return super()._sample(study, trial, search_space)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         super().before_trial(study, trial)

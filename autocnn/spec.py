@@ -45,6 +45,15 @@ METRICS: dict[str, str] = {
     "val_macro_f1": "maximize",
     "val_loss": "minimize",
 }
+# What a study can optimise beside the validation metrics: costs, known before the first epoch
+# (so the pruner can compare like with like), and the int8 model's accuracy, known at the end.
+COSTS: dict[str, str] = {
+    "latency_ms": "minimize",
+    "params": "minimize",
+    "size_mb": "minimize",
+}
+OBJECTIVES: dict[str, str] = {**METRICS, "int8_accuracy": "maximize", **COSTS}
+MAX_OBJECTIVES = 4
 SCHEDULERS = ("cosine", "onecycle", "plateau", "none")
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu")
 
@@ -429,6 +438,53 @@ class StudySpec(StrictModel):
     defaults: bool = True  # start a new study with one known-good configuration per model family
     # Frozen backbones: compute pooled features once and train only the head on them (autocnn.features)
     feature_cache: bool = True
+    # Several objectives make a multi-objective study; constraints are upper bounds on costs.
+    objectives: (
+        Annotated[
+            list[
+                Literal["val_accuracy", "val_macro_f1", "val_loss", "int8_accuracy", "latency_ms", "params", "size_mb"]
+            ],
+            Field(min_length=1, max_length=MAX_OBJECTIVES),
+        ]
+        | None
+    ) = None
+    constraints: dict[Literal["latency_ms", "params", "size_mb"], PositiveFloat] | None = None
+    latency_device: Annotated[str, Field(pattern=r"^(cpu|cuda(:[0-9]{1,2})?)$")] = "cpu"
+
+    @model_validator(mode="after")
+    def _objectives_make_sense(self) -> StudySpec:
+        objectives = self.objectives
+        if objectives is None:
+            return self
+        repeated = sorted({name for name in objectives if objectives.count(name) > 1})
+        if repeated:
+            raise _sub_error("objectives", f"each objective at most once, got {', '.join(repeated)} twice")
+        if not any(name not in COSTS for name in objectives):
+            raise _sub_error(
+                "objectives", "needs a quality objective (val_accuracy, val_macro_f1, val_loss or int8_accuracy)"
+            )
+        if "metric" in self.model_fields_set:
+            raise _sub_error(
+                "metric", "give study.metric or study.objectives, not both (objectives' first val_* trains)"
+            )
+        if len(objectives) > 1 and self.sampler == "cmaes":
+            raise _sub_error("sampler", "cmaes cannot search several objectives; use tpe, random or gp")
+        if len(objectives) > 1 and self.pruner in ("hyperband", "successive_halving"):
+            raise _sub_error(
+                "pruner",
+                f"{self.pruner} ranks one value; with several objectives use median (the dominated-curve rule) or none",
+            )
+        return self
+
+    @property
+    def objective_names(self) -> list[str]:
+        """What the study optimises, in order: `objectives`, or the one `metric`."""
+        return list(self.objectives) if self.objectives else [self.metric]
+
+    @property
+    def training_metric(self) -> str:
+        """The validation metric trials stop on, keep their best epoch by and are pruned on."""
+        return next((name for name in self.objective_names if name in METRICS), self.metric)
 
     _parse_timeout = field_validator(
         "timeout",

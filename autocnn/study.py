@@ -14,7 +14,7 @@ from autocnn.budget import BUDGET_ATTR, auto_epochs, steps_per_epoch
 from autocnn.checks import check_spec
 from autocnn.data import DataCache, Dataset, DatasetRecord, dataset_record
 from autocnn.defaults import DEFAULT_ATTR, enqueue_defaults
-from autocnn.objectives import Objective, primary, study_objectives
+from autocnn.objectives import Objective, is_multi_objective, primary, study_objectives
 from autocnn.plan import Plan, make_plan, probe_seconds_per_step
 from autocnn.results import StudyResult, best_trial, count_states, summarize
 from autocnn.resume import (
@@ -110,6 +110,12 @@ def build_pruner(spec: Spec, *, max_resource: int, n_val: int) -> Any:
     from autocnn.pruning import NoiseAwarePruner
 
     name = spec.study.pruner
+    if is_multi_objective(spec) and name != "none":
+        from autocnn.objectives import cost_objectives
+        from autocnn.pruning import DominatedCurvePruner
+
+        costs = [objective.metric for objective in cost_objectives(spec)]
+        return DominatedCurvePruner(objective=primary(spec), costs=costs, n_val=n_val)
     if name == "median":
         inner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     elif name == "hyperband":
@@ -220,13 +226,18 @@ def trial_budget(config: TrialConfig, plan: Plan) -> dict[str, Any]:
     }
 
 
-def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_id: str) -> float:
-    """Train one configuration; report every epoch to Optuna (pruning) and MLflow."""
+def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_id: str) -> float | list[float]:
+    """Train one configuration; report every epoch to Optuna (pruning) and MLflow.
+
+    Returns the study's value, or one value per objective in a multi-objective study.
+    """
     import optuna
 
     from autocnn.assembly import assemble_trial, preprocessing, train_settings, trial_seeds
+    from autocnn.costs import LATENCY_MACHINE_TAG, objective_values, record_costs
     from autocnn.features import FULL, process_cache
     from autocnn.models import freeze_mode, model_facts
+    from autocnn.pruning import report_value, should_prune
     from autocnn.train import NonFiniteLossError
 
     spec = ctx.spec
@@ -249,6 +260,9 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     if assembled.augmentation is not None:
         log_augmentation(ctx, run_id, assembled.augmentation, data, seed=seeds.batches)
     facts = model_facts(model, image_size=pre.image_size, device=trainer.device, latencies=ctx.latencies)
+    facts.update(record_costs(spec, trial, model, facts, image_size=pre.image_size, cache=ctx.latencies))
+    if LATENCY_MACHINE_TAG in trial.user_attrs:
+        ctx.tracker.set_tags(run_id, {LATENCY_MACHINE_TAG: trial.user_attrs[LATENCY_MACHINE_TAG]})
     ctx.tracker.log_facts(run_id, facts)
     ctx.tracker.set_tags(
         run_id, {"autocnn.freeze": freeze_mode(model), **(assembled.path.tags() if assembled.path else {})}
@@ -262,8 +276,8 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
             value = getattr(metrics, ctx.objective.metric)
             # Optuna's storage first: the writer threads woken below hold the GIL for a few ms at a
             # time, which tripled the report's time when it came after them.
-            trial.report(value, metrics.epoch)
-            prune = can_prune and trial.should_prune()
+            report_value(trial, value, metrics.epoch)
+            prune = can_prune and should_prune(trial)
             ctx.tracker.log_epoch(run_id, metrics.as_dict(), step=metrics.epoch)
             history.append((metrics.epoch, value))
             if not prune:  # a pruned trial's checkpoint would only be deleted
@@ -276,10 +290,19 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
         raise optuna.TrialPruned(f"diverged: {exc}") from None
     trainer.restore_best()
     # The best epoch's evaluation when this process saw it (not after a resume): no second pass.
-    _log_evaluation(ctx, run_id, trainer.best_eval or trainer.evaluate(val), data)
-    if is_new_best(trial, trainer.best_value, ctx.objective):
-        ctx.tracker.log_state_dict(run_id, model.state_dict())  # the whole model, backbone and head
-    return float(trainer.best_value)  # type: ignore[arg-type]
+    evaluation = trainer.best_eval or trainer.evaluate(val)
+    _log_evaluation(ctx, run_id, evaluation, data)
+    best = float(trainer.best_value)  # type: ignore[arg-type]
+    if not is_multi_objective(ctx.spec):
+        if is_new_best(trial, best, ctx.objective):
+            ctx.tracker.log_state_dict(run_id, model.state_dict())  # the whole model, backbone and head
+        return best
+    # Any complete trial may end on the front, and finalize --no-refit needs its weights.
+    ctx.tracker.log_state_dict(run_id, model.state_dict())
+    values = objective_values(spec, trial, evaluation, best, model=model, data=data, pre=pre)
+    if "int8_accuracy" in spec.study.objective_names:
+        ctx.tracker.log_facts(run_id, {"int8_accuracy": values[spec.study.objective_names.index("int8_accuracy")]})
+    return values
 
 
 def _prune_reason(trial: optuna.Trial, epoch: int, metric: str, value: float) -> str:
@@ -309,6 +332,8 @@ def resume_trainer(
     A checkpoint holds what the trainer trained: the whole model, or on the cached-feature path
     the head alone; one saved on the other path (study.feature_cache changed) cannot continue.
     """
+    from autocnn.pruning import report_value
+
     source = trial.user_attrs.get(RESUME_FROM_ATTR)
     state = ctx.checkpoints.load(int(source)) if source is not None else None
     if state is None:
@@ -322,7 +347,7 @@ def resume_trainer(
     trainer.load_state_dict(state["trainer"])
     history = [(int(epoch), float(value)) for epoch, value in state["history"]]
     for epoch, value in history:  # the pruner compares whole curves
-        trial.report(value, epoch)
+        report_value(trial, value, epoch)
     trial.set_user_attr(RESUMED_AT_ATTR, trainer.epoch)
     ctx.reporter.message(f"trial {trial.number} resumes trial {source} after epoch {trainer.epoch}")
     return history
@@ -333,7 +358,7 @@ def is_new_best(trial: optuna.Trial, value: float | None, objective: Objective) 
     if value is None:
         return False
     best = best_trial(trial.study, objective)
-    return objective.better(value, None if best is None else best.value)
+    return objective.better(value, None if best is None else objective.of(best))
 
 
 def _log_evaluation(ctx: TrialContext, run_id: str, ev: Any, data: Dataset) -> None:
@@ -347,10 +372,10 @@ def _log_evaluation(ctx: TrialContext, run_id: str, ev: Any, data: Dataset) -> N
     ctx.tracker.log_text(run_id, text, "per_class_metrics.txt")
 
 
-def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
+def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[float]]:
     import optuna
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | list[float]:
         trial.set_user_attr(OWNER_ATTR, owner_id())
         config = sample_config(trial, ctx.spec)
         ctx.reporter.trial_sampled(trial.number, config)
@@ -365,7 +390,7 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
         done_with = [trial.number, trial.user_attrs.get(RESUME_FROM_ATTR, trial.number)]
         try:
             value = run_trial(ctx, trial, config, run_id)
-            if not math.isfinite(value):
+            if not all(math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
                 raise ValueError(f"objective value is {value}")
         except optuna.TrialPruned as exc:
             ctx.checkpoints.discard(*done_with)
@@ -388,7 +413,8 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float]:
             raise
         ctx.checkpoints.discard(*done_with)
         ctx.tracker.end_trial(run_id, "COMPLETE")
-        ctx.reporter.trial_finished(trial.number, "COMPLETE", value)
+        shown = value[max(ctx.objective.index, 0)] if isinstance(value, list) else value
+        ctx.reporter.trial_finished(trial.number, "COMPLETE", shown)
         return value
 
     return objective
@@ -474,6 +500,7 @@ def run_prepared_study(
         if closing:
             recover_dead_trials(study)  # a worker killed at the end: its trial waits to resume
             close_orphan_runs(study, tracker, parent)
+            log_front(spec, study, tracker, parent)
             close_tracking(tracker, parent, result, seconds=time.perf_counter() - started, status=status)
         else:
             tracker.flush()
@@ -644,6 +671,21 @@ def close_tracking(tracker: Tracker, parent: str, result: StudyResult, *, second
     summary: dict[str, Any] = {"best_trial": result.best_number, "best_value": result.best_value, "seconds": seconds}
     summary.update({f"n_{state.lower()}": n for state, n in result.counts.items()})
     tracker.close_study_run(parent, {k: v for k, v in summary.items() if v is not None}, status=status)
+
+
+def log_front(spec: Spec, study: optuna.Study, tracker: Tracker, parent: str) -> None:
+    """A multi-objective or constrained study's Pareto front on its parent run: the JSON as an
+    artifact, the front's trial numbers as a tag, so the UI lists the trade-offs to ship from."""
+    from autocnn.pareto import front_record
+
+    if not is_multi_objective(spec) and not spec.study.constraints:
+        return
+    record = front_record(study, study_objectives(spec), spec.study.constraints or {})
+    tracker.log_dict(parent, record, "pareto_front.json")
+    numbers = ",".join(str(item["trial"]) for item in record["front"])
+    tracker.set_tags(
+        parent, {"autocnn.pareto_front": numbers or "none", "autocnn.objectives": ",".join(spec.study.objective_names)}
+    )
 
 
 def _started(study: optuna.Study) -> int:

@@ -1,4 +1,4 @@
-"""Does the search waste compute, and what do more workers and cached features buy? Seven measurements.
+"""Does the search waste compute, and what do more workers, cached features and a second objective buy?
 
 Run: .venv/bin/python benchmarks/run.py [--quick] [--items 1 3] [--models custom_cnn] [--out FILE] [--keep] [--merge]
 
@@ -35,6 +35,7 @@ from benchmarks.data_pipeline import measure_data_pipeline
 from benchmarks.feature_cache import FeatureCacheCase, measure_feature_cache
 from benchmarks.machine import machine_info, quiet_like_the_cli, quiet_machine
 from benchmarks.memory_use import measure_memory
+from benchmarks.pareto_front import measure_pareto
 from benchmarks.pruning_savings import measure_pruning
 from benchmarks.results import Item, carried_over, merge_items, render_markdown, write_results
 from benchmarks.scale_out import measure_scale_out
@@ -42,7 +43,7 @@ from benchmarks.startup_cost import measure_startup
 from benchmarks.timed_study import TrialTiming
 from benchmarks.trial_loop import CASES, measure_trial_loop
 
-ITEMS = (1, 2, 3, 4, 5, 6, 7)
+ITEMS = (1, 2, 3, 4, 5, 6, 7, 8)
 Log = Callable[[str], None]
 
 
@@ -66,6 +67,8 @@ class Settings:
     scale_repeats: int
     trivial_trials: int
     features: FeatureCacheCase = FeatureCacheCase()
+    pareto_trials: int = 20
+    pareto_epochs: int = 6
 
 
 # Item 7 as a smoke run: a small backbone on a small folder, a 3-trial study.
@@ -86,7 +89,9 @@ QUICK_FEATURES = FeatureCacheCase(
 def settings_for(quick: bool, models: Sequence[str] = tuple(CASES)) -> Settings:
     cases = tuple(CASES[m] for m in CASES if m in models)
     if quick:
-        return Settings(True, 1, 2, cases, 256, 1, 3, 2, 2, 300, 1, 4, 2, 1, 16, QUICK_FEATURES)
+        return Settings(
+            True, 1, 2, cases, 256, 1, 3, 2, 2, 300, 1, 4, 2, 1, 16, QUICK_FEATURES, pareto_trials=3, pareto_epochs=2
+        )
     return Settings(False, None, None, cases, 1024, 3, 20, 12, 7, 2000, 2, 24, 6, 2, 80)
 
 
@@ -118,6 +123,11 @@ def run_items(settings: Settings, wanted: Sequence[int], work: Path, log: Log) -
             ),
         ),
         (7, "feature cache", lambda: measure_feature_cache(work, settings.features)),
+        (
+            8,
+            "accuracy against latency",
+            lambda: measure_pareto(work, trials=settings.pareto_trials, epochs=settings.pareto_epochs),
+        ),
     ]
     for number, name, measure in steps:
         if number in wanted:

@@ -339,3 +339,39 @@ def test_scale_out_parts_work_on_a_tiny_workload(tmp_path: Path) -> None:
     assert spec.augment is None and spec.study.pruner == "none" and spec.study.trials == 3
     rate = scale_out.coordination_rate(tmp_path, workers=2, total=4)
     assert 4 <= rate["trials"] <= 5 and rate["trials_per_s"] > 0  # the target, overshot by one worker at most
+
+
+# --------------------------------------------------------------------------- item 8: accuracy against latency
+
+
+def test_pareto_item_specs_validate_and_differ_only_in_objectives(tmp_path: Path) -> None:
+    from autocnn.objectives import is_multi_objective
+    from autocnn.spec import load_spec
+    from benchmarks import pareto_front
+
+    base = study_file("digits")
+    single = load_spec(write_spec(tmp_path, pareto_front.pareto_spec(base, multi=False, trials=3, epochs=2)))
+    multi = load_spec(write_spec(tmp_path, pareto_front.pareto_spec(base, multi=True, trials=3, epochs=2)))
+    assert not is_multi_objective(single) and is_multi_objective(multi)
+    assert multi.study.objective_names == ["val_accuracy", "latency_ms"]
+    assert single.models == multi.models and multi.data.image_size == 32
+    assert multi.models.spaces()[pareto_front.MOBILENET].pretrained is False
+
+
+def test_pareto_comparison_finds_the_fastest_front_trial_within_noise() -> None:
+    from benchmarks.pareto_front import Point, compare
+
+    single = Point(3, "mobilenetv2_050", 0.95, 0.8)
+    front = [Point(1, "custom_cnn", 0.94, 0.1), Point(2, "custom_cnn", 0.80, 0.05), Point(4, "x", 0.96, 0.9)]
+    rows, fastest = compare(front, single, n_val=360)
+    assert fastest == front[0] and rows[-1].met is True and "8.00x" in rows[-1].figure
+    rows, fastest = compare([Point(2, "custom_cnn", 0.5, 0.05)], single, n_val=360)
+    assert fastest is None and rows[-1].met is False
+
+
+def test_pareto_latency_of_the_single_objective_best_is_measured_as_the_front_is() -> None:
+    from autocnn.models import build_model
+    from autocnn.onnx_export import onnx_latency_ms
+
+    model = build_model("custom_cnn", {"depth": 2, "width": 4}, num_classes=3, image_size=16)
+    assert onnx_latency_ms(model, image_size=16) > 0
