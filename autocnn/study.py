@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 MAX_FAILS_IN_A_ROW = 5
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # Optuna study attribute: the study's MLflow parent run
 PARENT_RUN_WAIT_S = 120.0  # how long a worker waits for the study's creator to record it
+CREATOR_ATTR = "autocnn_creator"  # Optuna study attribute: the autocnn process that created it
+CREATOR_GRACE_S = 5.0  # how long an empty study without that mark may still be getting it
 
 
 class Reporter(Protocol):
@@ -168,6 +170,7 @@ def create_study(spec: Spec, storage: str, plan: Plan) -> tuple[optuna.Study, bo
             load_if_exists=False,
         )
         created = True
+        study.set_user_attr(CREATOR_ATTR, owner_id())  # other workers wait for its parent run
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=spec.name, storage=backend, sampler=sampler, pruner=pruner)
         created = False
@@ -616,18 +619,29 @@ def open_tracking(
     return tracker, parent
 
 
-def recorded_parent_run(study: optuna.Study, *, wait_s: float = PARENT_RUN_WAIT_S) -> str | None:
-    """The parent run id the study's creator recorded; None for a study that has run trials
-    without one (made by an older autocnn) or when the creator never recorded it in time."""
-    deadline = time.monotonic() + wait_s
+def recorded_parent_run(
+    study: optuna.Study, *, wait_s: float = PARENT_RUN_WAIT_S, grace_s: float = CREATOR_GRACE_S
+) -> str | None:
+    """The parent run id the study's creator recorded, waiting while the creator is at it.
+
+    None when nobody will record one: trials have started without it (an older autocnn made the
+    study), the study was made outside autocnn (plain Optuna, trials queued from a notebook), or
+    the creator never recorded it in time. An empty study that is not yet marked may be in the
+    instant between its creation and its creator's mark, so that case waits `grace_s`.
+    """
+    start = time.monotonic()
     while True:
-        recorded = study.user_attrs.get(PARENT_RUN_ATTR)
+        attrs = study.user_attrs
+        recorded = attrs.get(PARENT_RUN_ATTR)
         if recorded is not None:
             return str(recorded)
+        waited = time.monotonic() - start
         # The creator records the run before any trial starts: trials started without it mean
         # there is nothing to wait for.
-        if _started(study) > 0 or time.monotonic() > deadline:
+        if _started(study) > 0 or waited > wait_s:
             return None
+        if CREATOR_ATTR not in attrs and (waited > grace_s or study.get_trials(deepcopy=False)):
+            return None  # marked before it queues anything: queued trials without a mark are not its
         time.sleep(0.25)
 
 

@@ -269,3 +269,59 @@ def test_a_worker_that_ends_gives_its_cores_to_the_others() -> None:
         assert list(relay.pipes) == [staying_in]
     finally:
         signal.signal(SHARE_SIGNAL, previous)
+
+
+class _Clock:
+    """time.monotonic and time.sleep for autocnn.study: sleeping advances the clock, and runs
+    `on_sleep` (another worker's move) instead of waiting."""
+
+    def __init__(self, on_sleep: object = None) -> None:
+        self.now = 0.0
+        self.sleeps = 0
+        self.on_sleep = on_sleep
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.sleeps += 1
+        if callable(self.on_sleep):
+            self.on_sleep()
+
+
+def _patch_clock(monkeypatch: pytest.MonkeyPatch, clock: _Clock) -> None:
+    import autocnn.study
+
+    monkeypatch.setattr(autocnn.study.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(autocnn.study.time, "sleep", clock.sleep)
+
+
+def test_a_study_made_outside_autocnn_does_not_wait_for_a_parent_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autocnn.study import CREATOR_GRACE_S, recorded_parent_run
+
+    queued = optuna.create_study()
+    queued.enqueue_trial({"model": "custom_cnn"})  # as from a notebook, before `autocnn study`
+    clock = _Clock()
+    _patch_clock(monkeypatch, clock)
+    assert recorded_parent_run(queued) is None and clock.sleeps == 0
+
+    empty = optuna.create_study()  # unmarked and empty: only the short grace
+    assert recorded_parent_run(empty) is None
+    assert CREATOR_GRACE_S <= clock.now <= CREATOR_GRACE_S + 0.5
+
+
+def test_a_worker_waits_for_the_parent_run_of_the_study_autocnn_created(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autocnn.study import CREATOR_ATTR, CREATOR_GRACE_S, recorded_parent_run
+
+    study = optuna.create_study()
+    study.set_user_attr(CREATOR_ATTR, "host:1")
+    study.enqueue_trial({"model": "custom_cnn"})  # its default trial, queued before the run exists
+
+    def creator_records_after_a_while() -> None:
+        if clock.now > 2 * CREATOR_GRACE_S:
+            study.set_user_attr(PARENT_RUN_ATTR, "run-1")
+
+    clock = _Clock(creator_records_after_a_while)
+    _patch_clock(monkeypatch, clock)
+    assert recorded_parent_run(study) == "run-1" and clock.now > 2 * CREATOR_GRACE_S
