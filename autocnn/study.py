@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from autocnn.tracking import Tracker
     from autocnn.train import EpochMetrics
+    from autocnn.workers import WorkerPool
 
 MAX_FAILS_IN_A_ROW = 5
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # Optuna study attribute: the study's MLflow parent run
@@ -463,7 +464,13 @@ def run_prepared_study(
     spec: Spec, options: StudyOptions, reporter: Reporter, *, plan: Plan | None = None
 ) -> StudyResult:
     """`run_study`, with the plan of the process that started this worker when there is one."""
-    session = open_session(spec, options, reporter, plan=plan)
+    pool = start_workers(spec, options)  # their training code loads while the study is prepared
+    try:
+        session = open_session(spec, options, reporter, plan=plan)
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        raise
     study, tracker, parent = session.study, session.tracker, session.parent
     before = count_states(study)
     done_before = before["COMPLETE"] + before["PRUNED"]
@@ -478,15 +485,14 @@ def run_prepared_study(
     started = time.perf_counter()
     stopped: list[str] = []
     try:
-        if to_run is None or to_run > 0:
-            if options.workers > 1:
-                from autocnn.workers import run_workers
-
-                stopped = run_workers(spec, options, session.plan, reporter, timeout=session.timeout)
-            else:
-                optimize(study, ctx, timeout=session.timeout, target=session.target, streak=streak)
+        if pool is not None and (to_run is None or to_run > 0):
+            stopped = pool.run(session.plan, reporter, timeout=session.timeout)
+        elif to_run is None or to_run > 0:
+            optimize(study, ctx, timeout=session.timeout, target=session.target, streak=streak)
         status = "FINISHED"
     finally:
+        if pool is not None:
+            pool.close()  # no worker, and no fork server, outlives the study
         try:
             checkpoints.close()
         except Exception as exc:  # the study's runs are closed all the same
@@ -510,6 +516,16 @@ def run_prepared_study(
     if closing and result.best_number is not None:
         log_best_model(spec, study, tracker, parent, session.data)
     return result
+
+
+def start_workers(spec: Spec, options: StudyOptions) -> WorkerPool | None:
+    """The pool of `workers` processes, whose fork server starts loading the training code now;
+    none for a single process."""
+    if options.workers <= 1:
+        return None
+    from autocnn.workers import WorkerPool
+
+    return WorkerPool(spec, options)
 
 
 @dataclass

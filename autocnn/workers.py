@@ -3,8 +3,8 @@
 Two single-threaded workers train small models faster than one process with two threads (the
 benchmark's scale-out item), and a machine with several GPUs trains one trial per GPU. The
 process that starts the workers prepares the study (data checks, the Optuna study, the MLflow
-parent run) before any starts, shows what they report, and closes the study when the last one
-ends. Each worker is a full autocnn process: it takes trials until the study's total is reached,
+parent run) while they import the training code, lets them go once it is ready, shows what they
+report, and closes the study when the last one ends. Each worker is a full autocnn process: it takes trials until the study's total is reached,
 and a trial whose worker dies is retried by another, from its checkpoint.
 
 Workers run in process groups of their own, so a Ctrl-C in the terminal reaches only the
@@ -30,10 +30,8 @@ if TYPE_CHECKING:
     from autocnn.spec import Spec
     from autocnn.study import Reporter, StudyOptions
 
-STOP_GRACE_S = 300.0
-SHARE_SIGNAL = getattr(
-    signal, "SIGUSR1", None
-)  # "take a new share of the cores"  # after a stop, how long a worker may take to close its trial before it is killed
+STOP_GRACE_S = 300.0  # after a stop, how long a worker may take to close its trial before it is killed
+SHARE_SIGNAL = getattr(signal, "SIGUSR1", None)  # "take a new share of the cores"
 # What a worker passes on to the process that started it; the rest (data decoding, "study
 # started") that process has already shown.
 RELAYED = ("message", "trial_sampled", "trial_started", "epoch_done", "trial_finished")
@@ -72,51 +70,135 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def run_workers(
-    spec: Spec, options: StudyOptions, plan: Plan, reporter: Reporter, *, timeout: float | None
-) -> list[str]:
-    """Run the prepared study in `options.workers` processes until they all end; what they
-    report goes to `reporter`. Returns why workers stopped the study early, if any did."""
-    import multiprocessing
+# What every trial runs: imported once, by the process the workers are forked from, while the
+# study is prepared. About 4 s of CPU a process on these cores; torch's optimizers import
+# torch._dynamo on first use, scikit-learn splits the data and scores each epoch, MLflow's SQL
+# store is what the tracker opens.
+TRAINING_MODULES = [
+    "torch._dynamo",
+    "sklearn.datasets",
+    "sklearn.metrics",
+    "sklearn.model_selection",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "autocnn.assembly",
+    "autocnn.study",
+    "autocnn.tracking",
+    "autocnn.train",
+    "autocnn.workers",
+]
 
-    from autocnn.resume import graceful_interrupts
 
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    worker_options = replace(options, workers=1, supervised=True, timeout=timeout)
-    levels = (logging.getLogger().getEffectiveLevel(), _optuna_verbosity())
-    processes: list[BaseProcess] = []
-    pipes: dict[Connection, int] = {}
-    alive = context.Value("i", options.workers)  # workers still taking trials: the cores' divisor
-    for setup in worker_setups(options.workers):
-        receive, send = context.Pipe(duplex=False)
-        process = context.Process(
-            target=worker_main,
-            args=(spec, worker_options, plan, setup, send, os.getpid(), levels, alive),
-            name=f"autocnn-worker-{setup.index}",
-        )
-        process.start()
-        send.close()  # the worker holds its end: when it exits, ours reads end-of-file
-        processes.append(process)
-        pipes[receive] = setup.index
-    stopped: list[str] = []
-    relayed = Relay(pipes, reporter, stopped, alive)
-    try:
-        with graceful_interrupts():
-            try:
-                relayed.run()
-            except KeyboardInterrupt:
-                reporter.message(f"stopping {len(processes)} workers: each closes its running trial to resume later")
-                _signal_all(processes, signal.SIGTERM)
-                relayed.run(deadline=time.monotonic() + STOP_GRACE_S)
-                raise
-    finally:
-        _end_all(processes)
-    for index, process in enumerate(processes):
-        if process.exitcode not in (0, None) and process.exitcode != -signal.SIGTERM:
-            reporter.message(
-                f"warning: worker {index} exited with code {process.exitcode}; the others retried its trial"
+class WorkerPool:
+    """The local workers of one study.
+
+    Where the platform has a fork server, it starts at once and imports the training code while
+    this process checks the data and creates the study and its parent run; each worker is then
+    forked from it, ready to train, and the machine does those imports once rather than once per
+    worker. Elsewhere each worker is a fresh interpreter that imports them itself.
+    """
+
+    def __init__(self, spec: Spec, options: StudyOptions) -> None:
+        self.spec = spec
+        self.options = replace(options, workers=1, supervised=True)
+        self.count = options.workers
+        self.context, self.own_server = _worker_context(spec)
+        self.processes: list[BaseProcess] = []
+        self.lifeline: Connection | None = None
+
+    def run(self, plan: Plan, reporter: Reporter, *, timeout: float | None) -> list[str]:
+        """Start the workers and relay what they report until they all end. Returns why workers
+        stopped the study early, if any did."""
+        from autocnn.resume import graceful_interrupts
+
+        options = replace(self.options, timeout=timeout)
+        levels = (logging.getLogger().getEffectiveLevel(), _optuna_verbosity())
+        alive = self.context.Value("i", self.count)  # workers still taking trials: the cores' divisor
+        lifeline, self.lifeline = self.context.Pipe(duplex=False)  # ends, for the workers, with this process
+        events: dict[Connection, int] = {}
+        for setup in worker_setups(self.count):
+            receive, send = self.context.Pipe(duplex=False)
+            process = self.context.Process(
+                target=worker_main,
+                args=(self.spec, options, plan, setup, send, lifeline, levels, alive),
+                name=f"autocnn-worker-{setup.index}",
             )
-    return stopped
+            process.start()
+            send.close()  # the worker holds its end: when it exits, ours reads end-of-file
+            self.processes.append(process)
+            events[receive] = setup.index
+        lifeline.close()
+        self._stop_own_server()  # every worker is forked: it has nothing left to do
+        stopped: list[str] = []
+        relayed = Relay(events, reporter, stopped, alive)
+        try:
+            with graceful_interrupts():
+                try:
+                    relayed.run()
+                except KeyboardInterrupt:
+                    reporter.message(
+                        f"stopping {len(self.processes)} workers: each closes its running trial to resume later"
+                    )
+                    _signal_all(self.processes, signal.SIGTERM)
+                    relayed.run(deadline=time.monotonic() + STOP_GRACE_S)
+                    raise
+        finally:
+            self.close()
+        for index, process in enumerate(self.processes):
+            if process.exitcode not in (0, None) and process.exitcode != -signal.SIGTERM:
+                reporter.message(
+                    f"warning: worker {index} exited with code {process.exitcode}; the others retried its trial"
+                )
+        return stopped
+
+    def close(self) -> None:
+        """No worker outlives the study, nor does the fork server this pool started: a worker
+        still running (the starter failed) sees its lifeline end and stops the graceful way."""
+        if self.lifeline is not None:
+            self.lifeline.close()
+            self.lifeline = None
+        _end_all(self.processes)
+        self._stop_own_server()
+
+    def _stop_own_server(self) -> None:
+        if self.own_server:
+            _stop_fork_server()
+            self.own_server = False
+
+
+def _worker_context(spec: Spec) -> tuple[Any, bool]:
+    """The fork server's context, its server started now with the training code to import (and
+    whether this call started it); spawn where there is none. Never a plain fork of this process,
+    which may hold torch's threads and open database connections."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn"), False
+    context = multiprocessing.get_context("forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    running = getattr(server, "_forkserver_pid", None) is not None
+    if not running:
+        uses_timm = any(name != "custom_cnn" for name in spec.models.spaces())
+        context.set_forkserver_preload(TRAINING_MODULES + (["timm"] if uses_timm else []))
+    forkserver.ensure_running()
+    return context, not running
+
+
+def _stop_fork_server() -> None:
+    """The server would otherwise live, torch imported, as long as this process (a notebook).
+    SIGTERM ends it at once, where its own exit would spend seconds of CPU tearing down the
+    modules it imported; it holds nothing that needs closing."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    pid, stop = getattr(server, "_forkserver_pid", None), getattr(server, "_stop", None)
+    if pid is None or stop is None:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    stop()  # reaps it and forgets it, so a later pool starts a new one
 
 
 class Relay:
@@ -238,7 +320,7 @@ def worker_main(
     plan: Plan,
     setup: WorkerSetup,
     conn: Connection,
-    starter_pid: int,
+    lifeline: Connection,
     levels: tuple[int, int],
     alive: Any,
 ) -> None:
@@ -246,7 +328,7 @@ def worker_main(
     os.setpgid(0, 0)  # terminal signals go to the starter, which passes them on once
     _use_share(setup)
     _library_output(*levels)
-    _stop_when_orphaned(starter_pid)
+    _stop_when_orphaned(lifeline)
     reporter = PipeReporter(conn)
     if setup.gpu is None and SHARE_SIGNAL is not None:
         _take_new_shares(setup, alive)
@@ -270,7 +352,9 @@ def worker_main(
 
 
 def _use_share(setup: WorkerSetup) -> None:
-    """Threads and GPU set before torch is imported: its thread pools are sized once, at import."""
+    """Threads and GPU set before torch's first parallel operation and CUDA's initialization,
+    which size its thread pools and pick the devices (the fork server only imported torch); the
+    environment reaches the libraries and processes a worker starts itself."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(setup.threads)
     if setup.gpu is not None:
@@ -301,12 +385,15 @@ def _library_output(root_level: int, optuna_level: int) -> None:
     optuna.logging.set_verbosity(optuna_level)
 
 
-def _stop_when_orphaned(starter_pid: int) -> None:
-    """A worker whose starter was killed stops as if told to: nothing runs on unwatched."""
+def _stop_when_orphaned(lifeline: Connection) -> None:
+    """A worker whose starter was killed stops as if told to: nothing runs on unwatched. Only
+    the starter holds the lifeline's other end, so reading it ends when the starter does."""
 
     def watch() -> None:
-        while os.getppid() == starter_pid:
-            time.sleep(1.0)
+        try:
+            lifeline.recv()
+        except (EOFError, OSError):
+            pass
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="autocnn-orphan-watch", daemon=True).start()

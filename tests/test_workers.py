@@ -129,6 +129,65 @@ def test_two_local_workers_share_the_default_storage(in_tmp: Path) -> None:
     assert logged_models(default_tracking_uri(), spec.name) == 1, "the best model is logged once"
     page = build_report(spec).path.read_text()
     assert all(owner in page for owner in owners), "the report says which worker ran each trial"
+    assert live_children(os.getpid()) == [], "no worker, nor the fork server, outlives the study"
+
+
+def live_children(pid: int) -> list[str]:
+    """Processes whose parent is `pid` and that still run (not zombies), but for the resource
+    tracker multiprocessing keeps for the life of the process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == pid and state != "Z" and "resource_tracker" not in command:
+            found.append(f"{entry.name}: {command}")
+    return found
+
+
+def is_running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_workers_whose_starter_is_killed_stop_and_the_study_resumes(in_tmp: Path) -> None:
+    spec = load_spec(write_spec(in_tmp, digits_spec_dict(study={"trials": 2, "pruner": "none"}, train={"epochs": 20})))
+    starter = start_worker(in_tmp, "--workers", "2", log=in_tmp / "starter.log")
+    deadline = time.monotonic() + 240
+    running: list[optuna.trial.FrozenTrial] = []
+    while len(running) < 2:
+        assert starter.poll() is None and time.monotonic() < deadline, (in_tmp / "starter.log").read_text()
+        time.sleep(0.5)
+        if not (in_tmp / f"{spec.name}.optuna.db").exists():
+            continue  # opening it here would make it before the starter does
+        try:
+            study = optuna.load_study(study_name=spec.name, storage=storage_url(spec))
+        except KeyError:  # the file is there, the study not yet
+            continue
+        running = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+    pids = [int(t.user_attrs[OWNER_ATTR].rsplit(":", 1)[1]) for t in running]
+    starter.kill()
+    starter.wait(timeout=30)
+
+    while any(is_running(pid) for pid in pids):  # each stops the graceful way, its trial queued
+        assert time.monotonic() < deadline, f"workers {pids} outlived their starter"
+        time.sleep(0.5)
+    stopped = open_study(spec, storage_url(spec))
+    assert not [t for t in stopped.trials if t.state.name == "RUNNING"]
+    assert [t for t in stopped.trials if t.state.name == "WAITING"], "a stopped trial waits to resume"
+
+    rerun = subprocess.run([sys.executable, "-m", "autocnn", "study", "spec.yaml"], cwd=in_tmp, capture_output=True)
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    study = open_study(spec, storage_url(spec))
+    parent, runs = trial_runs(default_tracking_uri(), spec.name)
+    assert_one_to_one(study, parent, runs)
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) >= 2
 
 
 def start_worker(folder: Path, *args: str, log: Path) -> subprocess.Popen:
