@@ -3,9 +3,10 @@
 Two single-threaded workers train small models faster than one process with two threads (the
 benchmark's scale-out item), and a machine with several GPUs trains one trial per GPU. The
 process that starts the workers prepares the study (data checks, the Optuna study, the MLflow
-parent run) while they import the training code, lets them go once it is ready, shows what they
-report, and closes the study when the last one ends. Each worker is a full autocnn process: it takes trials until the study's total is reached,
-and a trial whose worker dies is retried by another, from its checkpoint.
+parent run) while a fork server imports the training code, forks the workers from it once the
+study is ready, shows what they report, and closes the study when the last one ends. Each worker
+is a full autocnn process: it takes trials until the study's total is reached, and a trial whose
+worker dies is retried by another, from its checkpoint.
 
 Workers run in process groups of their own, so a Ctrl-C in the terminal reaches only the
 starting process, which passes it on once: each worker then stops the graceful way (its trial is
@@ -127,7 +128,6 @@ class WorkerPool:
             self.processes.append(process)
             events[receive] = setup.index
         lifeline.close()
-        self._stop_own_server()  # every worker is forked: it has nothing left to do
         stopped: list[str] = []
         relayed = Relay(events, reporter, stopped, alive)
         try:
@@ -157,10 +157,7 @@ class WorkerPool:
             self.lifeline.close()
             self.lifeline = None
         _end_all(self.processes)
-        self._stop_own_server()
-
-    def _stop_own_server(self) -> None:
-        if self.own_server:
+        if self.own_server:  # only now: it reports each worker's exit status to this process
             _stop_fork_server()
             self.own_server = False
 

@@ -155,32 +155,61 @@ def is_running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.slow
-def test_workers_whose_starter_is_killed_stop_and_the_study_resumes(in_tmp: Path) -> None:
-    spec = load_spec(write_spec(in_tmp, digits_spec_dict(study={"trials": 2, "pruner": "none"}, train={"epochs": 20})))
-    starter = start_worker(in_tmp, "--workers", "2", log=in_tmp / "starter.log")
+def start_workers_until_both_train(folder: Path, spec: Spec) -> tuple[subprocess.Popen, list[int]]:
+    """`autocnn study --workers 2` on a 2-trial study, once both workers run a trial: the
+    starter, and the workers' pids."""
+    starter = start_worker(folder, "--workers", "2", log=folder / "starter.log")
     deadline = time.monotonic() + 240
     running: list[optuna.trial.FrozenTrial] = []
     while len(running) < 2:
-        assert starter.poll() is None and time.monotonic() < deadline, (in_tmp / "starter.log").read_text()
+        assert starter.poll() is None and time.monotonic() < deadline, (folder / "starter.log").read_text()
         time.sleep(0.5)
-        if not (in_tmp / f"{spec.name}.optuna.db").exists():
+        if not (folder / f"{spec.name}.optuna.db").exists():
             continue  # opening it here would make it before the starter does
         try:
             study = optuna.load_study(study_name=spec.name, storage=storage_url(spec))
         except KeyError:  # the file is there, the study not yet
             continue
         running = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
-    pids = [int(t.user_attrs[OWNER_ATTR].rsplit(":", 1)[1]) for t in running]
-    starter.kill()
-    starter.wait(timeout=30)
+    return starter, [int(t.user_attrs[OWNER_ATTR].rsplit(":", 1)[1]) for t in running]
 
+
+def assert_stopped_to_resume(spec: Spec, pids: list[int]) -> optuna.Study:
+    """Both workers have ended, and what they ran waits to resume rather than stays RUNNING."""
+    deadline = time.monotonic() + 120
     while any(is_running(pid) for pid in pids):  # each stops the graceful way, its trial queued
         assert time.monotonic() < deadline, f"workers {pids} outlived their starter"
         time.sleep(0.5)
-    stopped = open_study(spec, storage_url(spec))
-    assert not [t for t in stopped.trials if t.state.name == "RUNNING"]
-    assert [t for t in stopped.trials if t.state.name == "WAITING"], "a stopped trial waits to resume"
+    study = open_study(spec, storage_url(spec))
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert [t for t in study.trials if t.state.name == "WAITING"], "a stopped trial waits to resume"
+    return study
+
+
+TWO_SLOW_TRIALS = digits_spec_dict(study={"trials": 2, "pruner": "none"}, train={"epochs": 20})
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_both_workers_and_closes_their_runs(in_tmp: Path) -> None:
+    spec = load_spec(write_spec(in_tmp, TWO_SLOW_TRIALS))
+    starter, pids = start_workers_until_both_train(in_tmp, spec)
+    starter.send_signal(signal.SIGINT)
+    assert starter.wait(timeout=120) == 130
+    output = (in_tmp / "starter.log").read_text()
+    assert "stopping 2 workers" in output and "exited with code" not in output, output[-3000:]
+    study = assert_stopped_to_resume(spec, pids)
+    parent, runs = trial_runs(default_tracking_uri(), spec.name)
+    assert not [r for r in runs if r.info.status == "RUNNING"] and parent.info.status == "KILLED"
+    assert {int(r.data.tags[TRIAL_TAG]) for r in runs} == {t.number for t in study.trials if t.state.name != "WAITING"}
+
+
+@pytest.mark.slow
+def test_workers_whose_starter_is_killed_stop_and_the_study_resumes(in_tmp: Path) -> None:
+    spec = load_spec(write_spec(in_tmp, TWO_SLOW_TRIALS))
+    starter, pids = start_workers_until_both_train(in_tmp, spec)
+    starter.kill()
+    starter.wait(timeout=30)
+    assert_stopped_to_resume(spec, pids)
 
     rerun = subprocess.run([sys.executable, "-m", "autocnn", "study", "spec.yaml"], cwd=in_tmp, capture_output=True)
     assert rerun.returncode == 0, rerun.stdout[-3000:]
