@@ -25,7 +25,7 @@ def fetch_on_first_use(spec: Spec, reporter: Any = None) -> None:
         from autocnn.datasets import fetch_dataset
 
         fetch_dataset(spec.data.source, say=say, progress=progress)
-    if any(name != "custom_cnn" for name in spec.models.spaces()):
+    if spec.models.backbones():
         from autocnn.models.hub import fetch_missing_weights
 
         fetch_missing_weights(spec, say=say, progress=progress)

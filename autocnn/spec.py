@@ -598,6 +598,10 @@ class ModelsSpec(StrictModel):
         """Model name -> its sub-space, in spec order."""
         return {name: space for name, space in self if space is not None}
 
+    def backbones(self) -> list[str]:
+        """The timm models named, in spec order: every model but `custom_cnn`."""
+        return [name for name in self.spaces() if name != "custom_cnn"]
+
     @model_validator(mode="after")
     def _at_least_one(self) -> ModelsSpec:
         if not self.spaces():

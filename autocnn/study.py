@@ -485,10 +485,11 @@ def run_prepared_study(
     started = time.perf_counter()
     stopped: list[str] = []
     try:
-        if pool is not None and (to_run is None or to_run > 0):
-            stopped = pool.run(session.plan, reporter, timeout=session.timeout)
-        elif to_run is None or to_run > 0:
-            optimize(study, ctx, timeout=session.timeout, target=session.target, streak=streak)
+        if to_run is None or to_run > 0:
+            if pool is not None:
+                stopped = pool.run(session.plan, reporter, timeout=session.timeout)
+            else:
+                optimize(study, ctx, timeout=session.timeout, target=session.target, streak=streak)
         status = "FINISHED"
     finally:
         if pool is not None:
@@ -497,7 +498,7 @@ def run_prepared_study(
             checkpoints.close()
         except Exception as exc:  # the study's runs are closed all the same
             reporter.message(f"warning: the last checkpoint could not be written: {exc}")
-        ran = _started(study) - (sum(before.values()) - before["WAITING"])
+        ran = _started(study.get_trials(deepcopy=False)) - (sum(before.values()) - before["WAITING"])
         result = summarize(study, primary(spec), storage=session.storage, tracking_uri=tracker.tracking_uri, ran=ran)
         if streak.streak >= MAX_FAILS_IN_A_ROW:
             stopped.append(f"the last {MAX_FAILS_IN_A_ROW} trials all failed; last error: {streak.last_error}")
@@ -652,11 +653,12 @@ def recorded_parent_run(
         if recorded is not None:
             return str(recorded)
         waited = time.monotonic() - start
+        trials = study.get_trials(deepcopy=False)
         # The creator records the run before any trial starts: trials started without it mean
         # there is nothing to wait for.
-        if _started(study) > 0 or waited > wait_s:
+        if _started(trials) > 0 or waited > wait_s:
             return None
-        if CREATOR_ATTR not in attrs and (waited > grace_s or study.get_trials(deepcopy=False)):
+        if CREATOR_ATTR not in attrs and (waited > grace_s or trials):
             return None  # marked before it queues anything: queued trials without a mark are not its
         time.sleep(0.25)
 
@@ -718,9 +720,9 @@ def log_front(spec: Spec, study: optuna.Study, tracker: Tracker, parent: str) ->
     )
 
 
-def _started(study: optuna.Study) -> int:
+def _started(trials: list[optuna.trial.FrozenTrial]) -> int:
     """Trials that have run or are running: queued ones (defaults, retries) are not started."""
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name != "WAITING")
+    return sum(1 for t in trials if t.state.name != "WAITING")
 
 
 def trial_target(spec: Spec, options: StudyOptions) -> int | None:

@@ -175,8 +175,7 @@ def _worker_context(spec: Spec) -> tuple[Any, bool]:
     server = getattr(forkserver, "_forkserver", None)
     running = getattr(server, "_forkserver_pid", None) is not None
     if not running:
-        uses_timm = any(name != "custom_cnn" for name in spec.models.spaces())
-        context.set_forkserver_preload(TRAINING_MODULES + (["timm"] if uses_timm else []))
+        context.set_forkserver_preload(TRAINING_MODULES + (["timm"] if spec.models.backbones() else []))
     forkserver.ensure_running()
     return context, not running
 

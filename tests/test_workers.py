@@ -132,27 +132,36 @@ def test_two_local_workers_share_the_default_storage(in_tmp: Path) -> None:
     assert live_children(os.getpid()) == [], "no worker, nor the fork server, outlives the study"
 
 
+def process_state(pid: str | int) -> tuple[str, int] | None:
+    """A process's state letter and parent pid, from /proc; None once it is gone."""
+    try:
+        state, parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except OSError:
+        return None
+    return state, int(parent)
+
+
 def live_children(pid: int) -> list[str]:
     """Processes whose parent is `pid` and that still run (not zombies), but for the resource
     tracker multiprocessing keeps for the life of the process."""
     found = []
     for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
+        stat = process_state(entry.name) if entry.name.isdigit() else None
+        if stat is None:
             continue
-        state, parent = stat.rsplit(")", 1)[1].split()[:2]
-        if int(parent) == pid and state != "Z" and "resource_tracker" not in command:
+        state, parent = stat
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if parent == pid and state != "Z" and "resource_tracker" not in command:
             found.append(f"{entry.name}: {command}")
     return found
 
 
 def is_running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    found = process_state(pid)
+    return found is not None and found[0] != "Z"
 
 
 def start_workers_until_both_train(folder: Path, spec: Spec) -> tuple[subprocess.Popen, list[int]]:
