@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def cpu_name() -> str:
     """The CPU's model name: on Linux `platform.processor()` gives only the architecture."""
@@ -40,7 +42,22 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "load_before": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "commit": code_commit(),
     }
+
+
+def code_commit() -> str:
+    """The checkout's commit, `+changes` when files differ from it: the code a figure belongs to."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=10", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    return commit + (" +changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def quiet_machine(max_load: float = 1.3) -> bool:

