@@ -73,21 +73,60 @@ def train_settings(spec: Spec, config: TrialConfig, budget: dict[str, Any], *, n
     )
 
 
-def parameter_groups(model: nn.Module, *, lr: float, backbone_lr_mult: float | None) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: nn.Module, *, lr: float, backbone_lr_mult: float | None, layer_decay: float = 1.0
+) -> list[dict[str, Any]]:
     """AdamW's groups, named so each one's learning rate can be logged.
 
     A backbone (`backbone_lr_mult` given) trains at `lr * backbone_lr_mult` and its new head at
-    `lr`: pretrained features need smaller steps than a head starting from random. The custom
-    CNN is one group at `lr`. Frozen parameters are left out: the optimizer keeps no state for them.
+    `lr`: pretrained features need smaller steps than a head starting from random. With
+    `layer_decay` < 1 each of timm's coarse backbone groups (stem -> last stage) gets its own
+    rate, the last at `lr * backbone_lr_mult` and each one before it `layer_decay` times that:
+    early layers hold the most general features and move least. The custom CNN is one group at
+    `lr`. Norm scales and biases (every 0-d or 1-d tensor) get no weight decay, in a twin group
+    at the same rate: shrinking them toward zero only fights the normalisation. Frozen parameters
+    are left out: the optimizer keeps no state for them.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     if backbone_lr_mult is None:
-        return [{"params": trainable, "lr": lr, "name": "model"}]
+        return _decay_twins("model", trainable, lr)
     head_ids = {id(p) for p in model.head_parameters()}  # type: ignore[operator]
     head = [p for p in trainable if id(p) in head_ids]
-    backbone = [p for p in trainable if id(p) not in head_ids]
-    groups = [{"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"}] if backbone else []
-    return [*groups, {"params": head, "lr": lr, "name": "head"}]
+    groups: list[dict[str, Any]] = []
+    for name, params, rate in _backbone_rates(model, head_ids, lr * backbone_lr_mult, layer_decay):
+        groups += _decay_twins(name, params, rate)
+    return [*groups, *_decay_twins("head", head, lr)]
+
+
+def _decay_twins(name: str, params: list[Any], lr: float) -> list[dict[str, Any]]:
+    """`name` with weight decay, and `name.no_decay` (norm scales and biases) without; empty ones dropped."""
+    from autocnn.train import NO_DECAY
+
+    decayed = [p for p in params if p.ndim > 1]
+    plain = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decayed, "lr": lr, "name": name}] if decayed else []
+    if plain:
+        groups.append({"params": plain, "lr": lr, "name": name + NO_DECAY, "weight_decay": 0.0})
+    return groups
+
+
+def _backbone_rates(
+    model: nn.Module, head_ids: set[int], rate: float, layer_decay: float
+) -> list[tuple[str, list[Any], float]]:
+    """(group name, trainable backbone parameters, learning rate), one group without layer decay."""
+    if layer_decay >= 1.0:
+        params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+        return [("backbone", params, rate)] if params else []
+    from autocnn.models.backbones import backbone_groups
+
+    ordered = backbone_groups(model)  # type: ignore[arg-type]
+    last = len(ordered) - 1
+    out = []
+    for i, group in enumerate(ordered):
+        params = [p for p in group if p.requires_grad]
+        if params:
+            out.append((f"backbone.{i}", params, rate * layer_decay ** (last - i)))
+    return out
 
 
 def augmentation_pipeline(augment: AugmentConfig, *, image_size: int, seed: int) -> Any:
@@ -206,7 +245,12 @@ def assemble_trial(
     train = image_batches(pipeline, split, pre, batch_size=batch, seed=seeds.batches, device=device)
     val = TensorBatches(data.val, pre, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device)
     timm = config.model_config if isinstance(config.model_config, TimmConfig) else None
-    groups = parameter_groups(model, lr=settings.lr, backbone_lr_mult=timm.backbone_lr_mult if timm else None)
+    groups = parameter_groups(
+        model,
+        lr=settings.lr,
+        backbone_lr_mult=timm.backbone_lr_mult if timm else None,
+        layer_decay=timm.layer_decay if timm else 1.0,
+    )
     trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
     return AssembledTrial(config, pre, settings, trainer.model, train, val, pipeline, trainer, path)
 
@@ -251,7 +295,7 @@ def assemble_on_features(
         val_features, data.val.labels, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device
     )
     head = FeatureHead(model)
-    groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": settings.lr, "name": "head"}]
+    groups = _decay_twins("head", [p for p in head.parameters() if p.requires_grad], settings.lr)
     trainer = Trainer(
         head, settings, steps_per_epoch=len(train), device=device, param_groups=groups, channels_last=False
     )

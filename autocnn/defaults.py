@@ -40,6 +40,7 @@ BACKBONE = {
     "freeze": "none",
     "unfreeze_last": 1,
     "backbone_lr_mult": 0.1,
+    "layer_decay": 1.0,
     "dropout": 0.2,
     "hidden": 0,
     "activation": "relu",

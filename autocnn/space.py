@@ -114,6 +114,7 @@ class TimmConfig:
     dropout: float
     head: HeadConfig | None = None
     image_size: int | None = None
+    layer_decay: float = 1.0
 
 
 ModelConfig = CustomCNNConfig | TimmConfig

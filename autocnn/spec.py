@@ -208,6 +208,7 @@ Epochs = Annotated[
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, lt=1)]
+LayerDecay = Annotated[float, Field(gt=0, le=1)]  # 1: every backbone layer at one rate
 
 
 # --------------------------------------------------------------------------- paths, storage and tracking URIs
@@ -539,6 +540,7 @@ class TimmSpace(StrictModel):
     freeze: choosable(Literal["none", "backbone", "partial"]) = "none"
     unfreeze_last: searchable(UnfreezeCount) = 1
     backbone_lr_mult: searchable(NonNegativeFloat) = 1.0
+    layer_decay: searchable(LayerDecay) = 1.0
     head: HeadSpace | None = None
     dropout: searchable(Probability) = 0.0
     image_size: Annotated[int, Field(ge=8, le=1024)] | None = None

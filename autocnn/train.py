@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from autocnn.space import TrainConfig
 
 
+NO_DECAY = ".no_decay"  # the suffix of an optimizer group's twin without weight decay (norm scales, biases)
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: training has diverged (usually a too-high learning rate)."""
 
@@ -293,8 +296,11 @@ class Trainer:
                 return
 
     def group_lrs(self) -> dict[str, float]:
-        """The learning rate each named group trains this epoch with; empty for a single group."""
-        groups = self.optimizer.param_groups
+        """The learning rate each named group trains this epoch with; empty for a single group.
+
+        A group's twin without weight decay (`<name>.no_decay`) trains at its rate and is not repeated.
+        """
+        groups = [g for g in self.optimizer.param_groups if not str(g.get("name", "")).endswith(NO_DECAY)]
         if len(groups) < 2:
             return {}
         return {str(g.get("name", i)): float(g["lr"]) for i, g in enumerate(groups)}

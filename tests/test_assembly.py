@@ -171,14 +171,55 @@ def test_a_trial_and_its_retraining_start_from_the_same_model_and_batches(in_tmp
     assert not torch.equal(next(iter(first.train))[1], next(iter(other.train))[1])
 
 
-def test_a_backbone_gets_two_groups_the_custom_cnn_one() -> None:
+def test_a_backbone_gets_a_backbone_and_a_head_group_the_custom_cnn_one_each_with_a_no_decay_twin() -> None:
     from autocnn.models import build_model
 
     cnn = build_model("custom_cnn", {"depth": 2, "width": 8}, num_classes=3, image_size=16)
-    (group,) = parameter_groups(cnn, lr=0.01, backbone_lr_mult=None)
-    assert group["name"] == "model" and group["lr"] == 0.01
+    groups = parameter_groups(cnn, lr=0.01, backbone_lr_mult=None)
+    assert [g["name"] for g in groups] == ["model", "model.no_decay"] and all(g["lr"] == 0.01 for g in groups)
     net = build_model("resnet18", {"pretrained": False, "freeze": "partial"}, num_classes=3, image_size=16)
-    backbone, head = parameter_groups(net, lr=0.01, backbone_lr_mult=0.1)
-    assert (backbone["name"], head["name"]) == ("backbone", "head")
-    assert backbone["lr"] == pytest.approx(0.001) and head["lr"] == 0.01
-    assert all(p.requires_grad for g in (backbone, head) for p in g["params"])
+    groups = parameter_groups(net, lr=0.01, backbone_lr_mult=0.1)
+    assert [g["name"] for g in groups] == ["backbone", "backbone.no_decay", "head", "head.no_decay"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.001, 0.001, 0.01, 0.01])
+    assert all(p.requires_grad for g in groups for p in g["params"])
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(
+        p.numel() for p in net.parameters() if p.requires_grad
+    )
+
+
+def test_norm_scales_and_biases_and_nothing_else_train_without_weight_decay() -> None:
+    import torch
+
+    from autocnn.models import build_model
+    from autocnn.train import Trainer, TrainSettings
+
+    net = build_model("resnet18", {"pretrained": False}, num_classes=3, image_size=16)
+    groups = parameter_groups(net, lr=0.01, backbone_lr_mult=0.1)
+    settings = TrainSettings(epochs=1, lr=0.01, weight_decay=0.05, scheduler="none")
+    trainer = Trainer(net, settings, steps_per_epoch=1, device=torch.device("cpu"), param_groups=groups)
+    no_decay = {id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    decayed = {id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    norms_and_biases = {
+        id(p)
+        for name, module in net.named_modules()
+        for pname, p in module.named_parameters(recurse=False)
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) or pname == "bias"
+    }
+    assert no_decay == norms_and_biases and len(no_decay) > 40
+    assert decayed == {id(p) for p in net.parameters()} - norms_and_biases
+
+
+def test_layer_decay_gives_each_backbone_stage_a_rate_shrinking_toward_the_stem() -> None:
+    from autocnn.models import build_model
+
+    net = build_model("resnet18", {"pretrained": False}, num_classes=3, image_size=16)
+    groups = [
+        g for g in parameter_groups(net, lr=0.01, backbone_lr_mult=0.5, layer_decay=0.8) if "no_decay" not in g["name"]
+    ]
+    stages = [g for g in groups if g["name"].startswith("backbone.")]
+    assert len(stages) >= 4 and groups[-1]["name"] == "head" and groups[-1]["lr"] == 0.01
+    rates = [g["lr"] for g in stages]
+    assert rates[-1] == pytest.approx(0.005)  # the last stage: lr x backbone_lr_mult
+    assert rates == pytest.approx([0.005 * 0.8 ** (len(rates) - 1 - i) for i in range(len(rates))])
+    everything = parameter_groups(net, lr=0.01, backbone_lr_mult=0.5, layer_decay=0.8)
+    assert sum(p.numel() for g in everything for p in g["params"]) == sum(p.numel() for p in net.parameters())

@@ -187,9 +187,9 @@ def test_head_and_backbone_lr_mult_make_two_optimizer_groups() -> None:
     assert [type(m).__name__ for m in head] == ["Linear", "GELU", "Dropout", "Linear"]
     assert head[0].in_features == model.body.num_features and head[-1].out_features == N_CLASSES
     groups = parameter_groups(model, lr=1e-3, backbone_lr_mult=params["backbone_lr_mult"])
-    assert [g["name"] for g in groups] == ["backbone", "head"]
-    assert groups[0]["lr"] == pytest.approx(1e-4) and groups[1]["lr"] == pytest.approx(1e-3)
-    assert sum(p.numel() for p in groups[1]["params"]) == _numel(head)
+    assert [g["name"] for g in groups] == ["backbone", "backbone.no_decay", "head", "head.no_decay"]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3])
+    assert sum(p.numel() for g in groups[2:] for p in g["params"]) == _numel(head)
     assert sum(p.numel() for g in groups for p in g["params"]) == _n_trainable(model)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, N_CLASSES)
 
