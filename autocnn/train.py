@@ -191,7 +191,7 @@ class Trainer:
         if device.type == "cpu":
             keep_freed_memory_for_reuse()
         self.model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        self.amp_dtype = autocast_dtype(device, settings.precision)
+        self.amp_dtype = autocast_dtype(device, settings.precision, model)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         self.optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -420,19 +420,29 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+def autocast_dtype(device: torch.device, precision: str, model: nn.Module | None = None) -> torch.dtype | None:
     """The autocast dtype for `train.precision`; None: plain fp32.
 
-    auto: mixed precision on CUDA (bf16 where supported, else fp16) and on CPUs with native bf16;
-    mixed: always (bf16, or fp16 on a GPU without bf16); fp32: never.
+    auto: mixed precision on CUDA (bf16 where supported, else fp16) and on CPUs with native bf16,
+    unless `model` (the one about to train) has grouped or depthwise convolutions: their bf16
+    backward pass has no fast CPU kernel, and efficientnet_lite0 trained at about half its fp32
+    speed under bf16 autocast on an AVX512-BF16 Xeon. mixed: always (bf16, or fp16 on a GPU
+    without bf16); fp32: never.
     """
     if precision == "fp32":
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "mixed" or (device.type == "cpu" and cpu_has_native_bf16()):
+    if precision == "mixed":
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_native_bf16() and not (model is not None and has_grouped_convs(model)):
         return torch.bfloat16
     return None
+
+
+def has_grouped_convs(model: nn.Module) -> bool:
+    """Whether any convolution of `model` splits its channels into groups (depthwise included)."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 for m in model.modules())
 
 
 def _build_scheduler(

@@ -80,6 +80,11 @@ def test_precision_autocasts_on_cpus_with_native_bf16_or_when_asked(
     assert autocast_dtype(cpu, "auto") == (torch.bfloat16 if native_bf16 else None)
     assert autocast_dtype(cpu, "mixed") == torch.bfloat16
     assert autocast_dtype(cpu, "fp32") is None
+    plain = build_model("custom_cnn", {"depth": 2, "width": 8}, num_classes=3, image_size=16)
+    depthwise = build_model("mobilenetv2_035", {"pretrained": False}, num_classes=3, image_size=16)
+    assert autocast_dtype(cpu, "auto", plain) == (torch.bfloat16 if native_bf16 else None)
+    assert autocast_dtype(cpu, "auto", depthwise) is None  # no fast bf16 backward for depthwise convs on a CPU
+    assert autocast_dtype(cpu, "mixed", depthwise) == torch.bfloat16  # asked for: given
 
 
 def test_trainer_learns_in_mixed_precision_with_fp32_weights(tmp_path: Path, image_folder: Path) -> None:
