@@ -48,6 +48,7 @@ class Plan:
     epochs: list[int] | None  # None: `auto`
     auto: dict[int, AutoEpochs]  # batch size -> what auto means (empty unless epochs is auto)
     seconds_per_step: dict[str, float] = field(default_factory=dict)  # model family -> probe
+    input_sizes: dict[str, int] = field(default_factory=dict)  # model family -> the side it trains at
     timeout: float | None = None
     target_trials: int | None = None
     warnings: list[str] = field(default_factory=list)
@@ -118,6 +119,7 @@ def make_plan(
     data: Dataset,
     *,
     seconds_per_step: dict[str, float] | None = None,
+    input_sizes: dict[str, int] | None = None,
     timeout: Any = _SPEC,
     target_trials: Any = _SPEC,
 ) -> Plan:
@@ -145,6 +147,7 @@ def make_plan(
         epochs=epochs,
         auto=auto,
         seconds_per_step=dict(seconds_per_step),
+        input_sizes=dict(input_sizes or {}),
         timeout=timeout,
         target_trials=target_trials,
     )
@@ -264,10 +267,21 @@ def _random_data(image_size: int, data: Dataset) -> Dataset:
     return Dataset(data.classes, split, split, None)
 
 
+def input_sizes(spec: Spec) -> dict[str, int]:
+    """The side each model family trains at: the spec's data.image_size, or a backbone's own."""
+    from autocnn.assembly import preprocessing
+    from autocnn.defaults import default_trials
+    from autocnn.space import config_from_params
+
+    configs = [config_from_params(spec, params) for params in default_trials(spec)]
+    return {config.model: preprocessing(spec, config).image_size for config in configs}
+
+
 def plan_for(spec: Spec, cache: Any, *, probe: bool = True) -> Plan:
     """The plan `autocnn validate` prints: the spec's data decoded, each model family timed."""
     data = cache.get()
-    return make_plan(spec, data, seconds_per_step=probe_seconds_per_step(spec, data) if probe else None)
+    seconds = probe_seconds_per_step(spec, data) if probe else None
+    return make_plan(spec, data, seconds_per_step=seconds, input_sizes=input_sizes(spec))
 
 
 def describe(plan: Plan) -> list[tuple[str, str]]:
@@ -297,12 +311,7 @@ def describe(plan: Plan) -> list[tuple[str, str]]:
     for model in plan.seconds_per_step:
         span = plan.seconds_per_trial(model)
         if span is not None:
-            length = (
-                _seconds(span[0])
-                if _seconds(span[0]) == _seconds(span[1])
-                else f"{_seconds(span[0])} to {_seconds(span[1])}"
-            )
-            rows.append((f"{model} trial", f"{length} at full length (timed probe)"))
+            rows.append(_model_cost_row(plan, model, span))
     span = plan.trial_seconds_range()
     if plan.timeout is not None and span is not None:
         shortest, longest = span
@@ -311,6 +320,21 @@ def describe(plan: Plan) -> list[tuple[str, str]]:
         target = "until the time is spent" if plan.target_trials is None else f"target {plan.target_trials} trials"
         rows.append(("trials in study.timeout", f"{fit} full-length trials in {_minutes(plan.timeout)} ({target})"))
     return rows
+
+
+def _model_cost_row(plan: Plan, model: str, span: tuple[float, float]) -> tuple[str, str]:
+    """One model family's full-length trial time at its input size, and how many fit the timeout:
+    a 224 px fine-tune on a CPU shows here, before the study, that only a few trials fit."""
+    low, high = _seconds(span[0]), _seconds(span[1])
+    length = low if low == high else f"{low} to {high}"
+    size = plan.input_sizes.get(model)
+    label = f"{model} trial" + (f" at {size} px" if size else "")
+    text = f"{length} at full length (timed probe)"
+    if plan.timeout is not None:
+        most, fewest = math.floor(plan.timeout / max(span[0], 1e-9)), math.floor(plan.timeout / max(span[1], 1e-9))
+        fit = str(most) if most == fewest else f"{fewest} to {most}"
+        text += f"; {fit} such trials fit in {_minutes(plan.timeout)}"
+    return label, text
 
 
 def _seconds(value: float) -> str:

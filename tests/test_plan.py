@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from autocnn.budget import auto_epochs, improvement_margin, judge_floor_steps, noise_band, steps_per_epoch
 from autocnn.cli import app
 from autocnn.data import DataCache
-from autocnn.plan import describe, make_plan
+from autocnn.plan import describe, input_sizes, make_plan
 from autocnn.spec import parse_spec
 from tests.conftest import digits_spec_dict, write_spec
 
@@ -58,8 +58,26 @@ def test_a_timeout_the_trials_cannot_fill_warns_about_study_trials() -> None:
     (warning,) = [w for w in plan.warnings if w.startswith("study.trials:")]
     assert "remove study.trials" in warning
     rows = dict(describe(plan))
-    assert rows["custom_cnn trial"].endswith("at full length (timed probe)")
+    assert rows["custom_cnn trial"].startswith("4 s") and "at full length (timed probe); " in rows["custom_cnn trial"]
+    assert rows["custom_cnn trial"].endswith("such trials fit in 60 min")
     assert "trials in study.timeout" in rows
+
+
+def test_each_model_familys_cost_is_shown_at_its_own_input_size_with_the_trials_that_fit() -> None:
+    spec = parse_spec(
+        digits_spec_dict(
+            study={"timeout": "10m"},
+            train={"epochs": 20, "batch_size": 64},
+            models={"custom_cnn": {}, "mobilenetv2_035": {"pretrained": False, "image_size": 96}},
+        )
+    )
+    assert input_sizes(spec) == {"custom_cnn": 16, "mobilenetv2_035": 96}
+    data = DataCache(spec).get()
+    seconds = {"custom_cnn": 0.01, "mobilenetv2_035": 0.5}  # 20 epochs of 16 steps, plus validation: ~4 s and ~3 min
+    rows = dict(describe(make_plan(spec, data, seconds_per_step=seconds, input_sizes=input_sizes(spec))))
+    assert rows["mobilenetv2_035 trial at 96 px"].startswith("3.0 min at full length")
+    assert rows["mobilenetv2_035 trial at 96 px"].endswith("; 3 such trials fit in 10 min")
+    assert rows["custom_cnn trial at 16 px"].endswith("such trials fit in 10 min")
 
 
 def test_auto_epochs_fill_the_step_target_and_fit_the_time() -> None:
