@@ -651,10 +651,18 @@ def init(
         bool, typer.Option("--flip/--no-flip", help="--no-flip: no mirrored images (letters, digits, arrows).")
     ] = True,
     force: Annotated[bool, typer.Option("--force", help="Replace the spec if it exists.")] = False,
+    weights: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--weights",
+            help="A timm backbone to search first (its weights cached or fetched), or NAME=FILE for a local "
+            "weight file; repeatable. Backbones whose weights are cached here are searched anyway.",
+        ),
+    ] = None,
 ) -> None:
     """Write a commented study spec for a folder of images, sized to the data, this machine and the budget.
 
-    Example: autocnn init data/birds --budget 1h -o studies/birds.yaml
+    Example: autocnn init data/birds --budget 1h -o studies/birds.yaml --weights efficientnet_lite0
     """
     from rich.markup import escape
 
@@ -666,7 +674,7 @@ def init(
             from autocnn.errors import SpecError
 
             raise SpecError([f"--budget: at least a minute, got {budget!r}"])
-        result = init_spec(data_dir, out=out, budget_s=seconds, flip=flip, force=force)
+        result = init_spec(data_dir, out=out, budget_s=seconds, flip=flip, force=force, weights=weights or [])
     console = _console()
     for line in result.choices.header:
         console.print(line, highlight=False, soft_wrap=True)

@@ -4,8 +4,10 @@ People arrive with a folder, not a search space. What a first study should searc
 a few facts: how many images per class (small data wants frozen pretrained backbones and strong
 augmentation; large data fine-tunes), their typical size (the input size, and with it the custom
 CNN's depth), whether the classes are balanced (the metric), and whether a GPU is there (input
-size, batch size, how large a backbone). Only backbones whose weights are cached or can be
-fetched now are proposed; every choice is explained by a comment beside it in the spec.
+size, batch size, how large a backbone). Only backbones whose weights are cached, given as a file or can be
+fetched now are proposed, those already on the machine first; each pretrained backbone gets an
+input size of its own (its pretrained size on a GPU, the largest the budget allows on a CPU).
+Every choice is explained by a comment beside it in the spec.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import os
 import re
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,14 @@ SIZE_SAMPLE = 200  # image headers read to find the typical size
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 SMALL_PER_CLASS, LARGE_PER_CLASS = 150, 1500  # images per class: freeze below, fine-tune above
 IMBALANCED = 1.5  # largest / smallest class: macro-F1 rather than accuracy
+MAX_BACKBONES = 3  # searched side by side; more would leave each too few trials of the budget
+# A pretrained backbone's input on a CPU: the largest of these whose trials fit the budget, never
+# below the last: ImageNet features computed on upsampled 32 px images are mostly lost (a study that
+# trained efficientnet_lite0 at 32 px stayed near chance where a probe on its 160 px features did not).
+CPU_BACKBONE_SIZES = (160, 128, 96)
+PROBE_SIZE = 96  # the side a backbone's training step is timed at; other sides scale with their area
+EPOCHS_PER_TRIAL = 10  # about what `epochs: auto` trains a small-data trial before it stops improving
+TRIALS_PER_BACKBONE = 4  # a backbone's size is affordable when this many of its trials fit the budget
 
 # Two or three backbones per (hardware, data size), lightest first on a CPU: what transfers well
 # from ImageNet at that size and trains in a reasonable share of the budget.
@@ -133,8 +144,10 @@ def _sample_headers(files: list[Path]) -> tuple[tuple[int, int], int]:
 class Weights:
     """Which backbones can start from pretrained weights here, and why others cannot."""
 
-    usable: dict[str, str]  # name -> "cached" | "fetched before trial 1"
+    usable: dict[str, str]  # name -> "cached" | "fetched before trial 1" | "given with --weights"
     offline: str | None = None  # why nothing can be fetched now, when that matters
+    files: dict[str, str] = field(default_factory=dict)  # name -> weight file, relative to the spec
+    first: list[str] = field(default_factory=list)  # named with --weights or cached here: proposed first
 
 
 def weights_status(names: list[str]) -> Weights:
@@ -150,6 +163,53 @@ def weights_status(names: list[str]) -> Weights:
     if reason is None:
         usable.update(dict.fromkeys(rest, "fetched before trial 1"))
     return Weights(usable, reason)
+
+
+def cached_backbones() -> list[str]:
+    """timm models whose default pretrained weights are in this machine's cache: what a study can
+    start from right now, whatever the table of usual choices says."""
+    from autocnn.models.hub import cached_weights, is_timm_name, list_cached_weights
+
+    names: list[str] = []
+    for row in list_cached_weights():
+        name = row.model.split(".", 1)[0]
+        if name not in names and not row.model.startswith("(") and is_timm_name(name) and cached_weights(name):
+            names.append(name)
+    return names
+
+
+def given_weights(values: list[str], *, spec_dir: Path) -> dict[str, str | None]:
+    """`--weights NAME` or `--weights NAME=FILE`: name -> weight file relative to the spec, or None."""
+    from autocnn.errors import SpecError
+    from autocnn.models.hub import check_name
+
+    out: dict[str, str | None] = {}
+    for value in values:
+        name, _, file = value.partition("=")
+        name = name.strip()
+        try:
+            check_name(name, path=f"--weights {value}")
+        except SpecError as exc:
+            raise InitError(str(exc)) from None
+        if not file:
+            out[name] = None
+            continue
+        path = Path(file).expanduser().resolve()
+        if not path.is_file():
+            raise InitError(f"--weights {value}: weight file not found: {path}")
+        out[name] = os.path.relpath(path, spec_dir.resolve())
+    return out
+
+
+def weights_for(wanted: list[str], given: dict[str, str | None], cached: list[str]) -> Weights:
+    """Which of the backbones `init` considers can start from pretrained weights: files given on
+    the command line, the cache, and (online) the hub."""
+    files = {name: file for name, file in given.items() if file}
+    by_hub = [name for name in dict.fromkeys([*given, *cached, *wanted]) if name not in files]
+    status = weights_status(by_hub)
+    usable = {**dict.fromkeys(files, "given with --weights"), **status.usable}
+    first = [name for name in dict.fromkeys([*given, *cached]) if name in usable]
+    return Weights(usable, status.offline, files, first)
 
 
 # --------------------------------------------------------------------------- choices
@@ -171,6 +231,7 @@ class Choices:
     custom_cnn: dict[str, Any]
     batch_size: Any
     backbones: dict[str, dict[str, Any]] = field(default_factory=dict)
+    backbone_key_notes: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> key -> comment
     unavailable: dict[str, dict[str, Any]] = field(default_factory=dict)  # written commented out
     backbone_note: list[str] = field(default_factory=list)
     augment: dict[str, Any] = field(default_factory=dict)
@@ -195,17 +256,94 @@ def pick_image_size(profile: DataProfile, machine: Machine) -> tuple[int, str]:
 def pick_backbones(
     profile: DataProfile, machine: Machine, weights: Weights
 ) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
-    """2-3 pretrained backbones for this hardware and data size, with freeze choices to match:
+    """Up to MAX_BACKBONES pretrained backbones: those named with --weights or cached here first,
+    then the usual ones for this hardware and data size, with freeze choices to match:
     (those that can run, those without weights here, notes)."""
     wanted = BACKBONES[(machine.device, profile.regime)]
-    spaces = {name: freeze_space(profile.regime) for name in wanted}
-    usable = {name: space for name, space in spaces.items() if name in weights.usable}
-    missing = {name: space for name, space in spaces.items() if name not in weights.usable}
+    usable_names = [name for name in dict.fromkeys([*weights.first, *wanted]) if name in weights.usable]
+    usable = {name: freeze_space(profile.regime) for name in usable_names[:MAX_BACKBONES]}
+    for name, file in weights.files.items():
+        if name in usable:
+            usable[name]["pretrained"] = file
+    missing = {name: freeze_space(profile.regime) for name in wanted if name not in weights.usable}
     notes = [f"pretrained backbones for {profile.regime} data on a {machine.device.upper()}: {', '.join(wanted)}"]
+    if weights.first:
+        here = ", ".join(f"{name} ({weights.usable[name]})" for name in weights.first)
+        notes.append(f"weights on this machine: {here}; proposed first")
     if missing:
         notes.append(f"no weights here for {', '.join(missing)}, and none can be fetched now: {weights.offline}")
         notes.append(f"on a connected machine: autocnn weights fetch {' '.join(missing)}; then uncomment them below")
     return usable, missing, notes
+
+
+def pretrained_size(name: str) -> int:
+    """The input side timm's pretrained weights were trained at (224 when timm does not say)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else 224
+
+
+SecondsPerImage = Callable[[str, int], float]  # (backbone, side) -> seconds of training per image
+
+
+def backbone_size(
+    name: str, machine: Machine, *, n_train: int, budget_s: float, seconds_per_image: SecondsPerImage
+) -> tuple[int, str]:
+    """The side a pretrained backbone trains at, and why: its pretrained size on a GPU; on a CPU the
+    largest of CPU_BACKBONE_SIZES at which TRIALS_PER_BACKBONE trials of EPOCHS_PER_TRIAL epochs
+    fit the budget, never below the smallest (a pretrained net gains little from 32 px images)."""
+    native = pretrained_size(name)
+    if machine.device == "gpu":
+        return native, f"{native} px: its pretrained input size"
+    sizes = [size for size in CPU_BACKBONE_SIZES if size <= native] or [min(CPU_BACKBONE_SIZES)]
+    for size in sizes:
+        trial_s = EPOCHS_PER_TRIAL * n_train * seconds_per_image(name, size)
+        if TRIALS_PER_BACKBONE * trial_s <= budget_s:
+            return size, (
+                f"{size} px: the largest of {'/'.join(map(str, sizes))} where {TRIALS_PER_BACKBONE} trials fit the "
+                f"budget on this CPU (~{_duration_text(round(trial_s))} each; pretrained at {native} px)"
+            )
+    floor = sizes[-1]
+    trial_s = EPOCHS_PER_TRIAL * n_train * seconds_per_image(name, floor)
+    return floor, (
+        f"{floor} px: the smallest a pretrained net should see; a trial takes ~{_duration_text(round(trial_s))} "
+        "on this CPU, so few fit the budget (freeze: backbone trials take seconds)"
+    )
+
+
+def timed_seconds_per_image() -> SecondsPerImage:
+    """Seconds per training image of each backbone on this machine, timed once per backbone at
+    PROBE_SIZE (a few steps, autocnn's own trainer and precision) and scaled by area to other sides."""
+    measured: dict[str, float] = {}
+
+    def seconds(name: str, size: int) -> float:
+        if name not in measured:
+            measured[name] = _time_training_step(name, PROBE_SIZE)
+        return measured[name] * (size / PROBE_SIZE) ** 2
+
+    return seconds
+
+
+def _time_training_step(name: str, size: int, batch: int = 16, steps: int = 2) -> float:
+    import time
+
+    import torch
+
+    from autocnn.models import build_model
+    from autocnn.train import Trainer, TrainSettings, pick_device
+
+    device = pick_device()
+    model = build_model(name, {"pretrained": False}, num_classes=10, image_size=size)
+    settings = TrainSettings(epochs=1, lr=1e-3, weight_decay=0.0, scheduler="none")
+    trainer = Trainer(model, settings, steps_per_epoch=steps + 1, device=device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    y = (torch.arange(batch) % 10).to(device)
+    trainer.train_one_epoch([(x, y)])  # warm-up: first-call allocations and kernel choice
+    started = time.perf_counter()
+    trainer.train_one_epoch([(x, y)] * steps)
+    return (time.perf_counter() - started) / (steps * batch)
 
 
 def freeze_space(regime: str) -> dict[str, Any]:
@@ -254,11 +392,31 @@ def augment_space(profile: DataProfile, size: int, *, flip: bool) -> tuple[dict[
 
 
 def choose(
-    profile: DataProfile, machine: Machine, weights: Weights, *, budget_s: float, flip: bool, name: str, root: str
+    profile: DataProfile,
+    machine: Machine,
+    weights: Weights,
+    *,
+    budget_s: float,
+    flip: bool,
+    name: str,
+    root: str,
+    seconds_per_image: SecondsPerImage | None = None,
 ) -> Choices:
     """Every decision of the spec, from the data, the machine and the budget."""
     size, size_note = pick_image_size(profile, machine)
     backbones, unavailable, backbone_note = pick_backbones(profile, machine, weights)
+    split = (
+        None
+        if profile.presplit
+        else ({"val": 0.2, "test": 0.2} if profile.n_images < 2000 else {"val": 0.15, "test": 0.15})
+    )
+    n_train = round(profile.n_images * (1 - sum(split.values()))) if split else round(profile.n_images * 0.6)
+    timing = seconds_per_image or timed_seconds_per_image()
+    key_notes: dict[str, dict[str, str]] = {}
+    for backbone, space in backbones.items():
+        side, why = backbone_size(backbone, machine, n_train=n_train, budget_s=budget_s, seconds_per_image=timing)
+        space["image_size"] = side
+        key_notes[backbone] = {"image_size": why}
     augment, augment_note = augment_space(profile, size, flip=flip)
     imbalanced = profile.imbalance >= IMBALANCED
     small = profile.regime == "small"
@@ -267,9 +425,7 @@ def choose(
         root=root,
         image_size=size,
         size_note=size_note,
-        split=None
-        if profile.presplit
-        else ({"val": 0.2, "test": 0.2} if profile.n_images < 2000 else {"val": 0.15, "test": 0.15}),
+        split=split,
         metric="val_macro_f1" if imbalanced else "val_accuracy",
         metric_note=f"classes {profile.imbalance:.1f}x imbalanced"
         + (": every class weighs the same" if imbalanced else ""),
@@ -282,6 +438,7 @@ def choose(
         if machine.device == "gpu"
         else {"choices": [32, 64]},
         backbones=backbones,
+        backbone_key_notes=key_notes,
         unavailable=unavailable,
         backbone_note=backbone_note,
         augment=augment,
@@ -354,7 +511,8 @@ def render(choices: Choices, *, schema: str | None = None) -> str:
         lines.append("  # no pretrained backbone can run here yet: this spec searches the custom CNN only")
     for name, space in choices.backbones.items():
         lines.append(_line(2, name, None))
-        lines += [_line(4, key, value) for key, value in space.items()]
+        notes = choices.backbone_key_notes.get(name, {})
+        lines += [_line(4, key, value, notes.get(key, "")) for key, value in space.items()]
     for name, space in choices.unavailable.items():
         lines.append("  # " + _line(0, name, None))
         lines += ["  # " + _line(2, key, value) for key, value in space.items()]
@@ -381,9 +539,21 @@ def study_name(root: Path) -> str:
 
 
 def init_spec(
-    root: Path, *, out: Path | None = None, budget_s: float = 1800, flip: bool = True, force: bool = False
+    root: Path,
+    *,
+    out: Path | None = None,
+    budget_s: float = 1800,
+    flip: bool = True,
+    force: bool = False,
+    weights: Sequence[str] = (),
+    seconds_per_image: SecondsPerImage | None = None,
 ) -> InitResult:
-    """Inspect the folder and the machine, write a spec that validates, and return what was chosen."""
+    """Inspect the folder and the machine, write a spec that validates, and return what was chosen.
+
+    `weights` are `--weights` values: backbone names (cached, or fetched before trial 1) or
+    NAME=FILE weight files, searched first. `seconds_per_image` replaces the timed probe that
+    sizes each backbone's input on a CPU.
+    """
     from autocnn.spec import parse_spec
 
     profile = inspect_data(root)
@@ -392,9 +562,20 @@ def init_spec(
     path = out or Path("studies") / f"{name}.yaml"
     if path.exists() and not force:
         raise InitError(f"{path}: exists; choose another file with -o, or --force to replace it")
+    given = given_weights(list(weights), spec_dir=path.parent)
     wanted = BACKBONES[(machine.device, profile.regime)]
+    status = weights_for(wanted, given, cached_backbones())
     relative = os.path.relpath(root.resolve(), path.parent.resolve())
-    choices = choose(profile, machine, weights_status(wanted), budget_s=budget_s, flip=flip, name=name, root=relative)
+    choices = choose(
+        profile,
+        machine,
+        status,
+        budget_s=budget_s,
+        flip=flip,
+        name=name,
+        root=relative,
+        seconds_per_image=seconds_per_image,
+    )
     schema = path.parent / "autocnn.schema.json"
     text = render(choices, schema="./autocnn.schema.json" if schema.exists() else None)
     parse_spec(yaml.safe_load(text), source=str(path))  # what is written validates
