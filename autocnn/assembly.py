@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from autocnn.budget import judge_floor_steps
-from autocnn.models import Preprocess
+from autocnn.models import CUSTOM_CNN, Preprocess
 from autocnn.objectives import primary
 from autocnn.space import AugmentConfig, TimmConfig, TrialConfig
 from autocnn.spec import Spec
+from autocnn.transfer import probe_applies
 
 if TYPE_CHECKING:
     import torch
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from autocnn.data import Dataset, Split
     from autocnn.features import FeatureCache, FeaturePath, Found
     from autocnn.train import Trainer, TrainSettings
+    from autocnn.transfer import Probe
 
 # Seed s of a re-training offsets the trial's own seeds by s strides; a stride larger than any
 # trial number keeps every (trial, seed) pair of a study on seeds of its own.
@@ -181,6 +183,14 @@ class AssembledTrial:
     augmentation: Any  # the albumentations pipeline, None without augmentation
     trainer: Trainer
     path: FeaturePath | None = None  # which path the trial took and why; None: no cache was offered
+    probe: Probe | None = None  # the linear probe the head started from (probe_first), if any
+
+    def tags(self) -> dict[str, str]:
+        """What MLflow records about how this trial started: its feature path and its head."""
+        tags = self.path.tags() if self.path is not None else {}
+        if self.probe is not None:
+            tags["autocnn.head_start"] = self.probe.describe()
+        return tags
 
 
 def assemble_trial(
@@ -242,6 +252,24 @@ def assemble_trial(
             batch=batch,
             device=device,
         )
+    probe = None
+    if (
+        features is not None
+        and config.model != CUSTOM_CNN
+        and probe_applies(config.model_params, load_weights=load_weights)
+    ):
+        probe = start_from_probe(
+            spec,
+            config,
+            features,
+            model,
+            split,
+            data.num_classes,
+            pre=pre,
+            seeds=seeds,
+            device=device,
+            settings=settings,
+        )
     train = image_batches(pipeline, split, pre, batch_size=batch, seed=seeds.batches, device=device)
     val = TensorBatches(data.val, pre, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device)
     timm = config.model_config if isinstance(config.model_config, TimmConfig) else None
@@ -252,7 +280,38 @@ def assemble_trial(
         layer_decay=timm.layer_decay if timm else 1.0,
     )
     trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
-    return AssembledTrial(config, pre, settings, trainer.model, train, val, pipeline, trainer, path)
+    return AssembledTrial(config, pre, settings, trainer.model, train, val, pipeline, trainer, path, probe)
+
+
+def start_from_probe(
+    spec: Spec,
+    config: TrialConfig,
+    features: FeatureCache,
+    model: nn.Module,
+    split: Split,
+    num_classes: int,
+    *,
+    pre: Preprocess,
+    seeds: Seeds,
+    device: torch.device,
+    settings: TrainSettings,
+) -> Probe | None:
+    """Fit the new head as a linear probe on the frozen backbone's features of `split`, in place,
+    before fine-tuning starts (autocnn.transfer says why). The features are the ones a frozen
+    trial of the same backbone uses (same key: cached once per study); None for a head with a
+    hidden layer, which a linear probe cannot stand for."""
+    from autocnn.train import autocast_dtype
+    from autocnn.transfer import as_numpy, fit_probe, linear_head, load_probe, probe_key
+
+    head = linear_head(model)
+    if head is None:
+        return None
+    on = Backbone(model, pre, seeds, device, autocast_dtype(device, settings.precision))
+    found, _ = split_features(spec, config, features, on, split)
+    key = probe_key(_features_key(spec, config, on, split).digest(), num_classes)
+    probe = features.fitted(key, lambda: fit_probe(as_numpy(found), split.labels, num_classes))
+    load_probe(head, probe)
+    return probe
 
 
 def assemble_on_features(
@@ -321,13 +380,19 @@ def weights_of(spec: Spec, config: TrialConfig, on: Backbone) -> str:
     return weights_identity(config.model, pretrained, base_dir=spec.base_dir, torch_seed=on.seeds.torch)
 
 
+def _features_key(spec: Spec, config: TrialConfig, on: Backbone, split: Split) -> Any:
+    from autocnn.features import feature_key
+
+    return feature_key(config, on.pre, split, weights=weights_of(spec, config, on), autocast=on.autocast)
+
+
 def split_features(
     spec: Spec, config: TrialConfig, features: FeatureCache, on: Backbone, split: Split
 ) -> tuple[torch.Tensor, Found]:
     """(N, D) features of a split's images as they are, from the cache or computed into it."""
-    from autocnn.features import feature_key, pooled_features
+    from autocnn.features import pooled_features
 
-    key = feature_key(config, on.pre, split, weights=weights_of(spec, config, on), autocast=on.autocast)
+    key = _features_key(spec, config, on, split)
     return features.get(key, lambda: pooled_features(on.model, split, on.pre, device=on.device, autocast=on.autocast))
 
 

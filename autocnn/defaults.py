@@ -41,6 +41,7 @@ BACKBONE = {
     "unfreeze_last": 1,
     "backbone_lr_mult": 0.1,
     "layer_decay": 1.0,
+    "probe_first": True,
     "dropout": 0.2,
     "hidden": 0,
     "activation": "relu",

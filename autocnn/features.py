@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -290,6 +290,9 @@ def describe_sources(*found: Found) -> str:
     return ", ".join("computed" if f.kind == "computed" else f"from {f.kind}" for f in found)
 
 
+T = TypeVar("T")
+
+
 class FeatureCache:
     """Features by key: in memory (least recently used first out) within `memory_budget` bytes,
     and in one safetensors file per key under `folder` (None: memory only).
@@ -301,8 +304,15 @@ class FeatureCache:
         self.folder = folder
         self.memory_budget = memory_budget
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._fitted: dict[str, Any] = {}
         self.sources: dict[str, int] = {"computed": 0, "memory": 0, "disk": 0}
         self.warnings: list[str] = []
+
+    def fitted(self, key: str, fit: Callable[[], T]) -> T:
+        """What `fit` makes of features already cached (a probe on them), fitted once per process."""
+        if key not in self._fitted:
+            self._fitted[key] = fit()
+        return self._fitted[key]
 
     def get(self, key: FeatureKey, compute: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, Found]:
         """The features for `key`, and where they came from."""

@@ -115,6 +115,7 @@ class TimmConfig:
     head: HeadConfig | None = None
     image_size: int | None = None
     layer_decay: float = 1.0
+    probe_first: bool = True
 
 
 ModelConfig = CustomCNNConfig | TimmConfig

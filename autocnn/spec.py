@@ -541,6 +541,7 @@ class TimmSpace(StrictModel):
     unfreeze_last: searchable(UnfreezeCount) = 1
     backbone_lr_mult: searchable(NonNegativeFloat) = 1.0
     layer_decay: searchable(LayerDecay) = 1.0
+    probe_first: choosable(bool) = True  # fine-tuning starts from a head fitted on cached features
     head: HeadSpace | None = None
     dropout: searchable(Probability) = 0.0
     image_size: Annotated[int, Field(ge=8, le=1024)] | None = None

@@ -268,9 +268,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     if LATENCY_MACHINE_TAG in trial.user_attrs:
         ctx.tracker.set_tags(run_id, {LATENCY_MACHINE_TAG: trial.user_attrs[LATENCY_MACHINE_TAG]})
     ctx.tracker.log_facts(run_id, facts)
-    ctx.tracker.set_tags(
-        run_id, {"autocnn.freeze": freeze_mode(model), **(assembled.path.tags() if assembled.path else {})}
-    )
+    ctx.tracker.set_tags(run_id, {"autocnn.freeze": freeze_mode(model), **assembled.tags()})
     ctx.reporter.trial_started(trial.number, config, settings.epochs)
     history = resume_trainer(ctx, trial, trainer, feature_path=feature_path)
     # NopPruner never prunes, but asking it still reads the trial back from storage every epoch.

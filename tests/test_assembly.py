@@ -45,6 +45,12 @@ CASES: dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {
         ("freeze", {}, {"freeze": "backbone"}),
         ("unfreeze_last", {"freeze": "partial"}, {"freeze": "partial", "unfreeze_last": 2}),
         ("backbone_lr_mult", {}, {"backbone_lr_mult": 0.1}),
+        ("layer_decay", {}, {"layer_decay": 0.8}),
+        (
+            "probe_first",
+            {"pretrained": "weights/resnet18.pt", "probe_first": False},
+            {"pretrained": "weights/resnet18.pt", "probe_first": True},
+        ),
         ("head", {}, {"head": {"hidden": 0}}),
         ("dropout", {}, {"dropout": 0.3}),
         ("image_size", {}, {"image_size": 24}),
@@ -146,12 +152,13 @@ def test_every_spec_key_changes_the_assembled_trial(
     in_tmp: Path, section: str, key: str, base: dict[str, Any], changed: dict[str, Any]
 ) -> None:
     """A key that is sampled and logged but then ignored would leave the trial as it was."""
-    if "pretrained" in changed:  # a weight file unlike the random initialisation
-        import timm
+    for side, values in (("a", base), ("b", changed)):
+        if "pretrained" in values:  # a weight file unlike the random initialisation
+            import timm
 
-        torch.manual_seed(123)
-        (in_tmp / "b" / "weights").mkdir(parents=True)
-        torch.save(timm.create_model("resnet18").state_dict(), in_tmp / "b" / "weights" / "resnet18.pt")
+            torch.manual_seed(123)
+            (in_tmp / side / "weights").mkdir(parents=True)
+            torch.save(timm.create_model("resnet18").state_dict(), in_tmp / side / "weights" / "resnet18.pt")
     before = fingerprint(spec_for(in_tmp / "a", section, base))
     after = fingerprint(spec_for(in_tmp / "b", section, changed))
     assert before != after, f"{section}.{key} = {changed} assembled the same trial as {base}"
