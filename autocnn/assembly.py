@@ -236,22 +236,6 @@ def assemble_trial(
     pipeline = augmentation_pipeline(config.augment, image_size=pre.image_size, seed=seeds.batches)
     offered = features is not None and load_weights  # features of weights about to be replaced are no use
     path = choose_path(spec, config, augmenting=pipeline is not None) if offered else None
-    if path is not None and path.cached and features is not None:
-        return assemble_on_features(
-            spec,
-            config,
-            data,
-            settings,
-            features,
-            path,
-            seeds=seeds,
-            pre=pre,
-            model=model,
-            split=split,
-            pipeline=pipeline,
-            batch=batch,
-            device=device,
-        )
     probe = None
     if (
         features is not None
@@ -269,6 +253,23 @@ def assemble_trial(
             seeds=seeds,
             device=device,
             settings=settings,
+        )
+    if path is not None and path.cached and features is not None:
+        return assemble_on_features(
+            spec,
+            config,
+            data,
+            settings,
+            features,
+            path,
+            seeds=seeds,
+            pre=pre,
+            model=model,
+            split=split,
+            pipeline=pipeline,
+            batch=batch,
+            device=device,
+            probe=probe,
         )
     train = image_batches(pipeline, split, pre, batch_size=batch, seed=seeds.batches, device=device)
     val = TensorBatches(data.val, pre, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device)
@@ -297,15 +298,18 @@ def start_from_probe(
     settings: TrainSettings,
 ) -> Probe | None:
     """Fit the new head as a linear probe on the frozen backbone's features of `split`, in place,
-    before fine-tuning starts (autocnn.transfer says why). The features are the ones a frozen
+    before its training starts (autocnn.transfer says why). The features are the ones a frozen
     trial of the same backbone uses (same key: cached once per study); None for a head with a
     hidden layer, which a linear probe cannot stand for."""
+    import torch
+
     from autocnn.train import autocast_dtype
     from autocnn.transfer import as_numpy, fit_probe, linear_head, load_probe, probe_key
 
     head = linear_head(model)
     if head is None:
         return None
+    model.to(device, memory_format=torch.channels_last)
     on = Backbone(model, pre, seeds, device, autocast_dtype(device, settings.precision))
     found, _ = split_features(spec, config, features, on, split)
     key = probe_key(_features_key(spec, config, on, split).digest(), num_classes)
@@ -329,6 +333,7 @@ def assemble_on_features(
     pipeline: Any,
     batch: int,
     device: torch.device,
+    probe: Probe | None = None,
 ) -> AssembledTrial:
     """The head alone, trained on the frozen backbone's cached features of `split` and val.
 
@@ -359,7 +364,7 @@ def assemble_on_features(
         head, settings, steps_per_epoch=len(train), device=device, param_groups=groups, channels_last=False
     )
     path = replace(path, source=describe_sources(train_source, val_source))
-    return AssembledTrial(config, pre, settings, model, train, val, pipeline, trainer, path)
+    return AssembledTrial(config, pre, settings, model, train, val, pipeline, trainer, path, probe)
 
 
 @dataclass(frozen=True)

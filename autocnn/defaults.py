@@ -42,6 +42,7 @@ BACKBONE = {
     "backbone_lr_mult": 0.1,
     "layer_decay": 1.0,
     "probe_first": True,
+    "norm_stats": "pretrained",
     "dropout": 0.2,
     "hidden": 0,
     "activation": "relu",

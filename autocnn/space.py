@@ -116,6 +116,7 @@ class TimmConfig:
     image_size: int | None = None
     layer_decay: float = 1.0
     probe_first: bool = True
+    norm_stats: str = "pretrained"
 
 
 ModelConfig = CustomCNNConfig | TimmConfig

@@ -542,6 +542,8 @@ class TimmSpace(StrictModel):
     backbone_lr_mult: searchable(NonNegativeFloat) = 1.0
     layer_decay: searchable(LayerDecay) = 1.0
     probe_first: choosable(bool) = True  # fine-tuning starts from a head fitted on cached features
+    # BatchNorm while the backbone trains: its pretrained running statistics, or each batch's own
+    norm_stats: choosable(Literal["pretrained", "batch"]) = "pretrained"
     head: HeadSpace | None = None
     dropout: searchable(Probability) = 0.0
     image_size: Annotated[int, Field(ge=8, le=1024)] | None = None

@@ -89,17 +89,12 @@ def load_probe(head: nn.Linear, probe: Probe) -> None:
 
 
 def probe_applies(params: dict, *, load_weights: bool) -> bool:
-    """A pretrained backbone that fine-tunes (freeze none or partial) with `probe_first` on: a
-    frozen backbone trains its head on cached features anyway, and random weights hold nothing to keep."""
-    from autocnn.models.backbones import effective_freeze
-
+    """A pretrained backbone with `probe_first` on, whatever it freezes: a frozen one then trains
+    its head on from the probe (gradient steps on a new head reached a probe's accuracy on the
+    same features only after many more steps than a short trial has), one that fine-tunes starts
+    from it. Random weights hold nothing a probe could keep."""
     pretrained = params.get("pretrained", True)
-    return (
-        bool(params.get("probe_first", False))
-        and bool(pretrained)
-        and load_weights
-        and effective_freeze(params) != "backbone"
-    )
+    return bool(params.get("probe_first", False)) and bool(pretrained) and load_weights
 
 
 def probe_key(features_digest: str, num_classes: int) -> str:

@@ -47,6 +47,11 @@ CASES: dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {
         ("backbone_lr_mult", {}, {"backbone_lr_mult": 0.1}),
         ("layer_decay", {}, {"layer_decay": 0.8}),
         (
+            "norm_stats",
+            {"pretrained": "weights/resnet18.pt", "norm_stats": "pretrained"},
+            {"pretrained": "weights/resnet18.pt", "norm_stats": "batch"},
+        ),
+        (
             "probe_first",
             {"pretrained": "weights/resnet18.pt", "probe_first": False},
             {"pretrained": "weights/resnet18.pt", "probe_first": True},
@@ -127,6 +132,7 @@ def fingerprint(spec: Spec) -> dict[str, Any]:
         "drop_rate": getattr(getattr(trainer.model, "body", None), "drop_rate", None),
         "weights": float(sum(p.double().sum() for p in trainer.model.state_dict().values() if p.is_floating_point())),
         "trainable": [name for name, p in trainer.model.named_parameters() if p.requires_grad],
+        "norms_in_eval_mode": list(getattr(trainer.model, "frozen_norms", [])),
         "groups": [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in trainer.optimizer.param_groups],
         "scheduler": type(trainer.scheduler).__name__,
         "loss": trainer.criterion.label_smoothing,

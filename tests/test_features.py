@@ -58,7 +58,8 @@ def frozen_raw(**overrides: Any) -> dict[str, Any]:
         "data": {"source": "imagefolder", "root": "images", "image_size": 32, "split": {"val": 0.25, "test": 0.2}},
         "study": {"trials": 2, "pruner": "none", "sampler": "random", "defaults": False},
         "train": {"epochs": 3, "batch_size": 8, "lr": 1e-2, "precision": "fp32"},
-        "models": {BACKBONE: {"pretrained": WEIGHTS, "freeze": "backbone"}},
+        # The head starts where timm put it: how a head starts (probe_first) is tests/test_transfer.py's.
+        "models": {BACKBONE: {"pretrained": WEIGHTS, "freeze": "backbone", "probe_first": False}},
     }
     for key, value in overrides.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value

@@ -43,7 +43,10 @@ def test_two_classes_and_a_class_without_images_keep_one_logit_per_class() -> No
 
 
 def test_a_fine_tuning_trial_starts_from_the_head_a_probe_fitted_on_cached_features(folder: Path) -> None:  # noqa: F811
-    spec = frozen_spec(folder, models={BACKBONE: {"pretrained": "weights/resnet10t.safetensors", "freeze": "none"}})
+    spec = frozen_spec(
+        folder,
+        models={BACKBONE: {"pretrained": "weights/resnet10t.safetensors", "freeze": "none", "probe_first": True}},
+    )
     cache = FeatureCache(None)
     trial = assemble(spec, cache)
     assert trial.probe is not None and "linear probe" in trial.tags()["autocnn.head_start"]
@@ -75,14 +78,28 @@ def test_a_fine_tuning_trial_starts_from_the_head_a_probe_fitted_on_cached_featu
     assert cache.sources["computed"] == 1 and again.probe is trial.probe  # fitted once, reused
 
 
-def test_a_frozen_backbone_or_a_hidden_head_trains_without_a_probe(folder: Path) -> None:  # noqa: F811
-    frozen = assemble(frozen_spec(folder), FeatureCache(None))
-    assert frozen.probe is None and "autocnn.head_start" not in frozen.tags()
+def test_a_frozen_backbone_trains_its_head_on_from_the_probe_and_a_hidden_head_without_one(folder: Path) -> None:  # noqa: F811
+    cache = FeatureCache(None)
+    frozen = assemble(
+        frozen_spec(
+            folder,
+            models={
+                BACKBONE: {"pretrained": "weights/resnet10t.safetensors", "freeze": "backbone", "probe_first": True}
+            },
+        ),
+        cache,
+    )
+    assert frozen.path is not None and frozen.path.cached and frozen.probe is not None
+    head = linear_head(frozen.model)
+    assert head is not None and np.allclose(head.weight.detach().numpy(), frozen.probe.weight)
+    assert cache.sources["computed"] == 2  # the training and the validation features, once each
     hidden = frozen_spec(
         folder,
         models={BACKBONE: {"pretrained": "weights/resnet10t.safetensors", "freeze": "none", "head": {"hidden": 16}}},
     )
     assert assemble(hidden, FeatureCache(None)).probe is None
+    untrained = frozen_spec(folder, models={BACKBONE: {"pretrained": False, "freeze": "none"}})
+    assert assemble(untrained, FeatureCache(None)).probe is None
 
 
 @pytest.mark.parametrize("value", [True, False])
