@@ -80,7 +80,9 @@ def frozen_study_raw(
             "feature_cache": cache,
         },
         "train": {"epochs": epochs, "batch_size": 64, "lr": {"low": 1e-3, "high": 3e-2, "log": True}},
-        "models": {backbone: {"pretrained": str(weights), "freeze": "backbone"}},
+        # The head starts where timm put it on both paths: the item times the head's epochs and the
+        # studies, not how a head starts (a probe_first fit needs the cache, so only one path has it).
+        "models": {backbone: {"pretrained": str(weights), "freeze": "backbone", "probe_first": False}},
     }
 
 

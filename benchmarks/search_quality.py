@@ -393,8 +393,9 @@ class Plan:
     hf_home: Path | None  # where the backbone's weights are cached, for pretrained regimes
 
 
-def run_all(plan: Plan, log: Log) -> list[RunRecord]:
-    """Each seed draws its own images per data set; every method of a seed sees the same ones."""
+def run_all(plan: Plan, log: Log, seed_done: Callable[[list[RunRecord]], None] | None = None) -> list[RunRecord]:
+    """Each seed draws its own images per data set; every method of a seed sees the same ones.
+    `seed_done` gets the records so far after each seed: a run stopped later keeps what it measured."""
     records: list[RunRecord] = []
     for seed in plan.seeds:
         for name in plan.regimes:
@@ -412,6 +413,8 @@ def run_all(plan: Plan, log: Log) -> list[RunRecord]:
                 log(f"{regime.name} seed {seed}: {method}")
                 records.append(run_method(method, regime, seed, seed_dir, plan.budget_s, log))
                 log(describe(records[-1]))
+        if seed_done is not None:
+            seed_done(records)
     return records
 
 
@@ -565,12 +568,13 @@ def source_line(source: dict[str, Any]) -> str:
     test = (
         "the whole official test set" if limit is None else f"a stratified {limit}-image part of the official test set"
     )
+    unfinished = "" if source.get("finished", True) else " **Unfinished: the run stopped before its last seed.**"
     return (
         f"Produced by `{source['command']}` on {info['date']} in {source['total_seconds']:.0f} s, one run on one "
         f"machine: {info['cpu']}, {info['cores']} cores, {info['device']}, torch {info['torch']}, commit "
         f"{info.get('commit', 'not recorded')}. Budget per method and seed: {source['budget_s']:.0f} s; seeds "
         f"{', '.join(map(str, source['seeds']))}; ablations on {', '.join(source['ablations_on']) or 'no regime'}; "
-        f"tested on {test}."
+        f"tested on {test}.{unfinished}"
     )
 
 
@@ -604,7 +608,7 @@ def section_notes(budget_s: float) -> list[str]:
         "seed draws its own images and every method of that seed sees the same ones.",
         f"Searches: custom CNN depth 2-4, width 32/64, dropout 0-0.5; on pretrained regimes also {BACKBONE} "
         f"(`image_size: {BACKBONE_SIZE}`, freeze none/partial/backbone, unfreeze_last 1-3, backbone_lr_mult "
-        "0.05-1 log, dropout 0-0.3); lr 1e-4..3e-3 and weight decay 1e-5..5e-2 (log), batch 32/64, `epochs: auto`; "
+        "0.05-1 log, dropout 0-0.3; probe_first and norm_stats at their defaults); lr 1e-4..3e-3 and weight decay 1e-5..5e-2 (log), batch 32/64, `epochs: auto`; "
         "augmentation on/off, rotate 0-10, shift_scale 0-0.1, hflip 0/0.5. `study.timeout` = the budget; a "
         "trial running at the deadline finishes. Then `finalize` with its defaults (refit on train + val), timed "
         "apart. The default-only ablation runs just autocnn's default trials (one per model family, with the same "
@@ -621,7 +625,8 @@ def section_notes(budget_s: float) -> list[str]:
         "on train + val; a recipe's epochs are cut to what the budget holds (timed on a few batches first).",
         "Differences that remain: the searches' finalize (one more training on train + val) runs after the budget; "
         "the baselines' budget includes their sizing and extraction. autocnn trains with `train.precision: auto` "
-        "(bf16 autocast on CPUs with native bf16), the baselines in fp32. The backbone's input size is the spec's "
+        "(on a CPU with native bf16: bf16 autocast for the custom CNN, fp32 for the depthwise backbone), the "
+        "baselines in fp32. The backbone's input size is the spec's "
         f"{BACKBONE_SIZE} px in the searches and chosen by the budget in the fine-tune and probe. Test images are "
         "scored once per run; a seed changes the training images, the test images stay.",
         f"Targets, fixed before the run: on every regime autocnn's mean >= the best baseline's mean + "
@@ -735,32 +740,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     info = machine_info()
     log(f"work folder {plan.work}; budget {plan.budget_s:.0f} s per method and seed; seeds {list(plan.seeds)}")
-    records = run_all(plan, log)
-    source = {
-        "command": " ".join(["benchmarks/search_quality.py", *(sys.argv[1:] if argv is None else argv)]),
-        "machine": info,
-        "seeds": list(plan.seeds),
-        "budget_s": plan.budget_s,
-        "test_limit": plan.test_limit,
-        "ablations_on": list(plan.ablations_on),
-        "work": str(plan.work),
-        "total_seconds": time.perf_counter() - started,
-    }
+    command = " ".join(["benchmarks/search_quality.py", *(sys.argv[1:] if argv is None else argv)])
+    out = plan.work if args.quick else REPO / "benchmarks"
+
+    def write(records: list[RunRecord], *, final: bool) -> str:
+        source = {
+            "command": command,
+            "machine": info,
+            "seeds": list(plan.seeds),
+            "budget_s": plan.budget_s,
+            "test_limit": plan.test_limit,
+            "ablations_on": list(plan.ablations_on),
+            "work": str(plan.work),
+            "total_seconds": time.perf_counter() - started,
+            "finished": final,
+        }
+        return write_outputs(out, source, list(plan.regimes), records)
+
+    records = run_all(plan, log, seed_done=lambda so_far: write(so_far, final=False))
+    section = write(records, final=True)
+    print(section)
+    print(f"wrote {out / 'search_quality.json'}, {out / 'search_quality.png'} and a section of {out / 'results.md'}")
+    return 0
+
+
+def write_outputs(out: Path, source: dict[str, Any], regimes: list[str], records: list[RunRecord]) -> str:
+    """search_quality.json, the figure and the results.md section, from the records so far."""
     payload = {
         "source": source,
-        "regimes": list(plan.regimes),
+        "regimes": regimes,
         "runs": [asdict(r) for r in records],
-        "targets": [asdict(t) | {"met": t.met} for regime in plan.regimes for t in regime_targets(regime, records)],
+        "targets": [asdict(t) | {"met": t.met} for regime in regimes for t in regime_targets(regime, records)],
     }
-    out = plan.work if args.quick else REPO / "benchmarks"
     (out / "search_quality.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     write_figure(payload, records, out / "search_quality.png")
     section = render_section(payload, records)
     markdown = out / "results.md"
     markdown.write_text(splice_section(markdown.read_text() if markdown.exists() else "", section))
-    print(section)
-    print(f"wrote {out / 'search_quality.json'}, {out / 'search_quality.png'} and a section of {markdown}")
-    return 0
+    return section
 
 
 if __name__ == "__main__":

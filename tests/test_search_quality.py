@@ -219,7 +219,9 @@ def test_the_fixed_cnn_runs_once_per_images_and_seed_and_stands_for_both_regimes
     monkeypatch.setattr(sq, "write_imagefolder", lambda root, _images: root.mkdir(parents=True))
     monkeypatch.setattr(sq, "make_images", lambda *_args: None)
     plan = sq.Plan(("fmnist-50-scratch", "fmnist-50-pretrained"), (0, 1), (), 60.0, None, tmp_path, None)
-    records = sq.run_all(plan, lambda _text: None)
+    written: list[int] = []
+    records = sq.run_all(plan, lambda _text: None, seed_done=lambda so_far: written.append(len(so_far)))
+    assert written == [len(records) // 2, len(records)]  # results written after each seed
     assert [c for c in calls if c[0] == "fixed-cnn"] == [
         ("fixed-cnn", "fmnist-50-scratch", 0),
         ("fixed-cnn", "fmnist-50-scratch", 1),
@@ -300,6 +302,9 @@ def test_the_section_shows_every_method_target_choice_and_failure_between_its_ma
     assert "| autocnn >= random search | - | no figure" in section
     assert "- failed: fmnist-50-pretrained seed 0 random-search: StudyError: no complete trial" in section
     assert "commit c0ffee" in section and "a stratified 200-image part of the official test set" in section
+    assert "Unfinished" not in section
+    stopped = sq.render_section({**payload, "source": SOURCE | {"finished": False}}, [probe, searched, broken])
+    assert "**Unfinished: the run stopped before its last seed.**" in stopped
 
 
 def test_the_figure_draws_one_panel_per_regime(tmp_path: Path) -> None:
