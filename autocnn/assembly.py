@@ -216,6 +216,7 @@ def assemble_trial(
     """
     import torch
 
+    from autocnn.features import FeatureCache as FeatureCacheType
     from autocnn.features import choose_path
     from autocnn.models import build_model
     from autocnn.train import TensorBatches, Trainer, pick_device
@@ -242,10 +243,12 @@ def assemble_trial(
         and config.model != CUSTOM_CNN
         and probe_applies(config.model_params, load_weights=load_weights)
     ):
+        # With study.feature_cache off the probe's features are computed for this trial alone, never kept.
+        probe_features = features if spec.study.feature_cache else FeatureCacheType(None)
         probe = start_from_probe(
             spec,
             config,
-            features,
+            probe_features,
             model,
             split,
             data.num_classes,
