@@ -66,6 +66,8 @@ class DataProfile:
     root: Path
     classes: list[str]
     per_class: list[int]  # images per class, all splits
+    learn_per_class: list[int]  # per class without a given test split: what the study learns from
+    train_images: int  # the given train split; an unsplit folder's is estimated when its split is chosen
     presplit: bool
     typical_size: tuple[int, int]  # median width, height of a sample of headers
     channels: int  # 1 when every sampled image is grayscale
@@ -80,8 +82,9 @@ class DataProfile:
 
     @property
     def regime(self) -> str:
-        """small / medium / large, by the median images per class."""
-        typical = statistics.median(self.per_class)
+        """small / medium / large, by the median images per class a study learns from: a large
+        test split does not make small training data medium."""
+        typical = statistics.median(self.learn_per_class)
         return "small" if typical < SMALL_PER_CLASS else "medium" if typical < LARGE_PER_CLASS else "large"
 
 
@@ -110,13 +113,16 @@ def inspect_data(root: Path) -> DataProfile:
     """Classes and their counts (as `autocnn validate` finds them), and a sample's size and channels."""
     index = index_imagefolder(root, val=0.2, test=0.2, seed=0)
     per_class = [0] * len(index.classes)
-    for items in index.files.values():
+    learn_per_class = [0] * len(index.classes)
+    for split, items in index.files.items():
         for _, label in items:
             per_class[label] += 1
+            learn_per_class[label] += split != "test" or not index.presplit  # init's own split is drawn later
     files = sorted(path for items in index.files.values() for path, _ in items)
     step = max(1, len(files) // SIZE_SAMPLE)
     size, channels = _sample_headers(files[::step][:SIZE_SAMPLE])
-    return DataProfile(root, index.classes, per_class, index.presplit, size, channels)
+    train_images = len(index.files.get("train", []))
+    return DataProfile(root, index.classes, per_class, learn_per_class, train_images, index.presplit, size, channels)
 
 
 def _sample_headers(files: list[Path]) -> tuple[tuple[int, int], int]:
@@ -410,7 +416,7 @@ def choose(
         if profile.presplit
         else ({"val": 0.2, "test": 0.2} if profile.n_images < 2000 else {"val": 0.15, "test": 0.15})
     )
-    n_train = round(profile.n_images * (1 - sum(split.values()))) if split else round(profile.n_images * 0.6)
+    n_train = round(profile.n_images * (1 - sum(split.values()))) if split else profile.train_images
     timing = seconds_per_image or timed_seconds_per_image()
     key_notes: dict[str, dict[str, str]] = {}
     for backbone, space in backbones.items():

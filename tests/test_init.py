@@ -29,9 +29,8 @@ def empty_hub(hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _profile(
     per_class: int, *, n_classes: int = 5, size: tuple[int, int] = (300, 200), channels: int = 3
 ) -> DataProfile:
-    return DataProfile(
-        Path("data"), [f"c{i}" for i in range(n_classes)], [per_class] * n_classes, False, size, channels
-    )
+    counts = [per_class] * n_classes
+    return DataProfile(Path("data"), [f"c{i}" for i in range(n_classes)], counts, counts, 0, False, size, channels)
 
 
 def _all_weights(names: list[str]) -> Weights:
@@ -70,7 +69,7 @@ def test_choices_follow_the_number_of_images_and_the_hardware() -> None:
 
 
 def test_flips_budget_imbalance_and_grayscale() -> None:
-    profile = DataProfile(Path("d"), ["a", "b"], [100, 20], False, (28, 28), 1)
+    profile = DataProfile(Path("d"), ["a", "b"], [100, 20], [100, 20], 0, False, (28, 28), 1)
     chosen = _choices(profile, CPU, flip=False, budget_s=3 * 3600)
     assert "hflip" not in chosen.augment and "color_jitter" not in chosen.augment
     assert chosen.metric == "val_macro_f1" and chosen.pruner == "hyperband" and chosen.timeout == "3h"
@@ -131,6 +130,28 @@ def test_init_on_folders_follows_their_size_and_the_device(
         spec = load_spec(result.path)  # every written spec is valid
         assert spec.data.root == ("../medium" if result is medium else "../small")
     assert "machine: GPU Fake GPU" in on_gpu.path.read_text()
+
+
+def test_a_given_test_split_does_not_count_as_training_data(tmp_path: Path, empty_hub: Path) -> None:
+    """40 training images per class beside a 400-per-class test set is small data: the backbones
+    train their head and last stages, and are sized for 80 training images, not 880."""
+    root = tmp_path / "presplit"
+    for split, n in (("train", 40), ("val", 10), ("test", 400)):
+        _folder(root / split, n, size=32)
+    timed: list[int] = []
+
+    def sized(name: str, size: int) -> float:
+        timed.append(size)
+        return fast_cpu(name, size)
+
+    chosen = choose(
+        init.inspect_data(root), CPU, _all_weights(["resnet18"]), budget_s=60, flip=True, name="x", root="d",
+        seconds_per_image=sized,
+    )
+    assert init.inspect_data(root).per_class == [450, 450] and chosen.backbones
+    assert all(space["freeze"] == {"choices": ["backbone", "partial"]} for space in chosen.backbones.values())
+    # 4 trials x 10 epochs x 80 images at 1 ms/image (96 px) fit 60 s at 160 px; 880 images would not
+    assert [space["image_size"] for space in chosen.backbones.values()][0] == 160
 
 
 def test_init_refuses_to_overwrite_and_names_a_missing_folder(tmp_path: Path, empty_hub: Path) -> None:
