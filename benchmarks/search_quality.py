@@ -39,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,9 +102,10 @@ EXTRA_REGIMES = {
 ALL_REGIMES = REAL_REGIMES | EXTRA_REGIMES
 
 BASELINES = ("fixed-cnn", "linear-probe", "fixed-finetune")
-SEARCHES = ("autocnn", "random-search", "no-pruning", "random-sampler")
+SEARCHES = ("autocnn", "random-search", "no-pruning", "random-sampler", "from-init")
 ABLATIONS = ("default-only", "no-pruning", "random-sampler")
-METHODS = ("fixed-cnn", "linear-probe", "fixed-finetune", "random-search", "autocnn", *ABLATIONS)
+METHODS = ("fixed-cnn", "linear-probe", "fixed-finetune", "random-search", "autocnn", *ABLATIONS, "from-init")
+DEFAULT_METHODS = METHODS[:-1]  # from-init is the transfer benchmark's (benchmarks/transfer_quality.py)
 PRETRAINED_ONLY = frozenset({"linear-probe", "fixed-finetune"})
 # (sampler, pruner) of each search; everything else in their specs is the same.
 SEARCH_SETTINGS = {
@@ -123,12 +124,13 @@ METHOD_LABELS = {
     "default-only": "ablation: autocnn's default trials alone",
     "no-pruning": "ablation: autocnn without pruning",
     "random-sampler": "ablation: autocnn with the random sampler",
+    "from-init": "**autocnn from `autocnn init`'s spec**",
 }
 
 
-def methods_for(regime: BenchRegime, *, ablations: bool) -> list[str]:
+def methods_for(regime: BenchRegime, *, ablations: bool, methods: Sequence[str] = DEFAULT_METHODS) -> list[str]:
     """The methods a regime runs, in table order: baselines, random search, autocnn, ablations."""
-    chosen = [m for m in METHODS if regime.pretrained or m not in PRETRAINED_ONLY]
+    chosen = [m for m in METHODS if m in methods and (regime.pretrained or m not in PRETRAINED_ONLY)]
     return [m for m in chosen if ablations or m not in ABLATIONS]
 
 
@@ -227,6 +229,38 @@ def search_spec(regime: BenchRegime, method: str, seed: int, budget_s: float) ->
     }
 
 
+@contextlib.contextmanager
+def hub_cache_seen(hub: Path) -> Iterator[None]:
+    """Point the hub cache that autocnn reads at `hub` for a while: a scratch regime's `init` runs
+    on a machine without weights."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_CACHE
+    constants.HF_HUB_CACHE = str(hub)
+    try:
+        yield
+    finally:
+        constants.HF_HUB_CACHE = before
+
+
+def init_study_spec(regime: BenchRegime, seed: int, seed_dir: Path, folder: Path, budget_s: float) -> Path:
+    """The spec `autocnn init` writes for the regime's folder with the budget as its timeout, as a
+    user gets it (comments and all); only its name and seed are set, so seeds are distinct studies.
+    Scratch regimes run init with an empty hub cache: it finds no weights and proposes none."""
+    import re
+
+    from autocnn.init_spec import init_spec
+
+    seen = contextlib.nullcontext() if regime.pretrained else hub_cache_seen(seed_dir / "empty-hub")
+    with seen:
+        result = init_spec(seed_dir / "data", out=folder / "spec.yaml", budget_s=budget_s, flip=regime.hflip)
+    text = result.path.read_text()
+    text = re.sub(r"^name: .*$", f"name: {regime.name}-from-init-s{seed}", text, count=1, flags=re.M)
+    text = re.sub(r"^seed: .*$", f"seed: {seed}", text, count=1, flags=re.M)
+    result.path.write_text(text)
+    return result.path
+
+
 def standard_augment(regime: BenchRegime) -> dict[str, Any]:
     """The fixed recipes' augmentation: flips where the regime allows them, small shifts."""
     return {"enabled": True, "shift_scale": 0.1, **({"hflip": 0.5} if regime.hflip else {})}
@@ -294,6 +328,7 @@ def run_search(record: RunRecord, spec_path: Path, reporter: ProgressReporter) -
     from autocnn.defaults import DEFAULT_ATTR
     from autocnn.export import FinalizeOptions, finalize
     from autocnn.objectives import primary
+    from autocnn.plan import input_sizes
     from autocnn.results import best_epoch
     from autocnn.spec import load_spec
     from autocnn.storage import open_study, storage_url
@@ -313,10 +348,10 @@ def run_search(record: RunRecord, spec_path: Path, reporter: ProgressReporter) -
         record.finalize_seconds = time.perf_counter() - started
         study = open_study(spec, storage_url(spec))
         trial = next(t for t in study.get_trials(deepcopy=False) if t.number == final.trial)
+        sizes = input_sizes(spec)
     record.test_accuracy = final.scores.accuracy
     record.final_trial, record.final_is_default = final.trial, DEFAULT_ATTR in trial.user_attrs
-    model = trial.params.get("model", "")
-    size = BACKBONE_SIZE if model == BACKBONE else spec.data.image_size
+    size = sizes.get(trial.params.get("model", ""))
     record.shipped = shipped_choices(trial.params, best_epoch(trial, primary(spec)), size)
 
 
@@ -343,6 +378,9 @@ def run_method(method: str, regime: BenchRegime, seed: int, seed_dir: Path, budg
     try:
         if method in BASELINES:
             run_baseline(record, regime, seed_dir / "data", budget_s, log)
+        elif method == "from-init":
+            spec_path = init_study_spec(regime, seed, seed_dir, seed_dir / regime.name / method, budget_s)
+            run_search(record, spec_path, ProgressReporter(log))
         else:
             raw = search_spec(regime, method, seed, budget_s)
             spec_path = write_spec(seed_dir / regime.name / method, raw)
@@ -391,6 +429,7 @@ class Plan:
     test_limit: int | None
     work: Path
     hf_home: Path | None  # where the backbone's weights are cached, for pretrained regimes
+    methods: tuple[str, ...] = DEFAULT_METHODS
 
 
 def run_all(plan: Plan, log: Log, seed_done: Callable[[list[RunRecord]], None] | None = None) -> list[RunRecord]:
@@ -404,7 +443,7 @@ def run_all(plan: Plan, log: Log, seed_done: Callable[[list[RunRecord]], None] |
             if not (seed_dir / "data").exists():
                 log(f"{regime.data} seed {seed}: writing the images to {seed_dir / 'data'}")
                 write_imagefolder(seed_dir / "data", make_images(regime.data, seed, plan.test_limit))
-            for method in methods_for(regime, ablations=name in plan.ablations_on):
+            for method in methods_for(regime, ablations=name in plan.ablations_on, methods=plan.methods):
                 if shared_with_scratch(method, regime):
                     scratch = next((r for r in records if same_images_run(r, method, seed, regime.data)), None)
                     if scratch is not None:
@@ -651,7 +690,11 @@ def write_figure(payload: dict[str, Any], records: Sequence[RunRecord], path: Pa
         for i, method in enumerate(methods):
             runs = [r for r in records if r.regime == regime and r.method == method and r.test_accuracy is not None]
             mean = mean_accuracy(runs) if runs else None
-            color = "tab:orange" if method == "autocnn" else ("tab:grey" if method in ABLATIONS else "tab:blue")
+            color = (
+                "tab:orange"
+                if method in ("autocnn", "from-init")
+                else ("tab:grey" if method in ABLATIONS else "tab:blue")
+            )
             if mean is not None:
                 ax.bar(i, mean, color=color, alpha=0.7)
             ax.scatter([i] * len(runs), [r.test_accuracy for r in runs], color="black", s=10, zorder=3)
