@@ -18,7 +18,7 @@ User errors (a bad spec, a missing study, unreadable data) raise `autocnn.Autocn
 autocnn` stays cheap.
 
 What a library call changes beyond its own objects: training on a CPU with glibc raises malloc's
-trim and mmap thresholds for the process (autocnn.train.keep_freed_memory_for_reuse: freed
+trim and mmap thresholds for the process (autocnn.training.loop.keep_freed_memory_for_reuse: freed
 activation buffers are reused instead of returned to the kernel); importing the augmentation
 module sets NO_ALBUMENTATIONS_UPDATE=1 (no network check), and building a backbone turns
 huggingface_hub's offline switch on (its constant, not the HF_HUB_OFFLINE variable, which stays the
@@ -37,17 +37,17 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _API = {
-    "load_spec": "autocnn.spec",
-    "Spec": "autocnn.spec",
-    "run_study": "autocnn.study",
-    "StudyOptions": "autocnn.study",
-    "StudyResult": "autocnn.results",
-    "study_status": "autocnn.results",
-    "build_report": "autocnn.report",
-    "finalize": "autocnn.export",
-    "FinalizeOptions": "autocnn.export",
-    "Predictor": "autocnn.predict",
-    "predict_files": "autocnn.predict",
+    "load_spec": "autocnn.spec.load",
+    "Spec": "autocnn.spec.schema",
+    "run_study": "autocnn.search.study",
+    "StudyOptions": "autocnn.search.options",
+    "StudyResult": "autocnn.search.results",
+    "study_status": "autocnn.search.results",
+    "build_report": "autocnn.outputs.report",
+    "finalize": "autocnn.outputs.finalize",
+    "FinalizeOptions": "autocnn.outputs.finalize",
+    "Predictor": "autocnn.outputs.predict",
+    "predict_files": "autocnn.outputs.predict",
     "AutocnnError": "autocnn.errors",
 }
 __all__ = [
@@ -68,12 +68,14 @@ __all__ = [
 
 if TYPE_CHECKING:
     from autocnn.errors import AutocnnError
-    from autocnn.export import FinalizeOptions, finalize
-    from autocnn.predict import Predictor, predict_files
-    from autocnn.report import build_report
-    from autocnn.results import StudyResult, study_status
-    from autocnn.spec import Spec, load_spec
-    from autocnn.study import StudyOptions, run_study
+    from autocnn.outputs.finalize import FinalizeOptions, finalize
+    from autocnn.outputs.predict import Predictor, predict_files
+    from autocnn.outputs.report import build_report
+    from autocnn.search.options import StudyOptions
+    from autocnn.search.results import StudyResult, study_status
+    from autocnn.search.study import run_study
+    from autocnn.spec.load import load_spec
+    from autocnn.spec.schema import Spec
 
 
 def __getattr__(name: str) -> Any:

@@ -1,3 +1,3 @@
-from autocnn.cli import app
+from autocnn.cli.app import app
 
 app()

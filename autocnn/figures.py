@@ -96,7 +96,7 @@ def confusion_matrix_figure(labels: np.ndarray, preds: np.ndarray, classes: Sequ
     """sklearn's confusion matrix display on a bare Figure, drawn once.
 
     Every completed trial pays for this picture: pyplot's tight_layout drew it twice and made it
-    the largest fixed cost of a trial (0.4 s for 10 classes, 1 s for 20; issue 6). Margins are
+    the largest fixed cost of a trial (0.4 s for 10 classes, 1 s for 20). Margins are
     sized from the longest class name instead, and no pyplot state is touched.
     """
     from sklearn.metrics import ConfusionMatrixDisplay

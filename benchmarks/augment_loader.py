@@ -1,7 +1,7 @@
 """Augmentation throughput: data only, and data + a CNN training step, for num_workers 0/1/2.
 
 Run: .venv/bin/python benchmarks/augment_loader.py [--sizes 32 96] [--epochs 3]
-Numbers decide `autocnn.augment.N_WORKERS`; they are measured here, never in a timed test.
+Numbers decide `autocnn.training.augment.N_WORKERS`; they are measured here, never in a timed test.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: import this chec
     sys.path.insert(0, str(REPO))
 
 # ruff: noqa: E402 - the imports below need the path set-up above
-from autocnn.augment import AugmentedBatches, build_train_transform
-from autocnn.data import Split
-from autocnn.models import Preprocess
+from autocnn.data.arrays import Split
+from autocnn.models.catalog import Preprocess
 from autocnn.models.custom_cnn import CustomCNN
+from autocnn.training.augment import AugmentedBatches, build_train_transform
 from benchmarks.specs import heaviest_augment
 
 

@@ -49,7 +49,7 @@ class LoopCase:
 
 def default_amp_dtype(device: Any) -> Any:
     """autocnn's own choice (train.precision auto), so 'same settings' holds."""
-    from autocnn.train import autocast_dtype
+    from autocnn.training.loop import autocast_dtype
 
     return autocast_dtype(device, "auto")
 
@@ -72,8 +72,8 @@ class BareLoop:
         import torch
         from torch import nn
 
-        from autocnn.models import build_model, preprocess_for
-        from autocnn.train import keep_freed_memory_for_reuse
+        from autocnn.models.build import build_model, preprocess_for
+        from autocnn.training.loop import keep_freed_memory_for_reuse
 
         torch.manual_seed(0)
         pre = preprocess_for(case.model, case.params, image_size=case.image_size)
@@ -179,7 +179,7 @@ def open_bare_loop(case: LoopCase, data: Path, *, epochs: int, variant: str, dev
 
 def serve_epochs(job_json: str) -> None:
     """The child side of ChildBareLoop: "ready", then one epoch's images/s per input line."""
-    from autocnn.train import pick_device
+    from autocnn.training.loop import pick_device
 
     job = json.loads(job_json)
     fields = job["case"]

@@ -29,8 +29,8 @@ import numpy as np
 if TYPE_CHECKING:
     from torch import nn
 
-    from autocnn.data import Dataset, Split
-    from autocnn.models import Preprocess
+    from autocnn.data.arrays import Dataset, Split
+    from autocnn.models.catalog import Preprocess
 
 Log = Callable[[str], None]
 DataAt = Callable[[int], "Dataset"]  # the regime's images decoded at a given side, train/val/test
@@ -108,7 +108,7 @@ def fixed_cnn_model(num_classes: int, image_size: int) -> nn.Module:
 
 def train_and_val(data: Dataset) -> Split:
     """The images every method may learn from once its choices are made."""
-    from autocnn.data import Split
+    from autocnn.data.arrays import Split
 
     return Split(
         np.concatenate([data.train.images, data.val.images]), np.concatenate([data.train.labels, data.val.labels])
@@ -119,21 +119,21 @@ def augmented_batches(
     split: Split, pre: Preprocess, augment: dict[str, Any], *, image_size: int, batch_size: int, seed: int
 ) -> Any:
     """autocnn's own augmenting loader, so a recipe's augmentation is the searches' at the same values."""
-    from autocnn.augment import AugmentedBatches, build_train_transform
+    from autocnn.training.augment import AugmentedBatches, build_train_transform
 
     pipeline = build_train_transform(augment, image_size=image_size, seed=seed)
     return AugmentedBatches(split, pre, pipeline, batch_size=batch_size, seed=seed)
 
 
 def fp32_settings(epochs: int, lr: float, weight_decay: float) -> Any:
-    from autocnn.train import TrainSettings
+    from autocnn.training.loop import TrainSettings
 
     return TrainSettings(epochs=epochs, lr=lr, weight_decay=weight_decay, scheduler="cosine", precision="fp32")
 
 
 def seconds_per_epoch(model: nn.Module, batches: Any, *, lr: float, weight_decay: float) -> float:
     """One untimed and TIMED_BATCHES timed training steps on a copy, scaled to a whole epoch."""
-    from autocnn.train import Trainer, pick_device
+    from autocnn.training.loop import Trainer, pick_device
 
     trainer = Trainer(
         copy.deepcopy(model), fp32_settings(1, lr, weight_decay), steps_per_epoch=len(batches), device=pick_device()
@@ -157,7 +157,7 @@ def epochs_within(budget_s: float, spent_s: float, epoch_s: float, planned: int)
 
 
 def test_accuracy(model: nn.Module, data: Dataset, pre: Preprocess) -> float:
-    from autocnn.train import TensorBatches, Trainer, pick_device
+    from autocnn.training.loop import TensorBatches, Trainer, pick_device
 
     assert data.test is not None  # every benchmark regime has a test split
     device = pick_device()
@@ -168,7 +168,7 @@ def test_accuracy(model: nn.Module, data: Dataset, pre: Preprocess) -> float:
 
 def train_fixed_epochs(model: nn.Module, batches: Any, settings: Any) -> None:
     """Every planned epoch, no validation: a fixed recipe ships the weights training ends with."""
-    from autocnn.train import Trainer, pick_device
+    from autocnn.training.loop import Trainer, pick_device
 
     trainer = Trainer(model, settings, steps_per_epoch=len(batches), device=pick_device())
     for epoch in range(settings.epochs):
@@ -185,7 +185,7 @@ def run_fixed_cnn(
     """The seeds' CNN recipe with a standard augmentation, on train + val, epochs cut to the budget."""
     import torch
 
-    from autocnn.models import Preprocess
+    from autocnn.models.catalog import Preprocess
 
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -218,7 +218,7 @@ def pretrained_backbone(name: str, num_classes: int) -> nn.Module:
 
 def imagenet_preprocess(name: str, image_size: int) -> Preprocess:
     """The backbone's own mean/std (timm's data config), at the chosen side."""
-    from autocnn.models import preprocess_for
+    from autocnn.models.build import preprocess_for
 
     return preprocess_for(name, {"image_size": image_size}, image_size=image_size)
 
@@ -270,7 +270,7 @@ def pooled_features(body: nn.Module, split: Split, pre: Preprocess) -> np.ndarra
     """The backbone's pooled pre-logits features of every image, in eval mode, fp32."""
     import torch
 
-    from autocnn.train import TensorBatches
+    from autocnn.training.loop import TensorBatches
 
     out = []
     body.eval()
@@ -282,7 +282,7 @@ def pooled_features(body: nn.Module, split: Split, pre: Preprocess) -> np.ndarra
 
 def extraction_seconds(body: nn.Module, split: Split, pre: Preprocess, images: int) -> float:
     """Seconds to extract `images` images' features, timed on one batch after an untimed one."""
-    from autocnn.data import Split as SplitType
+    from autocnn.data.arrays import Split as SplitType
 
     head = SplitType(split.images[:32], split.labels[:32])
     pooled_features(body, head, pre)

@@ -2,7 +2,7 @@
 
 Batches from the heaviest augmentation studies/20classes.yaml samples, against the images/s the
 fastest 20classes custom CNN trains at, both at 96 px over the same synthetic images. Both sides
-are built by autocnn.assembly, as a study's trial builds them.
+are built by autocnn.training.assembly, as a study's trial builds them.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from benchmarks.synthetic import synthetic_images
 from benchmarks.timing import alternated, median, paired_ratio, sync, timed
 
 if TYPE_CHECKING:
-    from autocnn.data import Dataset
-    from autocnn.space import TrialConfig
-    from autocnn.spec import Spec
+    from autocnn.data.arrays import Dataset
+    from autocnn.spec.schema import Spec
+    from autocnn.training.config import TrialConfig
 
 SIZE, BATCH, CLASSES = 96, 32, 20
 FASTEST_CNN = {"depth": 4, "width": 32}  # the smallest custom CNN studies/20classes.yaml samples
@@ -30,7 +30,7 @@ WARM_UP_STEPS = 2
 
 def pipeline_spec(augment: dict[str, Any]) -> Spec:
     """A spec whose every value is fixed: the model, training settings and augmentation measured."""
-    from autocnn.spec import parse_spec
+    from autocnn.spec.load import parse_spec
 
     return parse_spec(
         {
@@ -45,7 +45,7 @@ def pipeline_spec(augment: dict[str, Any]) -> Spec:
 
 def synthetic_dataset(n: int) -> Dataset:
     """`n` synthetic 96 px images of 20 classes; validation reuses them, as nothing is validated here."""
-    from autocnn.data import Dataset, Split
+    from autocnn.data.arrays import Dataset, Split
 
     images, labels = synthetic_images(n, SIZE, CLASSES)
     split = Split(images, labels)
@@ -54,8 +54,9 @@ def synthetic_dataset(n: int) -> Dataset:
 
 def measure_data_pipeline(*, images: int, repeats: int) -> Item:
     """Item 2: loader and training take turns, `repeats` times; the ratio pairs each turn's two runs."""
-    from autocnn.space import AugmentConfig, config_from_params
-    from autocnn.train import pick_device
+    from autocnn.search.space import config_from_params
+    from autocnn.training.config import AugmentConfig
+    from autocnn.training.loop import pick_device
 
     item = Item(2, "Data pipeline: augmenting loader vs what training consumes (96 px)")
     device = pick_device()
@@ -85,14 +86,14 @@ def measure_data_pipeline(*, images: int, repeats: int) -> Item:
 
 
 def loader_workers() -> int:
-    from autocnn import augment
+    from autocnn.training import augment
 
     return augment.N_WORKERS
 
 
 def loader_images_per_s(spec: Spec, config: TrialConfig, data: Dataset, *, seed: int, device: Any) -> float:
     """Augmented, normalised batches as a trial's training receives them, with no training."""
-    from autocnn.assembly import preprocessing, train_batches
+    from autocnn.training.assembly import preprocessing, train_batches
 
     batches, _ = train_batches(
         config.augment, data.train, preprocessing(spec, config), batch_size=BATCH, seed=seed, device=device
@@ -108,9 +109,9 @@ def loader_images_per_s(spec: Spec, config: TrialConfig, data: Dataset, *, seed:
 
 def training_images_per_s(spec: Spec, config: TrialConfig, data: Dataset, *, seed: int, device: Any) -> float:
     """One epoch of the assembled trial's Trainer over un-augmented batches, after a short warm-up."""
-    from autocnn.assembly import Seeds, assemble_trial
-    from autocnn.objectives import primary
-    from autocnn.train import TrainSettings
+    from autocnn.spec.objectives import primary
+    from autocnn.training.assembly import Seeds, assemble_trial
+    from autocnn.training.loop import TrainSettings
 
     settings = TrainSettings.from_trial(config.train, primary(spec))
     trial = assemble_trial(spec, config, data, settings, seeds=Seeds(seed, seed), device=device)
@@ -141,7 +142,7 @@ def pipeline_notes(block: dict[str, Any], *, n: int, repeats: int) -> list[str]:
     return [
         "Augment values: each searched value of the 20classes block at its most expensive end "
         f"({', '.join(f'{k}={v}' for k, v in block.items() if k != 'enabled')}).",
-        f"Loader: `autocnn.augment.AugmentedBatches` over {n} cached uint8 images, normalised batches as training "
+        f"Loader: `autocnn.training.augment.AugmentedBatches` over {n} cached uint8 images, normalised batches as training "
         "receives them. Training: `Trainer` with autocnn defaults over `TensorBatches` (no augmentation). "
         f"{repeats} alternating repeats; the ratio is the median of per-repeat ratios.",
     ]

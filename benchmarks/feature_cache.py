@@ -95,11 +95,11 @@ def prepare_folder(folder: Path, *, images: int, size: int, classes: int) -> Pat
 def epoch_seconds(spec_path: Path, *, cached: bool, epochs: int) -> dict[str, Any]:
     """One configuration trained `epochs` epochs on one path: every epoch's seconds, the features'
     one-off seconds (cached path) and the best validation accuracy."""
-    from autocnn.assembly import assemble_trial, preprocessing, train_settings, trial_seeds
-    from autocnn.data import DataCache
-    from autocnn.features import FeatureCache
-    from autocnn.space import config_from_params
-    from autocnn.spec import load_spec
+    from autocnn.data.cache import DataCache
+    from autocnn.search.space import config_from_params
+    from autocnn.spec.load import load_spec
+    from autocnn.training.assembly import assemble_trial, preprocessing, train_settings, trial_seeds
+    from autocnn.training.features import FeatureCache
 
     spec = load_spec(spec_path)
     config = config_from_params(spec, {"model": next(iter(spec.models.spaces())), "train.lr": 1e-2})

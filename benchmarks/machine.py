@@ -27,7 +27,7 @@ def machine_info() -> dict[str, Any]:
     """What a figure depends on besides the code: CPU, device, torch build, threads, load."""
     import torch
 
-    from autocnn.train import cpu_has_native_bf16, pick_device
+    from autocnn.training.loop import cpu_has_native_bf16, pick_device
 
     device = pick_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -32,8 +32,8 @@ CACHE_PROBE = """
 import json, sys
 from pathlib import Path
 import numpy, PIL.Image, sklearn.model_selection
-from autocnn.data import DataCache
-from autocnn.spec import load_spec
+from autocnn.data.cache import DataCache
+from autocnn.spec.load import load_spec
 
 def mem():
     out = {}

@@ -55,9 +55,10 @@ def pareto_spec(
 
 def run_one(raw: dict[str, Any], folder: Path) -> tuple[Any, Any, float]:
     """Run a study; its spec, its Optuna study and the seconds it took."""
-    from autocnn.spec import load_spec
-    from autocnn.storage import open_study
-    from autocnn.study import StudyOptions, run_study
+    from autocnn.search.options import StudyOptions
+    from autocnn.search.storage import open_study
+    from autocnn.search.study import run_study
+    from autocnn.spec.load import load_spec
 
     spec = load_spec(write_spec(folder, raw))
     start = time.perf_counter()
@@ -66,8 +67,8 @@ def run_one(raw: dict[str, Any], folder: Path) -> tuple[Any, Any, float]:
 
 
 def front_points(spec: Any, study: Any) -> list[Point]:
-    from autocnn.objectives import study_objectives
-    from autocnn.pareto import pareto_front
+    from autocnn.search.pareto import pareto_front
+    from autocnn.spec.objectives import study_objectives
 
     objectives = study_objectives(spec)
     return [
@@ -78,12 +79,12 @@ def front_points(spec: Any, study: Any) -> list[Point]:
 
 def single_best(spec: Any, study: Any, n_classes: int) -> Point:
     """The single-objective study's best trial, its latency measured as the front's was."""
-    from autocnn.assembly import preprocessing
-    from autocnn.models import build_model
-    from autocnn.objectives import primary
-    from autocnn.onnx_export import onnx_latency_ms
-    from autocnn.results import best_trial
-    from autocnn.space import config_from_params
+    from autocnn.models.build import build_model
+    from autocnn.models.onnx import onnx_latency_ms
+    from autocnn.search.results import best_trial
+    from autocnn.search.space import config_from_params
+    from autocnn.spec.objectives import primary
+    from autocnn.training.assembly import preprocessing
 
     best = best_trial(study, primary(spec))
     config = config_from_params(spec, best.params)
@@ -94,7 +95,7 @@ def single_best(spec: Any, study: Any, n_classes: int) -> Point:
 
 def compare(front: list[Point], single: Point, *, n_val: int) -> tuple[list[Row], Point | None]:
     """The front against the single-objective best: the fastest front trial as accurate within noise."""
-    from autocnn.budget import within_noise
+    from autocnn.training.budget import within_noise
 
     rows = [
         Row(
@@ -136,7 +137,7 @@ def measure_pareto(work: Path, *, trials: int, epochs: int) -> Item:
         multi_spec, multi_study, multi_s = run_one(
             pareto_spec(base, multi=True, trials=trials, epochs=epochs), work / "multi"
         )
-        from autocnn.data import DataCache
+        from autocnn.data.cache import DataCache
 
         data = DataCache(multi_spec).get()
         front = front_points(multi_spec, multi_study)

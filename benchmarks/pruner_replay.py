@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from autocnn.spec import Spec
+    from autocnn.spec.schema import Spec
 
 
 def replay(
@@ -22,7 +22,7 @@ def replay(
     """
     import optuna
 
-    from autocnn.budget import BUDGET_ATTR
+    from autocnn.training.budget import BUDGET_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(study_name=name, direction=direction, pruner=pruner)
@@ -52,7 +52,7 @@ def replay_candidates(spec: Spec, n_val: int) -> dict[str, tuple[str, Any]]:
     each as (pruner kind, pruner)."""
     import optuna
 
-    from autocnn.study import build_pruner
+    from autocnn.search.session import build_pruner
 
     pruners = optuna.pruners
     epochs = int(spec.train.epochs)
@@ -91,7 +91,7 @@ def hyperband_spread(
 ) -> list[tuple[int, float]]:
     """Hyperband's replay under other study names: Optuna assigns trials to brackets by a hash of
     the study name and trial number, so one name's saving is one draw among several."""
-    from autocnn.study import build_pruner
+    from autocnn.search.session import build_pruner
 
     hyperband = with_pruner(spec, "hyperband")
     epochs = int(spec.train.epochs)
@@ -109,8 +109,8 @@ def hyperband_spread(
 
 def replay_shape(spec: Spec) -> dict[str, int]:
     """Validation images and steps per epoch of the pruning study: what the noise band and floor need."""
-    from autocnn.budget import steps_per_epoch
-    from autocnn.data import DataCache
+    from autocnn.data.cache import DataCache
+    from autocnn.training.budget import steps_per_epoch
 
     data = DataCache(spec).get()
     return {"n_val": len(data.val), "steps_per_epoch": steps_per_epoch(len(data.train), int(spec.train.batch_size))}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autocnn.objectives import primary
+from autocnn.spec.objectives import primary
 from benchmarks.pruner_replay import hyperband_spread, replay, replay_candidates, replay_shape
 from benchmarks.results import Item, Row
 from benchmarks.specs import study_file, write_spec
@@ -21,7 +21,7 @@ from benchmarks.timing import median, ratio, timed
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-    from autocnn.spec import Spec
+    from autocnn.spec.schema import Spec
 
 PRUNERS = ("none", "median", "hyperband")
 TARGET_SHARE = 0.5  # of the unpruned run's epochs, at most ...
@@ -40,9 +40,10 @@ def pruning_spec(base: dict[str, Any], pruner: str, *, trials: int, epochs: int)
 
 def run_pruner(raw: dict[str, Any], folder: Path) -> tuple[Spec, list[FrozenTrial], dict[str, Any]]:
     """One study run: its spec, its trials, and what it cost (epochs, seconds) and found (best)."""
-    from autocnn.spec import load_spec
-    from autocnn.storage import open_study
-    from autocnn.study import StudyOptions, run_study
+    from autocnn.search.options import StudyOptions
+    from autocnn.search.storage import open_study
+    from autocnn.search.study import run_study
+    from autocnn.spec.load import load_spec
 
     spec = load_spec(write_spec(folder, raw))
     start = time.perf_counter()

@@ -59,8 +59,8 @@ def time_study(folder: Path, raw: dict[str, Any], workers: int) -> dict[str, flo
 
 def _trials_window(spec_path: Path) -> tuple[int, float]:
     """Trials done, and the seconds from the first trial's start to the last one's end."""
-    from autocnn.spec import load_spec
-    from autocnn.storage import open_study, storage_url
+    from autocnn.search.storage import open_study, storage_url
+    from autocnn.spec.load import load_spec
 
     spec = load_spec(spec_path)
     study = open_study(spec, storage_url(spec))
@@ -88,9 +88,9 @@ def trivial_worker(storage: str, name: str, total: int, barrier: Barrier) -> Non
     """One worker process: autocnn's storage, sampler, heartbeat and worker tag; 0.5 s trials."""
     import optuna
 
-    from autocnn.resume import OWNER_ATTR, owner_id
-    from autocnn.samplers import TrialSeededTPESampler
-    from autocnn.storage import open_storage
+    from autocnn.search.resume import OWNER_ATTR, owner_id
+    from autocnn.search.samplers import TrialSeededTPESampler
+    from autocnn.search.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(
@@ -115,7 +115,7 @@ def coordination_rate(work: Path, workers: int, total: int) -> dict[str, float]:
     """Trials per second of `workers` processes on one fresh study, from the moment all are ready."""
     import optuna
 
-    from autocnn.storage import open_storage
+    from autocnn.search.storage import open_storage
 
     db = work / f"trivial-{workers}.optuna.db"
     storage = f"sqlite:///{db}"

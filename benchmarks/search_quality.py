@@ -52,7 +52,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: import this chec
     sys.path.insert(0, str(REPO))
 
 # ruff: noqa: E402 - the imports below need the path set-up above
-from autocnn.study import SilentReporter
+from autocnn.search.options import SilentReporter
 from benchmarks import baselines
 from benchmarks.datasets import REGIMES as SYNTHETIC_DATA
 from benchmarks.datasets import SIZE as SYNTHETIC_SIZE
@@ -63,8 +63,8 @@ from benchmarks.results import SECTION_END, SECTION_START, splice_section
 from benchmarks.specs import write_spec
 
 if TYPE_CHECKING:
-    from autocnn.data import Dataset
-    from autocnn.spec import Spec
+    from autocnn.data.arrays import Dataset
+    from autocnn.spec.schema import Spec
 
 Log = Callable[[str], None]
 
@@ -147,7 +147,7 @@ def make_images(data: str, seed: int, test_limit: int | None) -> Images:
 
 def data_only_spec(root: Path, image_size: int) -> Spec:
     """A spec that names just the data, to read it with autocnn's DataCache outside a study."""
-    from autocnn.spec import parse_spec
+    from autocnn.spec.load import parse_spec
 
     raw = {
         "name": "baseline",
@@ -159,7 +159,7 @@ def data_only_spec(root: Path, image_size: int) -> Spec:
 
 def data_reader(root: Path, image_size: int) -> Callable[[int], Dataset]:
     """The folder decoded by autocnn at any side, each side once: what a trial of that size sees."""
-    from autocnn.data import DataCache
+    from autocnn.data.cache import DataCache
 
     cache = DataCache(data_only_spec(root, image_size))
     return cache.get
@@ -170,7 +170,7 @@ def data_reader(root: Path, image_size: int) -> Callable[[int], Dataset]:
 
 def search_space(regime: BenchRegime) -> dict[str, Any]:
     """What a user would plausibly write for these images; the same for every search."""
-    from autocnn.models import max_depth
+    from autocnn.models.catalog import max_depth
 
     augment: dict[str, Any] = {
         "enabled": {"choices": [True, False]},
@@ -249,7 +249,7 @@ def init_study_spec(regime: BenchRegime, seed: int, seed_dir: Path, folder: Path
     Scratch regimes run init with an empty hub cache: it finds no weights and proposes none."""
     import re
 
-    from autocnn.init_spec import init_spec
+    from autocnn.cli.init_spec import init_spec
 
     seen = contextlib.nullcontext() if regime.pretrained else hub_cache_seen(seed_dir / "empty-hub")
     with seen:
@@ -325,14 +325,15 @@ def shipped_choices(params: dict[str, Any], best_epoch: int | None, image_size: 
 
 def run_search(record: RunRecord, spec_path: Path, reporter: ProgressReporter) -> None:
     """Study then finalize through autocnn's public functions, in the run's own folder and stores."""
-    from autocnn.defaults import DEFAULT_ATTR
-    from autocnn.export import FinalizeOptions, finalize
-    from autocnn.objectives import primary
-    from autocnn.plan import input_sizes
-    from autocnn.results import best_epoch
-    from autocnn.spec import load_spec
-    from autocnn.storage import open_study, storage_url
-    from autocnn.study import StudyOptions, run_study
+    from autocnn.outputs.finalize import FinalizeOptions, finalize
+    from autocnn.search.defaults import DEFAULT_ATTR
+    from autocnn.search.options import StudyOptions
+    from autocnn.search.plan import input_sizes
+    from autocnn.search.results import best_epoch
+    from autocnn.search.storage import open_study, storage_url
+    from autocnn.search.study import run_study
+    from autocnn.spec.load import load_spec
+    from autocnn.spec.objectives import primary
 
     folder = spec_path.parent
     tracking_uri = f"sqlite:///{folder}/mlruns/mlflow.db"
@@ -711,7 +712,7 @@ def write_figure(payload: dict[str, Any], records: Sequence[RunRecord], path: Pa
 
 
 def budget_seconds(text: str) -> float:
-    from autocnn.spec import parse_duration
+    from autocnn.spec.schema import parse_duration
 
     try:
         seconds = parse_duration(text)

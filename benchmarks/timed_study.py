@@ -10,7 +10,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from autocnn.study import SilentReporter
+from autocnn.search.options import SilentReporter
 from benchmarks.specs import write_spec
 from benchmarks.timing import median, settle
 
@@ -97,7 +97,7 @@ class TrialRunner:
     """Runs more trials of a fixed-config study per call, through `run_study` itself."""
 
     def __init__(self, raw_spec: dict[str, Any], folder: Path) -> None:
-        from autocnn.spec import load_spec
+        from autocnn.spec.load import load_spec
 
         self.spec = load_spec(write_spec(folder, raw_spec))
         self.tracking = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
@@ -105,7 +105,7 @@ class TrialRunner:
 
     def train_split(self) -> Any:
         """The cached training images every trial trains on, for the bare loops to train on too."""
-        from autocnn.data import DataCache
+        from autocnn.data.cache import DataCache
 
         return DataCache(self.spec).get(self.spec.data.image_size).train
 
@@ -116,8 +116,9 @@ class TrialRunner:
 
     def run_all(self, trials: int, after_trial: Callable[[int], None] | None = None) -> list[TrialTiming]:
         """`trials` trials in one study run, as a user's study runs them; `after_trial(k)` after the k-th."""
-        from autocnn.storage import open_study
-        from autocnn.study import StudyOptions, run_study
+        from autocnn.search.options import StudyOptions
+        from autocnn.search.storage import open_study
+        from autocnn.search.study import run_study
 
         first = self.trials
         reporter = TimingReporter(None if after_trial is None else lambda number: after_trial(number - first))

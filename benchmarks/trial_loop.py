@@ -69,7 +69,7 @@ def measure_trial_loop(
 
     `epochs` and `repeats` override each case's own (a smoke run's smaller sizes).
     """
-    from autocnn.train import pick_device
+    from autocnn.training.loop import pick_device
 
     item = Item(1, "Trial-loop overhead: autocnn's training epoch vs a bare PyTorch loop")
     device = pick_device()

@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
-from autocnn.results import StudyResult
-from autocnn.spec import Spec, load_spec
-from autocnn.study import StudyOptions, run_study
-from autocnn.tracking import default_tracking_uri
+from autocnn.search.options import StudyOptions
+from autocnn.search.results import StudyResult
+from autocnn.search.study import run_study
+from autocnn.spec.load import load_spec
+from autocnn.spec.schema import Spec
+from autocnn.tracking.tracker import default_tracking_uri
 from tests.conftest import digits_spec_dict, write_spec
 
 

@@ -11,13 +11,15 @@ import pytest
 import torch
 from pydantic import BaseModel
 
-from autocnn.assembly import assemble_trial, parameter_groups, preprocessing, train_settings, trial_seeds
-from autocnn.data import DataCache
-from autocnn.features import FeatureCache
-from autocnn.plan import make_plan
-from autocnn.space import TrialConfig, config_from_params
-from autocnn.spec import AugmentSpace, CustomCNNSpace, HeadSpace, Spec, TimmSpace, TrainSpec, load_spec
-from autocnn.study import trial_budget
+from autocnn.data.cache import DataCache
+from autocnn.search.plan import make_plan
+from autocnn.search.space import config_from_params
+from autocnn.search.trial import trial_budget
+from autocnn.spec.load import load_spec
+from autocnn.spec.schema import AugmentSpace, CustomCNNSpace, HeadSpace, Spec, TimmSpace, TrainSpec
+from autocnn.training.assembly import assemble_trial, parameter_groups, preprocessing, train_settings, trial_seeds
+from autocnn.training.config import TrialConfig
+from autocnn.training.features import FeatureCache
 from tests.conftest import digits_spec_dict, write_spec
 
 # Every key of each section: what the base spec sets around it, and a value that must change the
@@ -115,7 +117,7 @@ def first_config(spec: Spec) -> TrialConfig:
 
 def fingerprint(spec: Spec) -> dict[str, Any]:
     """What a trial trains with, as comparable values: settings, batches, model, optimizer, augmentation."""
-    from autocnn import augment
+    from autocnn.training import augment
 
     cache = DataCache(spec)
     config = first_config(spec)
@@ -185,7 +187,7 @@ def test_a_trial_and_its_retraining_start_from_the_same_model_and_batches(in_tmp
 
 
 def test_a_backbone_gets_a_backbone_and_a_head_group_the_custom_cnn_one_each_with_a_no_decay_twin() -> None:
-    from autocnn.models import build_model
+    from autocnn.models.build import build_model
 
     cnn = build_model("custom_cnn", {"depth": 2, "width": 8}, num_classes=3, image_size=16)
     groups = parameter_groups(cnn, lr=0.01, backbone_lr_mult=None)
@@ -203,8 +205,8 @@ def test_a_backbone_gets_a_backbone_and_a_head_group_the_custom_cnn_one_each_wit
 def test_norm_scales_and_biases_and_nothing_else_train_without_weight_decay() -> None:
     import torch
 
-    from autocnn.models import build_model
-    from autocnn.train import Trainer, TrainSettings
+    from autocnn.models.build import build_model
+    from autocnn.training.loop import Trainer, TrainSettings
 
     net = build_model("resnet18", {"pretrained": False}, num_classes=3, image_size=16)
     groups = parameter_groups(net, lr=0.01, backbone_lr_mult=0.1)
@@ -223,7 +225,7 @@ def test_norm_scales_and_biases_and_nothing_else_train_without_weight_decay() ->
 
 
 def test_layer_decay_gives_each_backbone_stage_a_rate_shrinking_toward_the_stem() -> None:
-    from autocnn.models import build_model
+    from autocnn.models.build import build_model
 
     net = build_model("resnet18", {"pretrained": False}, num_classes=3, image_size=16)
     groups = [

@@ -13,7 +13,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from autocnn.augment import (
+from autocnn.cli.app import app
+from autocnn.data.arrays import Split
+from autocnn.models.catalog import Preprocess
+from autocnn.search.study import run_study
+from autocnn.spec.load import load_spec
+from autocnn.spec.schema import AugmentSpace
+from autocnn.training.augment import (
     AUGMENTS,
     AugmentedBatches,
     augment_batch,
@@ -21,13 +27,8 @@ from autocnn.augment import (
     build_train_transform,
     describe,
 )
-from autocnn.cli import app
-from autocnn.data import Split
-from autocnn.models import Preprocess
-from autocnn.space import AugmentConfig
-from autocnn.spec import AugmentSpace, load_spec
-from autocnn.study import run_study
-from autocnn.train import TensorBatches
+from autocnn.training.config import AugmentConfig
+from autocnn.training.loop import TensorBatches
 from tests.conftest import digits_spec_dict, write_spec
 
 # A strong value per name: probabilities at 1 and large magnitudes, so each op visibly acts.
@@ -61,7 +62,7 @@ def split(n: int = 150, size: int = 16) -> Split:
 
 
 def test_spec_names_are_exactly_the_builders() -> None:
-    """Every key but `enabled` and `cached_views` (how many views autocnn.features caches) is an op."""
+    """Every key but `enabled` and `cached_views` (how many views autocnn.training.features caches) is an op."""
     assert set(AugmentSpace.model_fields) - {"enabled", "cached_views"} == set(AUGMENTS) == set(STRONG)
 
 
@@ -179,7 +180,7 @@ def trial_run(tracking_uri: str, experiment: str) -> Any:
 def test_enabled_trials_log_pipeline_and_grid_disabled_ones_nothing(
     in_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autocnn.train import Trainer
+    from autocnn.training.loop import Trainer
 
     seen: dict[str, Any] = {}
     real_fit = Trainer.fit
@@ -219,7 +220,7 @@ def test_enabled_trials_log_pipeline_and_grid_disabled_ones_nothing(
     first, second = list(val), list(val)
     assert same(first, second)
     raw = torch.cat([x for x, _ in first])
-    from autocnn.data import DataCache
+    from autocnn.data.cache import DataCache
 
     val_images = DataCache(data).get().val.images
     expected = (torch.from_numpy(val_images).permute(0, 3, 1, 2).float() - 127.5) / 127.5
@@ -244,7 +245,7 @@ def test_unknown_name_exits_2_and_lists_the_supported_ones(tmp_path: Path) -> No
 
 
 def test_trial_and_finalize_retrain_share_the_augmented_batches() -> None:
-    from autocnn.assembly import train_batches
+    from autocnn.training.assembly import train_batches
 
     config = {**FULL, "vflip": 0.0}
     batches, pipeline = train_batches(

@@ -14,12 +14,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from autocnn.assembly import parameter_groups
-from autocnn.cli import app
+from autocnn.cli.app import app
 from autocnn.errors import SpecError
-from autocnn.models import build_model, freeze_mode, model_facts, preprocess_for
+from autocnn.models.build import build_model, freeze_mode, model_facts, preprocess_for
 from autocnn.models.hub import WeightsError, cached_weights, check_backbones
-from autocnn.spec import parse_spec
+from autocnn.spec.load import parse_spec
+from autocnn.training.assembly import parameter_groups
 from tests.conftest import digits_spec_dict, write_spec
 
 N_CLASSES = 5
@@ -124,7 +124,7 @@ FREEZE_CASES = [
 
 
 def _one_step(model: torch.nn.Module, params: dict[str, Any], lr: float = 1e-2) -> None:
-    from autocnn.train import Trainer, TrainSettings
+    from autocnn.training.loop import Trainer, TrainSettings
 
     settings = TrainSettings(epochs=1, lr=lr, weight_decay=0.0, scheduler="none")
     groups = parameter_groups(model, lr=lr, backbone_lr_mult=float(params.get("backbone_lr_mult", 1.0)))
@@ -300,7 +300,7 @@ def test_unknown_key_inside_a_backbone_names_its_path() -> None:
 
 
 def test_issue_example_validates_with_pretrained_false(tmp_path: Path) -> None:
-    from autocnn.checks import check_spec
+    from autocnn.search.checks import check_spec
 
     models = {
         "custom_cnn": {
@@ -338,10 +338,11 @@ def test_study_mixing_custom_cnn_and_two_backbones_logs_their_facts(in_tmp: Path
     import optuna
     from mlflow import MlflowClient
 
-    from autocnn.spec import load_spec
-    from autocnn.storage import storage_url
-    from autocnn.study import StudyOptions, run_study
-    from autocnn.tracking import default_tracking_uri
+    from autocnn.search.options import StudyOptions
+    from autocnn.search.storage import storage_url
+    from autocnn.search.study import run_study
+    from autocnn.spec.load import load_spec
+    from autocnn.tracking.tracker import default_tracking_uri
 
     models = {
         "custom_cnn": {"depth": 2, "width": 8},
@@ -377,7 +378,7 @@ def test_study_mixing_custom_cnn_and_two_backbones_logs_their_facts(in_tmp: Path
 
 def test_20classes_backbones_exist_and_only_lack_cached_weights(hub_cache: Path) -> None:
     """The shipped comparison names real timm models that all have pretrained weights."""
-    from autocnn.spec import load_spec
+    from autocnn.spec.load import load_spec
     from tests.conftest import REPO
 
     with pytest.raises(WeightsError, match=r"autocnn weights fetch resnet50 efficientnet_b0 mobilenetv2_050`"):

@@ -133,7 +133,7 @@ def test_heaviest_takes_the_expensive_end_of_each_searched_value() -> None:
 
 
 def test_generated_specs_validate(tmp_path: Path) -> None:
-    from autocnn.spec import load_spec
+    from autocnn.spec.load import load_spec
 
     for case in CASES.values():
         spec = load_spec(write_spec(tmp_path / "loop", loop_spec(case, 2)))
@@ -200,7 +200,7 @@ def test_rounds_pair_each_autocnn_trial_with_a_run_of_each_bare_loop(
 
 
 def test_the_pipeline_measures_the_heaviest_augmentation_and_the_fastest_cnn_as_a_trial_would() -> None:
-    from autocnn.space import config_from_params
+    from autocnn.search.space import config_from_params
 
     spec = data_pipeline.pipeline_spec(heaviest_augment())
     config = config_from_params(spec, {"model": "custom_cnn"})
@@ -214,7 +214,8 @@ def test_both_sides_of_the_pipeline_run_on_a_few_batches(monkeypatch: pytest.Mon
 
     import torch
 
-    from autocnn.space import AugmentConfig, config_from_params
+    from autocnn.search.space import config_from_params
+    from autocnn.training.config import AugmentConfig
 
     monkeypatch.setattr(data_pipeline, "SIZE", 16)
     spec = data_pipeline.pipeline_spec(heaviest_augment())
@@ -242,7 +243,7 @@ def test_a_replay_counts_the_epochs_each_curve_reaches_before_it_is_pruned() -> 
 
 
 def test_every_pruner_run_trains_the_same_seeded_configs() -> None:
-    from autocnn.spec import parse_spec
+    from autocnn.spec.load import parse_spec
 
     base = study_file("digits")
     raws = [pruning_savings.pruning_spec(base, p, trials=3, epochs=2) for p in pruning_savings.PRUNERS]
@@ -338,7 +339,7 @@ def test_a_run_of_some_items_keeps_the_others_saying_when_they_were_measured(tmp
 
 
 def test_scale_out_parts_work_on_a_tiny_workload(tmp_path: Path) -> None:
-    from autocnn.spec import parse_spec
+    from autocnn.spec.load import parse_spec
     from benchmarks import scale_out
 
     raw = scale_out.scale_out_spec("scale-test", trials=3, epochs=1)
@@ -352,8 +353,8 @@ def test_scale_out_parts_work_on_a_tiny_workload(tmp_path: Path) -> None:
 
 
 def test_pareto_item_specs_validate_and_differ_only_in_objectives(tmp_path: Path) -> None:
-    from autocnn.objectives import is_multi_objective
-    from autocnn.spec import load_spec
+    from autocnn.spec.load import load_spec
+    from autocnn.spec.objectives import is_multi_objective
     from benchmarks import pareto_front
 
     base = study_file("digits")
@@ -386,8 +387,8 @@ def test_pareto_comparison_finds_the_fastest_front_trial_within_noise() -> None:
 
 
 def test_pareto_latency_of_the_single_objective_best_is_measured_as_the_front_is() -> None:
-    from autocnn.models import build_model
-    from autocnn.onnx_export import onnx_latency_ms
+    from autocnn.models.build import build_model
+    from autocnn.models.onnx import onnx_latency_ms
 
     model = build_model("custom_cnn", {"depth": 2, "width": 4}, num_classes=3, image_size=16)
     assert onnx_latency_ms(model, image_size=16) > 0

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from autocnn.cli import app
+from autocnn.cli.app import app
 from tests.conftest import REPO, digits_spec_dict, write_spec
 
 runner = CliRunner()
@@ -31,7 +31,7 @@ def test_every_command_has_help_with_an_example() -> None:
 
 
 def test_cli_start_up_imports_no_heavy_library() -> None:
-    code = "import sys, autocnn.cli; print(sorted(m for m in ('torch', 'mlflow', 'timm', 'optuna', 'albumentations') if m in sys.modules))"
+    code = "import sys, autocnn.cli.app; print(sorted(m for m in ('torch', 'mlflow', 'timm', 'optuna', 'albumentations') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -77,9 +77,9 @@ def test_status_names_the_worker_running_each_trial(in_tmp: Path) -> None:
     """Trials run by other processes, here on another machine, are shown with their host and pid."""
     import optuna
 
-    from autocnn.resume import OWNER_ATTR
-    from autocnn.spec import load_spec
-    from autocnn.storage import open_storage, storage_url
+    from autocnn.search.resume import OWNER_ATTR
+    from autocnn.search.storage import open_storage, storage_url
+    from autocnn.spec.load import load_spec
 
     path = write_spec(in_tmp, digits_spec_dict())
     url = storage_url(load_spec(path))
@@ -133,7 +133,7 @@ def _plain_console() -> tuple[Any, io.StringIO]:
 
 
 def _leaderboard_result(n: int) -> Any:
-    from autocnn.results import StudyResult
+    from autocnn.search.results import StudyResult
 
     params = {
         "train.lr": 0.0031234,
@@ -156,7 +156,7 @@ def _leaderboard_result(n: int) -> Any:
 def test_without_a_terminal_each_finished_trial_is_one_plain_line() -> None:
     from types import SimpleNamespace
 
-    from autocnn.console import RichReporter
+    from autocnn.cli.console import RichReporter
 
     console, out = _plain_console()
     with RichReporter(console, metric="val_accuracy") as reporter:
@@ -174,7 +174,7 @@ def test_without_a_terminal_each_finished_trial_is_one_plain_line() -> None:
 
 
 def test_the_leaderboard_fits_80_columns_with_key_params_under_the_model() -> None:
-    from autocnn.console import leaderboard_table
+    from autocnn.cli.console import leaderboard_table
 
     console, out = _plain_console()
     console.print(leaderboard_table(_leaderboard_result(3), "val_accuracy", width=80))
@@ -189,7 +189,7 @@ def test_the_leaderboard_fits_80_columns_with_key_params_under_the_model() -> No
 def test_a_wide_console_keeps_one_row_per_trial() -> None:
     from rich.console import Console
 
-    from autocnn.console import leaderboard_table
+    from autocnn.cli.console import leaderboard_table
 
     out = io.StringIO()
     console = Console(file=out, width=250, force_terminal=False)
@@ -203,7 +203,7 @@ def test_library_warnings_are_hidden_and_with_verbose_one_line_without_source(
 ) -> None:
     import warnings
 
-    from autocnn.cli import _route_library_output
+    from autocnn.cli.app import _route_library_output
 
     for verbose in (False, True):
         with warnings.catch_warnings():

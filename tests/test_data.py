@@ -8,17 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autocnn.data import (
-    BACKGROUND,
-    NOT_AN_IMAGE,
-    DataCache,
-    decode_image,
-    index_imagefolder,
-    load_digits_dataset,
-    stretch_to_8bit,
-)
+from autocnn.data.cache import DataCache, load_digits_dataset
+from autocnn.data.decode import BACKGROUND, decode_image, stretch_to_8bit
+from autocnn.data.folders import NOT_AN_IMAGE, index_imagefolder
 from autocnn.errors import DataError
-from autocnn.spec import load_spec
+from autocnn.spec.load import load_spec
 from tests.conftest import digits_spec_dict, write_images, write_spec
 
 
@@ -103,7 +97,7 @@ def test_too_few_images_for_the_split(tmp_path: Path) -> None:
 
 
 def test_cache_decodes_each_size_once(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import autocnn.data as data_module
+    import autocnn.data.decode as data_module
 
     calls: list[int] = []
     real = data_module.decode_image
@@ -248,7 +242,7 @@ def test_long_lists_of_ignored_files_are_cut_short(tmp_path: Path) -> None:
 def test_validate_names_the_files_it_leaves_out(untidy_folder: Path) -> None:
     from typer.testing import CliRunner
 
-    from autocnn.cli import app
+    from autocnn.cli.app import app
 
     spec = write_spec(untidy_folder.parent, digits_spec_dict(data={"source": "imagefolder", "root": "images"}))
     result = CliRunner().invoke(app, ["validate", "--no-probe", str(spec)])
@@ -260,7 +254,7 @@ def test_validate_names_the_files_it_leaves_out(untidy_folder: Path) -> None:
 
 
 def test_the_study_names_the_files_it_leaves_out(untidy_folder: Path) -> None:
-    from autocnn.study import checked_data
+    from autocnn.search.session import checked_data
 
     class Heard:
         def __init__(self) -> None:

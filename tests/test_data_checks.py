@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from autocnn.cli import app
-from autocnn.data import index_imagefolder
-from autocnn.data_checks import NEAR_BITS, find_duplicates
+from autocnn.cli.app import app
+from autocnn.data.checks import NEAR_BITS, find_duplicates
+from autocnn.data.folders import index_imagefolder
 from tests.conftest import digits_spec_dict, write_spec
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from autocnn import datasets
-from autocnn.cli import app
-from autocnn.data import DataCache
+from autocnn.cli.app import app
+from autocnn.data import named as datasets
+from autocnn.data.cache import DataCache
 from autocnn.errors import DataError
-from autocnn.spec import parse_spec
+from autocnn.spec.load import parse_spec
 from tests.conftest import digits_spec_dict, write_spec
 from tests.file_server import Served, closed_port_url, file_server
 from tests.tiny_cifar import COARSE, tiny_archive

@@ -19,11 +19,13 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from autocnn.assembly import Seeds, trial_seeds
-from autocnn.cli import app
-from autocnn.data import DataCache, Dataset
+from autocnn.cli.app import app
+from autocnn.data.arrays import Dataset
+from autocnn.data.cache import DataCache
 from autocnn.errors import ExportError, StudyError
-from autocnn.export import (
+from autocnn.models.folder import Preprocessing
+from autocnn.outputs.bundle import eval_split, torch_logits
+from autocnn.outputs.finalize import (
     REFIT,
     RETRAINED,
     TRIAL_WEIGHTS,
@@ -33,21 +35,20 @@ from autocnn.export import (
     Retrained,
     _split_warnings,
     check_options,
-    eval_split,
     finalize,
     load_trial_weights,
     model_preprocessing,
     pick_by_mean,
     retrain,
-    torch_logits,
     why_picked,
 )
-from autocnn.objectives import Objective
-from autocnn.predict import Predictor, Preprocessing, predict_files
-from autocnn.results import pick_trial, top_trials
-from autocnn.space import config_from_params
-from autocnn.storage import open_study, storage_url
-from autocnn.tracking import Tracker
+from autocnn.outputs.predict import Predictor, predict_files
+from autocnn.search.results import pick_trial, top_trials
+from autocnn.search.space import config_from_params
+from autocnn.search.storage import open_study, storage_url
+from autocnn.spec.objectives import Objective
+from autocnn.tracking.tracker import Tracker
+from autocnn.training.assembly import Seeds, trial_seeds
 from tests.finished_study import FinishedStudy, finish_study
 
 ACCURACY = Objective("val_accuracy", "maximize")
@@ -92,7 +93,7 @@ def reference_model(folder: Path):  # type: ignore[no-untyped-def]
     """The exported weights in a freshly built model: what ONNX must agree with."""
     import torch
 
-    from autocnn.models import build_model
+    from autocnn.models.build import build_model
 
     info = json.loads((folder / "model.json").read_text())
     model = build_model(
@@ -166,7 +167,7 @@ def test_onnx_agrees_with_pytorch_for_any_batch_size(done: Finalized) -> None:
     import onnxruntime as ort
     import torch
 
-    from autocnn.predict import normalize
+    from autocnn.models.folder import normalize
 
     assert done.result.onnx_max_abs_diff <= 1e-4
     model = reference_model(done.out)
@@ -184,7 +185,7 @@ def test_int8_model_is_reported_beside_the_float_one(done: Finalized) -> None:
     import onnx
     from rich.console import Console
 
-    from autocnn.console import finalize_tables
+    from autocnn.cli.console import finalize_tables
 
     metrics = json.loads((done.out / "metrics.json").read_text())
     for key in (
@@ -398,7 +399,7 @@ def test_finalize_command_no_refit_exports_the_trials_own_weights(done: Finalize
 def test_top_k_retrains_k_configs_with_s_seeds_and_picks_by_mean(
     done: Finalized, best_retrained: Retrained, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import autocnn.export as export
+    import autocnn.outputs.finalize as export
 
     runs: list[tuple[int, int, bool, dict[str, Any]]] = []
 
@@ -461,7 +462,7 @@ def test_top_k_retrains_k_configs_with_s_seeds_and_picks_by_mean(
 def rendered(result: FinalizeResult) -> str:
     from rich.console import Console
 
-    from autocnn.console import finalize_tables
+    from autocnn.cli.console import finalize_tables
 
     console = Console(record=True, width=200)
     for table in finalize_tables(result):
@@ -516,9 +517,9 @@ def test_a_timm_backbone_exports_to_onnx_and_int8(tmp_path: Path) -> None:
     """Not only the custom CNN: a timm model takes the same export, check and quantization."""
     import torch
 
-    from autocnn.models import build_model
-    from autocnn.onnx_export import export_onnx, onnx_logits, quantize_int8
-    from autocnn.predict import normalize
+    from autocnn.models.build import build_model
+    from autocnn.models.folder import normalize
+    from autocnn.models.onnx import export_onnx, onnx_logits, quantize_int8
 
     torch.manual_seed(0)
     model = build_model("resnet10t", {"pretrained": False}, num_classes=3, image_size=32).eval()

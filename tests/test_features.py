@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from autocnn.assembly import AssembledTrial, assemble_trial, preprocessing, train_settings, trial_seeds
-from autocnn.data import DataCache, Split
-from autocnn.features import CACHED, FULL, PATH_TAG, REASON_TAG, FeatureCache, choose_path, pooled_features
-from autocnn.models import build_model, preprocess_for
+from autocnn.data.arrays import Split
+from autocnn.data.cache import DataCache
 from autocnn.models.backbones import FeatureHead
-from autocnn.space import config_from_params
-from autocnn.spec import Spec, load_spec, parse_spec
-from autocnn.train import TensorBatches
+from autocnn.models.build import build_model, preprocess_for
+from autocnn.search.space import config_from_params
+from autocnn.spec.load import load_spec, parse_spec
+from autocnn.spec.schema import Spec
+from autocnn.training.assembly import AssembledTrial, assemble_trial, preprocessing, train_settings, trial_seeds
+from autocnn.training.features import CACHED, FULL, PATH_TAG, REASON_TAG, FeatureCache, choose_path, pooled_features
+from autocnn.training.loop import TensorBatches
 from tests.conftest import digits_spec_dict, write_images, write_spec
 
 BACKBONE = "resnet10t"
@@ -186,8 +188,8 @@ def test_a_resumed_head_continues_where_it_stopped(folder: Path) -> None:
 
 
 def test_a_checkpoint_from_the_other_path_starts_the_trial_over() -> None:
-    from autocnn.resume import RESUME_FROM_ATTR
-    from autocnn.study import resume_trainer
+    from autocnn.search.resume import RESUME_FROM_ATTR
+    from autocnn.search.trial import resume_trainer
 
     said: list[str] = []
     state = {"trainer": {}, "history": [(1, 0.5)], "feature_path": "full"}
@@ -290,12 +292,13 @@ def test_a_study_reuses_features_across_trials_and_a_resume_and_finalize_exports
 ) -> None:
     from mlflow import MlflowClient
 
-    from autocnn import features
-    from autocnn.export import FinalizeOptions, finalize
-    from autocnn.predict import Predictor, predict_files
-    from autocnn.report import build_report
-    from autocnn.study import StudyOptions, run_study
-    from autocnn.tracking import default_tracking_uri
+    from autocnn.outputs.finalize import FinalizeOptions, finalize
+    from autocnn.outputs.predict import Predictor, predict_files
+    from autocnn.outputs.report import build_report
+    from autocnn.search.options import StudyOptions
+    from autocnn.search.study import run_study
+    from autocnn.tracking.tracker import default_tracking_uri
+    from autocnn.training import features
 
     monkeypatch.chdir(folder)
     monkeypatch.setattr(features, "_caches", {})

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from autocnn.cli import app
+from autocnn.cli.app import app
 from autocnn.models.hub import WeightsError, cached_weights, fetch_weights
-from autocnn.spec import load_spec
-from autocnn.study import run_study
+from autocnn.search.study import run_study
+from autocnn.spec.load import load_spec
 from tests.conftest import digits_spec_dict, write_spec
 from tests.file_server import Served, closed_port_url, file_server
 
@@ -142,7 +142,7 @@ def test_without_a_safetensors_file_the_bin_timm_would_load_is_fetched(
 def test_downloads_draw_bars_in_a_terminal_and_a_line_without_one() -> None:
     from rich.console import Console
 
-    from autocnn.console import RichReporter
+    from autocnn.cli.console import RichReporter
 
     live = Console(file=io.StringIO(), force_terminal=True, width=100)
     with RichReporter(live) as reporter:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from autocnn.cli import app
-from autocnn.spec import MAX_ERROR_LINES, MAX_SPEC_BYTES
+from autocnn.cli.app import app
+from autocnn.spec.load import MAX_ERROR_LINES, MAX_SPEC_BYTES
 
 runner = CliRunner()
 

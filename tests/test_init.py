@@ -9,10 +9,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from autocnn import init_spec as init
-from autocnn.cli import app
-from autocnn.init_spec import DataProfile, Machine, Weights, choose
-from autocnn.spec import load_spec
+from autocnn.cli import init_spec as init
+from autocnn.cli.app import app
+from autocnn.cli.init_spec import DataProfile, Machine, Weights, choose
+from autocnn.spec.load import load_spec
 from tests.conftest import write_images
 
 CPU = Machine("cpu", "", 2)
@@ -145,7 +145,13 @@ def test_a_given_test_split_does_not_count_as_training_data(tmp_path: Path, empt
         return fast_cpu(name, size)
 
     chosen = choose(
-        init.inspect_data(root), CPU, _all_weights(["resnet18"]), budget_s=60, flip=True, name="x", root="d",
+        init.inspect_data(root),
+        CPU,
+        _all_weights(["resnet18"]),
+        budget_s=60,
+        flip=True,
+        name="x",
+        root="d",
         seconds_per_image=sized,
     )
     assert init.inspect_data(root).per_class == [450, 450] and chosen.backbones

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from autocnn.data import DataCache, DatasetRecord
-from autocnn.spec import load_spec
-from autocnn.study import dataset_record
-from autocnn.tracking import Tracker, default_tracking_uri
+from autocnn.data.cache import DataCache, DatasetRecord, dataset_record
+from autocnn.spec.load import load_spec
+from autocnn.tracking.tracker import Tracker, default_tracking_uri
 from tests.conftest import digits_spec_dict, write_spec
 from tests.finished_study import FinishedStudy, finished_study_in
 

@@ -10,15 +10,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from autocnn.cli import app
-from autocnn.costs import LATENCY_MACHINE_TAG
-from autocnn.objectives import COSTS_ATTR, feasible, study_objectives
-from autocnn.pareto import pareto_front
-from autocnn.report import build_report
-from autocnn.spec import load_spec
-from autocnn.storage import open_study, storage_url
-from autocnn.study import StudyOptions, run_study
-from autocnn.tracking import Tracker, default_tracking_uri
+from autocnn.cli.app import app
+from autocnn.outputs.report import build_report
+from autocnn.search.costs import COSTS_ATTR, LATENCY_MACHINE_TAG, feasible
+from autocnn.search.options import StudyOptions
+from autocnn.search.pareto import pareto_front
+from autocnn.search.storage import open_study, storage_url
+from autocnn.search.study import run_study
+from autocnn.spec.load import load_spec
+from autocnn.spec.objectives import study_objectives
+from autocnn.tracking.tracker import Tracker, default_tracking_uri
 from tests.conftest import digits_spec_dict, write_spec
 
 pytestmark = pytest.mark.slow

@@ -6,13 +6,14 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autocnn.budget import BUDGET_ATTR
 from autocnn.errors import StudyError
-from autocnn.objectives import COSTS_ATTR, Objective, study_objectives
-from autocnn.pareto import pareto_front, parse_rule, pick_from_front
-from autocnn.pruning import DominatedCurvePruner, report_value, should_prune
-from autocnn.spec import parse_spec
-from autocnn.study import build_pruner
+from autocnn.search.costs import COSTS_ATTR
+from autocnn.search.pareto import pareto_front, parse_rule, pick_from_front
+from autocnn.search.pruning import DominatedCurvePruner, report_value, should_prune
+from autocnn.search.session import build_pruner
+from autocnn.spec.load import parse_spec
+from autocnn.spec.objectives import Objective, study_objectives
+from autocnn.training.budget import BUDGET_ATTR
 from tests.conftest import digits_spec_dict
 
 ACCURACY = Objective("val_accuracy", "maximize", 0)
@@ -131,7 +132,7 @@ def test_pick_rule_round_trips() -> None:
 
 def test_tpe_keeps_sampling_a_multi_objective_study_with_pruned_trials() -> None:
     # Optuna's TPE ranks pruned trials by `study.direction`, which a multi-objective study lacks.
-    from autocnn.samplers import TrialSeededTPESampler
+    from autocnn.search.samplers import TrialSeededTPESampler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     sampler = TrialSeededTPESampler(seed=0, n_startup_trials=2, multivariate=True, group=True)
@@ -149,7 +150,7 @@ def test_tpe_keeps_sampling_a_multi_objective_study_with_pruned_trials() -> None
 
 
 def test_report_section_draws_the_front_the_constraint_and_greys_infeasible_trials() -> None:
-    from autocnn.pareto_report import front_rows, pareto_html
+    from autocnn.outputs.pareto_report import front_rows, pareto_html
 
     spec = parse_spec(mo_spec_dict(constraints={"latency_ms": 5}))
     study = mo_study()

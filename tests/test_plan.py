@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from autocnn.budget import auto_epochs, improvement_margin, judge_floor_steps, noise_band, steps_per_epoch
-from autocnn.cli import app
-from autocnn.data import DataCache
-from autocnn.plan import describe, input_sizes, make_plan
-from autocnn.spec import parse_spec
+from autocnn.cli.app import app
+from autocnn.data.cache import DataCache
+from autocnn.search.plan import describe, input_sizes, make_plan
+from autocnn.spec.load import parse_spec
+from autocnn.training.budget import auto_epochs, improvement_margin, judge_floor_steps, noise_band, steps_per_epoch
 from tests.conftest import digits_spec_dict, write_spec
 
 # digits with val 0.2 and test 0.2: 1,077 training and 360 validation images

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autocnn import StudyOptions, load_spec, run_study, study_status
-from autocnn.storage import SERVER_POOL, open_storage
+from autocnn.search.storage import SERVER_POOL, open_storage
 from tests.conftest import digits_spec_dict, write_spec
 from tests.postgres import temporary_database
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from autocnn.budget import BUDGET_ATTR, noise_band
-from autocnn.pruning import NoiseAwarePruner
-from autocnn.spec import parse_spec
-from autocnn.study import build_pruner
+from autocnn.search.pruning import NoiseAwarePruner
+from autocnn.search.session import build_pruner
+from autocnn.spec.load import parse_spec
+from autocnn.training.budget import BUDGET_ATTR, noise_band
 from tests.conftest import digits_spec_dict
 
 

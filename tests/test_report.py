@@ -12,11 +12,11 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from autocnn.cli import app
-from autocnn.objectives import Objective
-from autocnn.report import SECTIONS, ReportResult, TrialFacts, build_report, families, optuna_plot
-from autocnn.storage import open_study, storage_url
-from autocnn.tracking import Tracker
+from autocnn.cli.app import app
+from autocnn.outputs.report import SECTIONS, ReportResult, TrialFacts, build_report, families, optuna_plot
+from autocnn.search.storage import open_study, storage_url
+from autocnn.spec.objectives import Objective
+from autocnn.tracking.tracker import Tracker
 from tests.conftest import digits_spec_dict, write_spec
 from tests.finished_study import FinishedStudy, finished_study_in
 
@@ -164,7 +164,7 @@ def test_report_without_a_study_is_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_family_row_shows_seconds_per_frozen_trial_by_feature_path() -> None:
-    from autocnn.report import families_html
+    from autocnn.outputs.report import families_html
 
     def trial(number: int, seconds: float, path: str | None, freeze: str = "backbone") -> TrialFacts:
         tags = {"autocnn.freeze": freeze} | ({"autocnn.feature_path": path} if path else {})

@@ -9,8 +9,8 @@ import optuna
 import pytest
 
 from autocnn.errors import StudyError
-from autocnn.objectives import Objective
-from autocnn.results import best_epoch, best_trial, count_states, leaderboard, pick_trial, top_trials
+from autocnn.search.results import best_epoch, best_trial, count_states, leaderboard, pick_trial, top_trials
+from autocnn.spec.objectives import Objective
 
 ACCURACY = Objective("val_accuracy", "maximize")
 LOSS = Objective("val_loss", "minimize")

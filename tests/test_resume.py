@@ -13,12 +13,12 @@ import mlflow
 import pytest
 from typer.testing import CliRunner
 
-from autocnn.cli import app
-from autocnn.resume import RETRY_OF_ATTR, Checkpoints
-from autocnn.spec import load_spec
-from autocnn.storage import open_study, storage_url
-from autocnn.study import run_study
-from autocnn.tracking import STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
+from autocnn.cli.app import app
+from autocnn.search.resume import RETRY_OF_ATTR, Checkpoints
+from autocnn.search.storage import open_study, storage_url
+from autocnn.search.study import run_study
+from autocnn.spec.load import load_spec
+from autocnn.tracking.tracker import STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
 from tests.conftest import digits_spec_dict, write_spec
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import optuna
 import pytest
 
-from autocnn.samplers import TrialSeededRandomSampler, TrialSeededTPESampler, trial_seed
+from autocnn.search.samplers import TrialSeededRandomSampler, TrialSeededTPESampler, trial_seed
 
 Factory = Callable[[], optuna.samplers.BaseSampler]
 FACTORIES: dict[str, Factory] = {

@@ -14,9 +14,10 @@ from jsonschema import Draft7Validator
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from autocnn.cli import app
+from autocnn.cli.app import app
 from autocnn.errors import SpecError
-from autocnn.spec import Spec, json_schema, load_spec, parse_spec, read_yaml
+from autocnn.spec.load import load_spec, parse_spec, read_yaml
+from autocnn.spec.schema import Spec, json_schema
 from tests.conftest import REPO, digits_spec_dict
 
 SCHEMA_FILE = REPO / "studies" / "autocnn.schema.json"
@@ -61,7 +62,7 @@ def test_schema_out_to_a_missing_folder_is_one_error_line(tmp_path: Path) -> Non
 
 def test_schema_command_imports_no_heavy_library(tmp_path: Path) -> None:
     code = (
-        "import sys; from autocnn.cli import app; "
+        "import sys; from autocnn.cli.app import app; "
         f"app(['schema', '-o', {str(tmp_path / 's.json')!r}], standalone_mode=False); "
         "print(sorted(m for m in ('torch', 'mlflow', 'timm', 'optuna', 'albumentations') if m in sys.modules))"
     )

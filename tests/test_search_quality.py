@@ -115,7 +115,7 @@ def test_the_same_draw_in_the_test_style_gives_another_image() -> None:
 
 
 def test_an_imagefolder_written_for_a_regime_reads_back_through_autocnn(tmp_path: Path) -> None:
-    from autocnn.data import DataCache
+    from autocnn.data.cache import DataCache
 
     regime = ds.shapes20(0, TINY_SHAPES)
     root = ds.write_imagefolder(tmp_path / "data", regime)
@@ -161,7 +161,7 @@ def test_search_specs_differ_only_in_name_sampler_pruner_and_the_default_only_tr
 
 
 def test_search_specs_validate_and_name_the_backbone_with_its_own_size_only_when_pretrained() -> None:
-    from autocnn.spec import parse_spec
+    from autocnn.spec.load import parse_spec
 
     for name, bench in sq.REAL_REGIMES.items():
         spec = parse_spec(sq.search_spec(bench, "autocnn", 0, 60.0))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from autocnn.cli import app
+from autocnn.cli.app import app
 from tests.finished_study import FinishedStudy, finished_study_in
 from tests.local_servers import free_port, wait_until_answering
 
@@ -162,6 +162,6 @@ def test_dashboard_without_the_package_says_how_to_install_it(tmp_path: Path, mo
 
 
 def test_a_server_that_ends_by_itself_passes_on_its_exit_code() -> None:
-    from autocnn.cli import serve
+    from autocnn.cli.servers import serve
 
     assert serve([sys.executable, "-c", "raise SystemExit(3)"], env=dict(os.environ)) == 3

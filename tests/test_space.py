@@ -6,8 +6,8 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from autocnn.space import config_from_params, sample_config, searched_params
-from autocnn.spec import load_spec, parse_spec
+from autocnn.search.space import config_from_params, sample_config, searched_params
+from autocnn.spec.load import load_spec, parse_spec
 from tests.conftest import REPO, digits_spec_dict
 
 

@@ -7,18 +7,9 @@ from pathlib import Path
 import pytest
 
 from autocnn.errors import SpecError
-from autocnn.objectives import Objective, study_objectives
-from autocnn.spec import (
-    MAX_NESTING,
-    Choices,
-    Range,
-    check_overrides,
-    load_spec,
-    nesting_depth,
-    parse_spec,
-    storage_problem,
-    tracking_uri_problem,
-)
+from autocnn.spec.fields import Choices, Range, check_overrides, storage_problem, tracking_uri_problem
+from autocnn.spec.load import MAX_NESTING, load_spec, nesting_depth, parse_spec
+from autocnn.spec.objectives import Objective, study_objectives
 from tests.conftest import REPO, digits_spec_dict, write_spec
 
 

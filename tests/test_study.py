@@ -8,12 +8,13 @@ import mlflow
 import optuna
 import pytest
 
-from autocnn.budget import BUDGET_ATTR
-from autocnn.defaults import DEFAULT_ATTR
-from autocnn.spec import load_spec
-from autocnn.storage import open_study, storage_url
-from autocnn.study import StudyOptions, run_study
-from autocnn.tracking import RUN_STATUS, STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
+from autocnn.search.defaults import DEFAULT_ATTR
+from autocnn.search.options import StudyOptions
+from autocnn.search.storage import open_study, storage_url
+from autocnn.search.study import run_study
+from autocnn.spec.load import load_spec
+from autocnn.tracking.tracker import RUN_STATUS, STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
+from autocnn.training.budget import BUDGET_ATTR
 from tests.conftest import digits_spec_dict, write_spec
 
 pytestmark = pytest.mark.slow
@@ -92,16 +93,16 @@ def test_study_runs_then_resumes_only_missing_trials(in_tmp: Path) -> None:
 
 
 def test_pruned_and_failed_trials_match_too(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import autocnn.models
+    import autocnn.models.build
 
-    real_build = autocnn.models.build_model
+    real_build = autocnn.models.build.build_model
 
     def flaky_build(name: str, params: dict, **kwargs: object):  # a model that cannot be built
         if params["width"] == 8:
             raise RuntimeError("simulated: cannot build width 8")
         return real_build(name, params, **kwargs)
 
-    monkeypatch.setattr(autocnn.models, "build_model", flaky_build)
+    monkeypatch.setattr(autocnn.models.build, "build_model", flaky_build)
     spec_dict = digits_spec_dict(
         study={"trials": 5, "pruner": "median", "sampler": "random"},
         train={"epochs": 4, "lr": {"low": 1e-5, "high": 1e-2, "log": True}},
@@ -128,13 +129,14 @@ def test_a_timeout_only_study_keeps_starting_trials_until_the_time_is_spent(
 ) -> None:
     import time
 
-    import autocnn.spec
-    import autocnn.study
+    import autocnn.search.session
+    import autocnn.search.trial
+    import autocnn.spec.schema
 
-    monkeypatch.setattr(autocnn.spec, "DEFAULT_TRIALS", 1)
-    monkeypatch.setattr(autocnn.study, "DEFAULT_TRIALS", 1)
-    monkeypatch.setattr(autocnn.study, "run_trial", lambda ctx, trial, config, run_id: 0.5)  # no training
-    monkeypatch.setattr(autocnn.study, "log_best_model", lambda *args: None)  # so no weights either
+    monkeypatch.setattr(autocnn.spec.schema, "DEFAULT_TRIALS", 1)
+    monkeypatch.setattr(autocnn.search.session, "DEFAULT_TRIALS", 1)
+    monkeypatch.setattr(autocnn.search.trial, "run_trial", lambda ctx, trial, config, run_id: 0.5)  # no training
+    monkeypatch.setattr(autocnn.search.session, "log_best_model", lambda *args: None)  # so no weights either
     spec_dict = digits_spec_dict(study={"timeout": 2, "pruner": "none", "defaults": False})
     del spec_dict["study"]["trials"]
     spec = load_spec(write_spec(in_tmp, spec_dict))

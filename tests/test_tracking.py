@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from autocnn.tracking import Tracker, default_tracking_uri
+from autocnn.tracking.tracker import Tracker, default_tracking_uri
 
 
 def test_epoch_metrics_are_sent_in_few_batches_and_all_arrive_by_the_trials_end(

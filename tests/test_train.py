@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from autocnn.data import DataCache
-from autocnn.models import Preprocess, build_model
+from autocnn.data.cache import DataCache
+from autocnn.models.build import build_model
+from autocnn.models.catalog import Preprocess
 from autocnn.models.custom_cnn import CustomCNN, ModelTooDeepError
-from autocnn.spec import load_spec
-from autocnn.train import TensorBatches, Trainer, TrainSettings, autocast_dtype
+from autocnn.spec.load import load_spec
+from autocnn.training.loop import TensorBatches, Trainer, TrainSettings, autocast_dtype
 from tests.conftest import digits_spec_dict, write_spec
 
 
@@ -73,7 +74,7 @@ def test_trainer_learns_and_yields_every_epoch(tmp_path: Path, image_folder: Pat
 def test_precision_autocasts_on_cpus_with_native_bf16_or_when_asked(
     monkeypatch: pytest.MonkeyPatch, native_bf16: bool
 ) -> None:
-    import autocnn.train as train_module
+    import autocnn.training.loop as train_module
 
     monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native_bf16)
     cpu = torch.device("cpu")
@@ -160,8 +161,8 @@ def test_state_dict_resumes_the_same_run(tmp_path: Path, image_folder: Path) -> 
 # free bytes the heap keeps after it is freed, and the median faults of the last eight steps.
 REFAULT_PROBE = """
 import ctypes, resource, statistics, torch
-from autocnn.train import Trainer, TrainSettings
-from autocnn.models import build_model
+from autocnn.training.loop import Trainer, TrainSettings
+from autocnn.models.build import build_model
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -208,7 +209,7 @@ def test_cpu_trainer_reuses_freed_memory_instead_of_refaulting_it() -> None:
 
 
 def test_each_optimizer_groups_learning_rate_is_logged_as_it_decays(tmp_path: Path, image_folder: Path) -> None:
-    from autocnn.assembly import parameter_groups
+    from autocnn.training.assembly import parameter_groups
 
     train, val = _batches(tmp_path, image_folder)
     torch.manual_seed(0)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from autocnn.features import FeatureCache, pooled_features
-from autocnn.transfer import Probe, fit_probe, linear_head
+from autocnn.training.features import FeatureCache, pooled_features
+from autocnn.training.transfer import Probe, fit_probe, linear_head
 from tests.test_features import BACKBONE, assemble, folder, frozen_spec  # noqa: F401 - `folder` is a fixture
 
 
@@ -53,7 +53,7 @@ def test_a_fine_tuning_trial_starts_from_the_head_a_probe_fitted_on_cached_featu
     head = linear_head(trial.model)
     assert head is not None
     # the same probe fitted here from the backbone's own features of the training images
-    from autocnn.data import DataCache
+    from autocnn.data.cache import DataCache
 
     data = DataCache(spec).get(trial.pre.image_size)
     fresh = assemble(
@@ -104,8 +104,8 @@ def test_a_frozen_backbone_trains_its_head_on_from_the_probe_and_a_hidden_head_w
 
 @pytest.mark.parametrize("value", [True, False])
 def test_probe_first_is_a_searchable_backbone_key(value: bool) -> None:
-    from autocnn.defaults import default_trials
-    from autocnn.spec import parse_spec
+    from autocnn.search.defaults import default_trials
+    from autocnn.spec.load import parse_spec
     from tests.conftest import digits_spec_dict
 
     spec = parse_spec(

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from autocnn.assembly import AssembledTrial, assemble_trial, preprocessing, train_settings, trial_seeds
-from autocnn.budget import noise_band
-from autocnn.data import DataCache
-from autocnn.features import FeatureCache
-from autocnn.space import config_from_params
-from autocnn.spec import Spec, load_spec
+from autocnn.data.cache import DataCache
+from autocnn.search.space import config_from_params
+from autocnn.spec.load import load_spec
+from autocnn.spec.schema import Spec
+from autocnn.training.assembly import AssembledTrial, assemble_trial, preprocessing, train_settings, trial_seeds
+from autocnn.training.budget import noise_band
+from autocnn.training.features import FeatureCache
 from tests.conftest import write_spec
 
 pytestmark = pytest.mark.slow

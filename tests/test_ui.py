@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from autocnn.report import build_report
-from autocnn.tracking import Tracker
+from autocnn.outputs.report import build_report
+from autocnn.tracking.tracker import Tracker
 from tests.finished_study import FinishedStudy, finish_study
 from tests.local_servers import free_port, wait_until_answering
 

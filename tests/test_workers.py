@@ -18,12 +18,12 @@ import pytest
 
 from autocnn import StudyOptions, build_report, load_spec, run_study
 from autocnn.errors import StudyError
-from autocnn.resume import OWNER_ATTR, RESUME_FROM_ATTR, RESUMED_AT_ATTR, RETRY_OF_ATTR
-from autocnn.spec import Spec
-from autocnn.storage import open_storage, open_study, storage_url
-from autocnn.study import PARENT_RUN_ATTR
-from autocnn.tracking import RUN_STATUS, STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
-from autocnn.workers import worker_setups
+from autocnn.search.resume import OWNER_ATTR, RESUME_FROM_ATTR, RESUMED_AT_ATTR, RETRY_OF_ATTR
+from autocnn.search.session import PARENT_RUN_ATTR
+from autocnn.search.storage import open_storage, open_study, storage_url
+from autocnn.search.workers import worker_setups
+from autocnn.spec.schema import Spec
+from autocnn.tracking.tracker import RUN_STATUS, STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
 from tests.conftest import digits_spec_dict, write_spec
 from tests.local_servers import free_port, wait_until_answering
 from tests.postgres import temporary_database
@@ -352,8 +352,8 @@ def test_three_workers_on_postgresql_and_an_mlflow_server_one_killed_mid_trial(
 def test_a_worker_that_ends_gives_its_cores_to_the_others() -> None:
     import multiprocessing
 
-    from autocnn.study import SilentReporter
-    from autocnn.workers import SHARE_SIGNAL, Relay
+    from autocnn.search.options import SilentReporter
+    from autocnn.search.workers import SHARE_SIGNAL, Relay
 
     told: list[int] = []
     previous = signal.signal(SHARE_SIGNAL, lambda signum, frame: told.append(signum))
@@ -373,7 +373,7 @@ def test_a_worker_that_ends_gives_its_cores_to_the_others() -> None:
 
 
 class _Clock:
-    """time.monotonic and time.sleep for autocnn.study: sleeping advances the clock, and runs
+    """time.monotonic and time.sleep for the study loop: sleeping advances the clock, and runs
     `on_sleep` (another worker's move) instead of waiting."""
 
     def __init__(self, on_sleep: object = None) -> None:
@@ -392,14 +392,14 @@ class _Clock:
 
 
 def _patch_clock(monkeypatch: pytest.MonkeyPatch, clock: _Clock) -> None:
-    import autocnn.study
+    import autocnn.search.session
 
-    monkeypatch.setattr(autocnn.study.time, "monotonic", clock.monotonic)
-    monkeypatch.setattr(autocnn.study.time, "sleep", clock.sleep)
+    monkeypatch.setattr(autocnn.search.session.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(autocnn.search.session.time, "sleep", clock.sleep)
 
 
 def test_a_study_made_outside_autocnn_does_not_wait_for_a_parent_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    from autocnn.study import CREATOR_GRACE_S, recorded_parent_run
+    from autocnn.search.session import CREATOR_GRACE_S, recorded_parent_run
 
     queued = optuna.create_study()
     queued.enqueue_trial({"model": "custom_cnn"})  # as from a notebook, before `autocnn study`
@@ -413,7 +413,7 @@ def test_a_study_made_outside_autocnn_does_not_wait_for_a_parent_run(monkeypatch
 
 
 def test_a_worker_waits_for_the_parent_run_of_the_study_autocnn_created(monkeypatch: pytest.MonkeyPatch) -> None:
-    from autocnn.study import CREATOR_ATTR, CREATOR_GRACE_S, recorded_parent_run
+    from autocnn.search.session import CREATOR_ATTR, CREATOR_GRACE_S, recorded_parent_run
 
     study = optuna.create_study()
     study.set_user_attr(CREATOR_ATTR, "host:1")

@@ -9,7 +9,7 @@ import tarfile
 
 import numpy as np
 
-from autocnn.datasets import Archive
+from autocnn.data.named import Archive
 
 COARSE = [f"super{i}" for i in range(2)]
 

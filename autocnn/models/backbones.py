@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocnn.models import Preprocess
+from autocnn.models.catalog import Preprocess
 from autocnn.models.hub import WeightsError, missing_weights_message, use_offline_hub, weight_file_problem
 
 FREEZE_MODES = ("none", "backbone", "partial")

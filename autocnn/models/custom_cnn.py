@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from autocnn.errors import AutocnnError
-from autocnn.models import max_depth
+from autocnn.models.catalog import max_depth
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,

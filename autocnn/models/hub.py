@@ -27,10 +27,10 @@ from urllib.parse import urlparse
 
 from autocnn.downloads import DownloadProgress, offline_reason, tqdm_reporting_to, unreachable
 from autocnn.errors import AutocnnError, SpecError
-from autocnn.models import CUSTOM_CNN
+from autocnn.models.catalog import CUSTOM_CNN
 
 if TYPE_CHECKING:
-    from autocnn.spec import Spec, TimmSpace
+    from autocnn.spec.schema import Spec, TimmSpace
 
 # --------------------------------------------------------------------------- the catalog
 

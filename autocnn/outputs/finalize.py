@@ -1,0 +1,554 @@
+"""From a finished study to a shippable model: `autocnn finalize`.
+
+The best trial (or `--trial N`, or with `--top-k K --seeds S` the best of the K best configs by
+their mean over S re-trainings) is rebuilt from its Optuna params and given weights: refit on
+train + val by default (val has picked the config and its epoch count; its images are worth
+learning from), the trial's own saved weights with `--no-refit`, or trained again on train with
+`--retrain`. The model is evaluated once on the test split, logged to a `final` MLflow run nested
+under the study, registered under the study's name, and exported with outputs.bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from autocnn.data.arrays import Dataset, Split
+from autocnn.data.cache import DataCache
+from autocnn.errors import ExportError
+from autocnn.models.folder import (
+    Preprocessing,
+)
+from autocnn.outputs.bundle import Scores, eval_split, score, torch_logits, write_bundle, write_metrics
+from autocnn.search.results import best_epoch, pick_trial, top_trials
+from autocnn.spec.objectives import Objective, primary
+from autocnn.spec.schema import Spec
+
+if TYPE_CHECKING:
+    import optuna
+    from torch import nn
+
+    from autocnn.tracking.tracker import Tracker
+    from autocnn.training.config import TrialConfig
+
+Say = Callable[[str], None]
+
+
+TRIAL_WEIGHTS = "trial weights"
+
+
+RETRAINED = "retrained on train"
+
+
+REFIT = "refit on train+val"
+
+
+TRADE_OFF_FILE = "trade_off.json"  # the Pareto pick: rule, values, constraints, the front
+
+
+@dataclass(frozen=True)
+class FinalizeOptions:
+    trial: int | None = None  # default: the study's best trial
+    retrain: bool = False  # train the trial's config again on train (val picks the best epoch)
+    refit: bool = True  # train on train + val for the trial's best number of epochs
+    top_k: int = 1  # re-train the K best complete configs and pick by their mean val score
+    seeds: int = 1  # re-trainings per config when comparing
+    storage: str | None = None
+    tracking_uri: str | None = None
+    out_dir: Path | None = None  # default: ./models/<study>
+    pick: str | None = None  # a rule choosing from the Pareto front (autocnn.search.pareto)
+
+    @property
+    def compares(self) -> bool:
+        """K=1, S=1 is one config trained once: nothing to compare, so no re-training for it."""
+        return self.top_k > 1 or self.seeds > 1
+
+    @property
+    def weights_from(self) -> str:
+        """--retrain wins over the refit default: it asks val to pick the epoch, which a refit cannot."""
+        if self.retrain:
+            return RETRAINED
+        return REFIT if self.refit else TRIAL_WEIGHTS
+
+
+def check_options(options: FinalizeOptions) -> None:
+    """Reject option combinations before anything trains or loads."""
+    for name, value in (("--top-k", options.top_k), ("--seeds", options.seeds)):
+        if value < 1:
+            raise ExportError(f"{name} {value}: must be at least 1")
+    if options.trial is not None and options.top_k > 1:
+        raise ExportError(f"--trial {options.trial} with --top-k {options.top_k}: --top-k picks the trial; give one")
+    if options.pick is not None and (options.trial is not None or options.top_k > 1):
+        raise ExportError("--pick with --trial or --top-k: each picks the trial; give one")
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """A model trained again, with the Trainer's own val score of its best epoch.
+
+    That score is what a top-k comparison ranks by, so no second evaluation path can disagree with
+    the one the study itself used. After a refit it was measured on images the model learnt from.
+    """
+
+    model: nn.Module
+    value: float
+    best_epoch: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration re-trained with several seeds: its study value against its mean."""
+
+    trial: int
+    model: str
+    study_value: float
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (n - 1): a few seeds estimate the spread, they are not all of it."""
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial,
+            "model": self.model,
+            "study_value": self.study_value,
+            "mean": self.mean,
+            "std": self.std,
+            "values": list(self.values),
+        }
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The top-k comparison: every candidate in the study's order, the pick, and why."""
+
+    metric: str
+    direction: str
+    seeds: int
+    candidates: tuple[Candidate, ...]
+    picked: Candidate
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "direction": self.direction,
+            "seeds": self.seeds,
+            "picked": self.picked.trial,
+            "reason": self.reason,
+            "candidates": [c.as_dict() for c in self.candidates],
+        }
+
+
+@dataclass
+class FinalizeResult:
+    study: str
+    trial: int
+    model: str
+    weights_from: str  # TRIAL_WEIGHTS | RETRAINED | REFIT
+    scores: Scores
+    onnx_max_abs_diff: float
+    onnx_accuracy: float
+    onnx_size_mb: float
+    int8_accuracy: float | None
+    int8_size_mb: float | None
+    out_dir: Path
+    files: list[str]
+    run_id: str
+    registered: str  # "<name> version <n>"
+    warnings: list[str] = field(default_factory=list)
+    top_k: TopK | None = None  # only when --top-k or --seeds compared re-trained configs
+    trade_off: dict[str, Any] | None = None  # the pick from the Pareto front, in a multi-objective study
+
+
+def model_preprocessing(spec: Spec, config: TrialConfig) -> Preprocessing:
+    """The input size and mean/std the trial trained with (a backbone's own, or the spec's)."""
+    from autocnn.training.assembly import preprocessing
+
+    pre = preprocessing(spec, config)
+    return Preprocessing(pre.image_size, tuple(pre.mean), tuple(pre.std))
+
+
+def load_trial_weights(tracker: Tracker, trial: optuna.trial.FrozenTrial, model: nn.Module) -> None:
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    try:
+        if not run_id:
+            raise FileNotFoundError
+        state = tracker.load_state_dict(run_id)
+    except Exception:  # noqa: BLE001 - any missing artifact means: no saved weights for this trial
+        raise ExportError(
+            f"trial {trial.number} has no saved weights (only trials that were the best so far "
+            "keep them); drop --no-refit to refit its config, or add --retrain"
+        ) from None
+    model.load_state_dict(state)
+
+
+def recorded_budget(trial: optuna.trial.FrozenTrial, config: TrialConfig, data: Dataset) -> dict[str, Any]:
+    """The epochs and patience the trial trained with (what `epochs: auto` became for it)."""
+    from autocnn.training.budget import BUDGET_ATTR, steps_per_epoch
+
+    recorded = trial.user_attrs.get(BUDGET_ATTR)
+    if recorded:
+        return dict(recorded)
+    return {  # a trial from before budgets were recorded: its epochs were a number
+        "steps_per_epoch": steps_per_epoch(len(data.train), config.train.batch_size),
+        "epochs": int(config.train.epochs),
+        "patience": config.train.early_stopping,
+        "auto": False,
+    }
+
+
+def retrain(
+    spec: Spec,
+    trial: optuna.trial.FrozenTrial,
+    config: TrialConfig,
+    data: Dataset,
+    *,
+    refit: bool,
+    seed: int = 0,
+) -> Retrained:
+    """Train the trial's config again, seeded as the trial was (seed 0) or offset; refit also learns from val."""
+    from autocnn.training.assembly import assemble_trial, train_settings, trial_seeds
+    from autocnn.training.features import process_cache
+
+    settings = train_settings(spec, config, recorded_budget(trial, config, data), n_val=len(data.val))
+    train_split = None
+    if refit:  # no held-out data left to stop on: train as long as the trial's best epoch
+        settings = replace(settings, epochs=best_epoch(trial, primary(spec)), early_stopping=0)
+        train_split = Split(
+            np.concatenate([data.train.images, data.val.images]),
+            np.concatenate([data.train.labels, data.val.labels]),
+        )
+    # Augmented exactly as the trial was, if it was; a frozen backbone on the study's cached features.
+    assembled = assemble_trial(
+        spec,
+        config,
+        data,
+        settings,
+        seeds=trial_seeds(spec, trial.number, seed),
+        train_split=train_split,
+        features=process_cache(spec),
+    )
+    trainer = assembled.trainer
+    for _ in trainer.fit(assembled.train, assembled.val):
+        pass
+    if not refit:
+        trainer.restore_best()
+    # The whole model: on the cached-feature path the trainer's own is only the head.
+    return Retrained(assembled.model, float(trainer.best_value), trainer.best_epoch)
+
+
+def pick_by_mean(candidates: list[Candidate], objective: Objective) -> Candidate:
+    """The best mean by the objective; a tie goes to the candidate the study ranked higher."""
+    return objective.best(candidates, lambda c: c.mean)
+
+
+def why_picked(picked: Candidate, candidates: list[Candidate], metric: str, seeds: int) -> str:
+    """The pick and its reason, in words a user can check against the table."""
+    runs = f"{seeds} seed{'s' if seeds > 1 else ''}"
+    chosen = (
+        f"trial {picked.trial} ({picked.model}): best mean {metric} over {runs}, {picked.mean:.4f} ± {picked.std:.4f}"
+    )
+    if len(candidates) == 1:
+        return f"{chosen}; the only configuration compared, its seeds show how much its score varies"
+    first = candidates[0]
+    why = f"the maximum of {len(candidates)} noisy validation scores flatters its winner"
+    if picked is first:
+        return f"{chosen}; also the study's best single value, which held up (ranked by mean: {why})"
+    single = f"trial {first.trial}, {first.study_value:.4f}, mean {first.mean:.4f}"
+    return f"{chosen}; not the study's best single value ({single}): {why}"
+
+
+def compare_top_k(
+    spec: Spec,
+    trials: list[optuna.trial.FrozenTrial],
+    cache: DataCache,
+    seeds: int,
+    say: Say,
+) -> tuple[TopK, nn.Module]:
+    """Re-train each config with `seeds` seeds on train, val picking each run's epoch; pick by mean.
+
+    Returns the comparison and the pick's seed-0 model, which is exactly what `--retrain` would
+    train for it. Only the leader's is kept, so a long comparison does not pile up models.
+    """
+    objective = primary(spec)
+    metric = objective.metric
+    say(f"re-training the {len(trials)} best configurations on train, {seeds} seed(s) each, to pick by mean {metric}")
+    candidates: list[Candidate] = []
+    leader: dict[int, nn.Module] = {}
+    for trial in trials:
+        candidate, seed0_model = rerun_config(spec, trial, cache, seeds, say)
+        candidates.append(candidate)
+        if pick_by_mean(candidates, objective) is candidate:
+            leader = {candidate.trial: seed0_model}
+    picked = pick_by_mean(candidates, objective)
+    reason = why_picked(picked, candidates, metric, seeds)
+    say(f"picked {reason}")
+    return TopK(metric, objective.direction, seeds, tuple(candidates), picked, reason), leader[picked.trial]
+
+
+def rerun_config(
+    spec: Spec, trial: optuna.trial.FrozenTrial, cache: DataCache, seeds: int, say: Say
+) -> tuple[Candidate, nn.Module]:
+    """One config's seeds on train, and its seed-0 model (the one `--retrain` would give)."""
+    from autocnn.search.space import config_from_params
+
+    config = config_from_params(spec, trial.params)
+    pre = model_preprocessing(spec, config)
+    data = cache.get(pre.image_size)
+
+    def run(seed: int) -> Retrained:
+        done = retrain(spec, trial, config, data, refit=False, seed=seed)
+        say(f"trial {trial.number} ({config.model}) seed {seed}: {primary(spec).metric} {done.value:.4f}")
+        return done
+
+    first = run(0)
+    seed0_model = first.model.cpu()
+    values = (first.value, *(run(seed).value for seed in range(1, seeds)))
+    return Candidate(trial.number, config.model, float(trial.value), values), seed0_model
+
+
+def log_final_run(
+    tracker: Tracker,
+    spec: Spec,
+    trial: optuna.trial.FrozenTrial,
+    config: TrialConfig,
+    model: nn.Module,
+    scores: Scores,
+    facts: dict[str, float],
+    out: Path,
+    how: str,
+    top_k: TopK | None = None,
+) -> tuple[str, str]:
+    """A `final` run nested under the study's run; the model registered under the study's name."""
+    from autocnn.figures import confusion_matrix_figure
+    from autocnn.tracking.tracker import ROLE_TAG, STUDY_TAG
+
+    parent = tracker.find_study_run(spec.name)
+    tags = {
+        ROLE_TAG: "final",
+        STUDY_TAG: spec.name,
+        "mlflow.runName": "final",
+        "autocnn.trial": str(trial.number),
+        "autocnn.model": config.model,
+        "autocnn.weights_from": how,
+        "autocnn.eval_split": scores.split,
+    }
+    run_id = tracker.start_final_run(parent.info.run_id if parent is not None else None, tags, config.flat())
+    try:
+        split = scores.split
+        metrics = {f"{split}_accuracy": scores.accuracy, f"{split}_macro_f1": scores.macro_f1}
+        metrics.update({k.replace("accuracy", f"{split}_accuracy"): v for k, v in facts.items()})
+        if top_k is not None:
+            metrics.update(topk_mean=top_k.picked.mean, topk_std=top_k.picked.std)
+            tracker.log_dict(run_id, top_k.as_dict(), "top_k.json")
+        tracker.log_facts(run_id, metrics)
+        tracker.flush()  # log_facts only gathers: the run must hold its metrics before it closes
+        figure = confusion_matrix_figure(scores.labels, scores.preds, scores.classes)
+        tracker.log_figure(run_id, figure, "confusion_matrix.png")
+        tracker.log_dict(run_id, scores.per_class, "per_class_metrics.json")
+        tracker.log_text(run_id, scores.per_class_text, "per_class_metrics.txt")
+        tracker.log_artifact(run_id, out, "export")
+        uri = tracker.log_model(run_id, model)
+        version = tracker.register_model(
+            uri,
+            spec.name,
+            tags={"trial": str(trial.number), f"{split}_accuracy": f"{scores.accuracy:.4f}"},
+        )
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+    tracker.end_run(run_id, "FINISHED")
+    return run_id, version
+
+
+def obtain_model(
+    spec: Spec,
+    trial: optuna.trial.FrozenTrial,
+    config: TrialConfig,
+    data: Dataset,
+    pre: Preprocessing,
+    tracker: Tracker,
+    options: FinalizeOptions,
+    say: Say,
+    *,
+    retrained: nn.Module | None = None,
+) -> tuple[nn.Module, str]:
+    """The final weights, and where they came from: a refit, a retrain or the trial's own.
+
+    `retrained` is a seed-0 run of this config on train (from the top-k comparison): it is exactly
+    what `--retrain` trains, so it is used instead of training the same model a second time.
+    """
+    from autocnn.models.build import build_model
+
+    how = options.weights_from
+    if how == REFIT:
+        epochs = best_epoch(trial, primary(spec))
+        n_images = len(data.train) + len(data.val)
+        say(
+            f"trial {trial.number} ({config.model}): refitting on train+val ({n_images} images) for {epochs} "
+            "epochs, where the trial peaked (--no-refit keeps its saved weights)"
+        )
+        return retrain(spec, trial, config, data, refit=True).model, how
+    if how == RETRAINED:
+        if retrained is not None:
+            say(f"trial {trial.number} ({config.model}): its seed-0 run on train from the comparison ({how})")
+            return retrained, how
+        say(f"trial {trial.number} ({config.model}): training its config again ({how})")
+        return retrain(spec, trial, config, data, refit=False).model, how
+    say(f"trial {trial.number} ({config.model}): its saved best-epoch weights ({how})")
+    model = build_model(  # no pretrained weights: the trial's own replace them at once
+        config.model,
+        config.model_params,
+        num_classes=data.num_classes,
+        image_size=pre.image_size,
+        load_weights=False,
+    )
+    load_trial_weights(tracker, trial, model)
+    return model, how
+
+
+def choose_trial(
+    spec: Spec, study: optuna.Study, cache: DataCache, options: FinalizeOptions, say: Say, warnings: list[str]
+) -> tuple[optuna.trial.FrozenTrial, TopK | None, nn.Module | None]:
+    """The trial to finalize; with --top-k/--seeds also the comparison and the pick's seed-0 model."""
+    objective = primary(spec)
+    if not options.compares and options.trial is None and (options.pick is not None or _has_front(spec)):
+        from autocnn.search.pareto import pick_from_front
+        from autocnn.spec.objectives import study_objectives
+
+        chosen = pick_from_front(study, study_objectives(spec), objective, options.pick)
+        say(f"picked trial {chosen.trial.number}: {chosen.reason}")
+        return chosen.trial, None, None
+    if not options.compares:
+        return pick_trial(study, objective, options.trial), None, None
+    if options.trial is not None:
+        trials = [pick_trial(study, objective, options.trial)]
+    else:
+        trials, short = top_trials(study, options.top_k, objective)
+        warnings.extend(short)
+    top_k, seed0_model = compare_top_k(spec, trials, cache, options.seeds, say)
+    picked = next(t for t in trials if t.number == top_k.picked.trial)
+    return picked, top_k, seed0_model
+
+
+def _has_front(spec: Spec) -> bool:
+    """Several objectives or constraints: the trial comes from the Pareto front."""
+    from autocnn.spec.objectives import is_multi_objective
+
+    return is_multi_objective(spec) or bool(spec.study.constraints)
+
+
+def trade_off(
+    spec: Spec, study: optuna.Study, trial: optuna.trial.FrozenTrial, rule: str | None
+) -> dict[str, Any] | None:
+    """What the exported model trades: its objective values and costs, the rule, the front."""
+    from autocnn.search.pareto import pareto_front, trial_quantities
+    from autocnn.spec.objectives import study_objectives
+
+    if not _has_front(spec) and rule is None:
+        return None
+    objectives = study_objectives(spec)
+    main = primary(spec)
+    return {
+        "rule": rule or f"{'max' if main.maximize else 'min'} {main.metric} (no --pick rule)",
+        "trial": trial.number,
+        "values": trial_quantities(trial, objectives),
+        "objectives": spec.study.objective_names,
+        "constraints": {name: {"max": bound} for name, bound in (spec.study.constraints or {}).items()},
+        "pareto_front": [t.number for t in pareto_front(study, objectives)],
+        "latency_machine": trial.user_attrs.get("autocnn.latency_machine"),
+    }
+
+
+def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None = None) -> FinalizeResult:
+    """Best trial -> weights -> one evaluation -> ONNX + int8 -> `final` MLflow run + registry.
+
+    Example:
+        >>> final = autocnn.finalize(spec, autocnn.FinalizeOptions(top_k=3, seeds=2), say=print)
+        >>> final.scores.accuracy, final.out_dir
+    """
+    from autocnn.models.onnx import export_and_check
+    from autocnn.search.space import config_from_params
+    from autocnn.search.storage import open_study, storage_url
+    from autocnn.tracking.tracker import Tracker, default_tracking_uri
+
+    options = options or FinalizeOptions()
+    check_options(options)
+    say = say or (lambda _text: None)
+    warnings: list[str] = []
+    study = open_study(spec, storage_url(spec, options.storage))
+    cache = DataCache(spec)
+    trial, top_k, seed0_model = choose_trial(spec, study, cache, options, say, warnings)
+    config = config_from_params(spec, trial.params)
+    pre = model_preprocessing(spec, config)
+    data = cache.get(pre.image_size)
+    tracker = Tracker(
+        options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri(),
+        spec.experiment_name,
+    )
+    model, how = obtain_model(spec, trial, config, data, pre, tracker, options, say, retrained=seed0_model)
+
+    split, evaluated = eval_split(data)
+    warnings.extend(_split_warnings(split, how))
+    say(f"evaluating trial {trial.number} once on the {split} split ({len(evaluated)} images)")
+    reference = torch_logits(model, evaluated.images, pre)
+    scores = score(split, evaluated.labels, reference, data.classes)
+
+    out = options.out_dir or Path.cwd() / "models" / spec.name
+    write_bundle(out, model=model, config=config, data=data, pre=pre, spec=spec, trial_number=trial.number)
+    say(f"exporting ONNX (float, then int8) to {out}")
+    facts = export_and_check(out, model, evaluated, reference, data, pre, spec.seed, warnings)
+    about: dict[str, Any] = {"study": spec.name, "trial": trial.number, "model": config.model, "weights_from": how}
+    if top_k is not None:
+        about["top_k"] = top_k.as_dict()
+    chosen = trade_off(spec, study, trial, options.pick)
+    if chosen is not None:
+        about["trade_off"] = chosen
+        (out / TRADE_OFF_FILE).write_text(json.dumps(chosen, indent=2))
+    write_metrics(out, about, scores, facts)
+    if tracker.find_study_run(spec.name) is None:
+        warnings.append(f"no MLflow run for study '{spec.name}': the final run stands on its own")
+    say("logging the final run to MLflow and registering the model")
+    run_id, version = log_final_run(tracker, spec, trial, config, model, scores, facts, out, how, top_k)
+    return FinalizeResult(
+        study=spec.name,
+        trial=trial.number,
+        model=config.model,
+        weights_from=how,
+        scores=scores,
+        onnx_max_abs_diff=facts["onnx_max_abs_diff"],
+        onnx_accuracy=facts["onnx_accuracy"],
+        onnx_size_mb=facts["onnx_size_mb"],
+        int8_accuracy=facts.get("int8_accuracy"),
+        int8_size_mb=facts.get("int8_size_mb"),
+        out_dir=out,
+        files=sorted(p.name for p in out.iterdir() if p.is_file()),
+        run_id=run_id,
+        registered=f"{spec.name} version {version}",
+        warnings=warnings,
+        top_k=top_k,
+        trade_off=chosen,
+    )
+
+
+def _split_warnings(split: str, how: str) -> list[str]:
+    if split == "test":
+        return []
+    out = ["no test split (split.test is 0 and no test/ folder): evaluated on val, labelled as such"]
+    if how == REFIT:
+        out.append(
+            "the refit trained on val too (--no-refit keeps the trial's weights): these val numbers are optimistic"
+        )
+    return out

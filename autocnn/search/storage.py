@@ -1,0 +1,103 @@
+"""Where a study's Optuna trials live: an SQLite file by default, a PostgreSQL or MySQL URL, or an
+Optuna journal file. Opening one is the same for the study that writes it and for `status`,
+`report` and `finalize`, which only read.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autocnn.errors import StudyError
+from autocnn.spec.schema import Spec
+from autocnn.sqlite import SQLITE_BUSY_TIMEOUT_S, enable_wal, folder_lock, sqlite_path
+
+if TYPE_CHECKING:
+    import optuna
+
+# A database server (PostgreSQL, MySQL) shared by workers: each keeps a small pool, so many workers
+# stay under the server's connection limit; every connection is checked before use and renewed
+# after half an hour, so one idle through a long trial is never found dropped by a firewall or
+# the server.
+SERVER_POOL: dict[str, Any] = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800}
+
+
+def storage_url(spec: Spec, override: str | None = None) -> str:
+    """An Optuna URL, or a journal file path; default: `<spec dir>/<name>.optuna.db`."""
+    value = override or spec.study.storage
+    if value is None:
+        return f"sqlite:///{spec.base_dir / f'{spec.name}.optuna.db'}"
+    if "://" in value:
+        return value
+    return str(spec.resolve_path(value))
+
+
+def open_storage(url: str) -> Any:
+    """Optuna's storage for `url`, with heartbeats so a dead process's trial is noticed."""
+    import optuna
+
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    from autocnn.search.resume import heartbeat_kwargs
+
+    def open_rdb(engine_kwargs: dict[str, Any]) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs())
+
+    db = sqlite_path(url)
+    if db is None:
+        return _first_to_create_tables_wins(lambda: open_rdb(dict(SERVER_POOL)))
+    with folder_lock(db.parent):
+        enable_wal(db)
+        return open_rdb({"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}})
+
+
+def _first_to_create_tables_wins(open_rdb: Callable[[], Any], attempts: int = 3) -> Any:
+    """Workers started together on an empty database server all try to create Optuna's tables;
+    all but one fail with "already exists" (a table, a type, a unique key). Those open it again
+    and find the tables made by the winner: the server's DDL is transactional, nothing half-made."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return open_rdb()
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:
+            text = str(exc).lower()
+            if attempt == attempts - 1 or not ("already exists" in text or "duplicate" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def storage_exists(url: str) -> bool:
+    """False only for a file-backed storage whose file is missing: opening it would create it."""
+    path = sqlite_path(url) if "://" in url else Path(url)
+    return path is None or path.exists()
+
+
+def stored_trials(backend: Any, name: str) -> int:
+    """How many trials the study `name` holds in `backend`; 0 when there is no such study."""
+    try:
+        study_id = backend.get_study_id_from_name(name)
+    except KeyError:
+        return 0
+    return len(backend.get_all_trials(study_id, deepcopy=False))
+
+
+def open_study(spec: Spec, url: str) -> optuna.Study:
+    """The spec's existing study, to read; a clear error when `autocnn study` has not run yet."""
+    import optuna
+
+    if not storage_exists(url):
+        raise StudyError(f"{url}: no study storage yet; run `autocnn study` on this spec first")
+    try:
+        return optuna.load_study(study_name=spec.name, storage=open_storage(url))
+    except KeyError:
+        raise StudyError(f"{url}: no study named '{spec.name}' yet; run `autocnn study` first") from None
