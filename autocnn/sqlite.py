@@ -9,11 +9,6 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
 
 SQLITE_BUSY_TIMEOUT_S = 60  # a writer waits this long for another process's lock
 

@@ -93,10 +93,16 @@ def loader_workers() -> int:
 
 def loader_images_per_s(spec: Spec, config: TrialConfig, data: Dataset, *, seed: int, device: Any) -> float:
     """Augmented, normalised batches as a trial's training receives them, with no training."""
+    from autocnn.search.space import study_settings
     from autocnn.training.assembly import preprocessing, train_batches
 
     batches, _ = train_batches(
-        config.augment, data.train, preprocessing(spec, config), batch_size=BATCH, seed=seed, device=device
+        config.augment,
+        data.train,
+        preprocessing(study_settings(spec), config),
+        batch_size=BATCH,
+        seed=seed,
+        device=device,
     )
     it = iter(batches)
     next(it)  # workers start outside the clock
@@ -109,12 +115,13 @@ def loader_images_per_s(spec: Spec, config: TrialConfig, data: Dataset, *, seed:
 
 def training_images_per_s(spec: Spec, config: TrialConfig, data: Dataset, *, seed: int, device: Any) -> float:
     """One epoch of the assembled trial's Trainer over un-augmented batches, after a short warm-up."""
+    from autocnn.search.space import study_settings
     from autocnn.spec.objectives import primary
     from autocnn.training.assembly import Seeds, assemble_trial
     from autocnn.training.loop import TrainSettings
 
     settings = TrainSettings.from_trial(config.train, primary(spec))
-    trial = assemble_trial(spec, config, data, settings, seeds=Seeds(seed, seed), device=device)
+    trial = assemble_trial(study_settings(spec), config, data, settings, seeds=Seeds(seed, seed), device=device)
     trial.trainer.train_one_epoch(first_batches(trial.train, WARM_UP_STEPS))
     start = time.perf_counter()
     _, _, seen = trial.trainer.train_one_epoch(trial.train)

@@ -96,24 +96,24 @@ def epoch_seconds(spec_path: Path, *, cached: bool, epochs: int) -> dict[str, An
     """One configuration trained `epochs` epochs on one path: every epoch's seconds, the features'
     one-off seconds (cached path) and the best validation accuracy."""
     from autocnn.data.cache import DataCache
-    from autocnn.search.space import config_from_params
+    from autocnn.search.space import config_from_params, study_settings
     from autocnn.spec.load import load_spec
     from autocnn.training.assembly import assemble_trial, preprocessing, train_settings, trial_seeds
     from autocnn.training.features import FeatureCache
 
     spec = load_spec(spec_path)
     config = config_from_params(spec, {"model": next(iter(spec.models.spaces())), "train.lr": 1e-2})
-    pre = preprocessing(spec, config)
-    data = DataCache(spec).get(pre.image_size)
+    pre = preprocessing(study_settings(spec), config)
+    data = DataCache(spec.data, seed=spec.seed).get(pre.image_size)
     budget = {"epochs": epochs, "patience": 0, "steps_per_epoch": len(data.train) // config.train.batch_size}
-    settings = train_settings(spec, config, budget, n_val=len(data.val))
+    settings = train_settings(study_settings(spec), config, budget, n_val=len(data.val))
     start = time.perf_counter()
     trial = assemble_trial(
         spec,
         config,
         data,
         settings,
-        seeds=trial_seeds(spec, 0),
+        seeds=trial_seeds(study_settings(spec), 0),
         pre=pre,
         features=FeatureCache(None) if cached else None,
     )

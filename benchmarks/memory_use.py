@@ -49,7 +49,7 @@ try:
 except OSError:
     pass
 before = mem()
-data = DataCache(spec).get()
+data = DataCache(spec.data, seed=spec.seed).get()
 after = mem()
 n = sum(len(s) for s in (data.train, data.val, data.test) if s is not None)
 print(json.dumps({"before": before, "after": after, "nbytes": data.nbytes, "n": n, "size": spec.data.image_size}))

@@ -82,13 +82,13 @@ def single_best(spec: Any, study: Any, n_classes: int) -> Point:
     from autocnn.models.build import build_model
     from autocnn.models.onnx import onnx_latency_ms
     from autocnn.search.results import best_trial
-    from autocnn.search.space import config_from_params
+    from autocnn.search.space import config_from_params, study_settings
     from autocnn.spec.objectives import primary
     from autocnn.training.assembly import preprocessing
 
     best = best_trial(study, primary(spec))
     config = config_from_params(spec, best.params)
-    size = preprocessing(spec, config).image_size
+    size = preprocessing(study_settings(spec), config).image_size
     model = build_model(config.model, config.model_params, num_classes=n_classes, image_size=size, load_weights=False)
     return Point(best.number, config.model, float(best.value), onnx_latency_ms(model, image_size=size))
 
@@ -139,7 +139,7 @@ def measure_pareto(work: Path, *, trials: int, epochs: int) -> Item:
         )
         from autocnn.data.cache import DataCache
 
-        data = DataCache(multi_spec).get()
+        data = DataCache(multi_spec.data, seed=multi_spec.seed).get()
         front = front_points(multi_spec, multi_study)
         single = single_best(single_spec, single_study, data.num_classes)
     rows, fastest = compare(front, single, n_val=len(data.val))

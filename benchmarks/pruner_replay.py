@@ -112,5 +112,5 @@ def replay_shape(spec: Spec) -> dict[str, int]:
     from autocnn.data.cache import DataCache
     from autocnn.training.budget import steps_per_epoch
 
-    data = DataCache(spec).get()
+    data = DataCache(spec.data, seed=spec.seed).get()
     return {"n_val": len(data.val), "steps_per_epoch": steps_per_epoch(len(data.train), int(spec.train.batch_size))}

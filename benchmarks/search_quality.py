@@ -161,7 +161,8 @@ def data_reader(root: Path, image_size: int) -> Callable[[int], Dataset]:
     """The folder decoded by autocnn at any side, each side once: what a trial of that size sees."""
     from autocnn.data.cache import DataCache
 
-    cache = DataCache(data_only_spec(root, image_size))
+    spec = data_only_spec(root, image_size)
+    cache = DataCache(spec.data, seed=spec.seed)
     return cache.get
 
 

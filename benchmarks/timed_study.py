@@ -107,7 +107,7 @@ class TrialRunner:
         """The cached training images every trial trains on, for the bare loops to train on too."""
         from autocnn.data.cache import DataCache
 
-        return DataCache(self.spec).get(self.spec.data.image_size).train
+        return DataCache(self.spec.data, seed=self.spec.seed).get(self.spec.data.image_size).train
 
     def images_per_epoch(self) -> int:
         """Training images an epoch sees: full batches only, as autocnn drops a short tail."""

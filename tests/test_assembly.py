@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from autocnn.data.cache import DataCache
 from autocnn.search.plan import make_plan
-from autocnn.search.space import config_from_params
+from autocnn.search.space import config_from_params, study_settings
 from autocnn.search.trial import trial_budget
 from autocnn.spec.load import load_spec
 from autocnn.spec.schema import AugmentSpace, CustomCNNSpace, HeadSpace, Spec, TimmSpace, TrainSpec
@@ -119,12 +119,19 @@ def fingerprint(spec: Spec) -> dict[str, Any]:
     """What a trial trains with, as comparable values: settings, batches, model, optimizer, augmentation."""
     from autocnn.training import augment
 
-    cache = DataCache(spec)
+    cache = DataCache(spec.data, seed=spec.seed)
     config = first_config(spec)
-    data = cache.get(preprocessing(spec, config).image_size)
+    data = cache.get(preprocessing(study_settings(spec), config).image_size)
     budget = trial_budget(config, make_plan(spec, cache.get()))
-    settings = train_settings(spec, config, budget, n_val=len(data.val))
-    trial = assemble_trial(spec, config, data, settings, seeds=trial_seeds(spec, 0), features=FeatureCache(None))
+    settings = train_settings(study_settings(spec), config, budget, n_val=len(data.val))
+    trial = assemble_trial(
+        study_settings(spec),
+        config,
+        data,
+        settings,
+        seeds=trial_seeds(study_settings(spec), 0),
+        features=FeatureCache(None),
+    )
     trainer = trial.trainer
     return {
         "settings": asdict(settings),
@@ -174,11 +181,16 @@ def test_every_spec_key_changes_the_assembled_trial(
 
 def test_a_trial_and_its_retraining_start_from_the_same_model_and_batches(in_tmp: Path) -> None:
     spec = spec_for(in_tmp, "train", {})
-    data = DataCache(spec).get()
+    data = DataCache(spec.data, seed=spec.seed).get()
     config = first_config(spec)
-    settings = train_settings(spec, config, trial_budget(config, make_plan(spec, data)), n_val=len(data.val))
+    settings = train_settings(
+        study_settings(spec), config, trial_budget(config, make_plan(spec, data)), n_val=len(data.val)
+    )
     first, again, other = (
-        assemble_trial(spec, config, data, settings, seeds=trial_seeds(spec, 4, retraining)) for retraining in (0, 0, 1)
+        assemble_trial(
+            study_settings(spec), config, data, settings, seeds=trial_seeds(study_settings(spec), 4, retraining)
+        )
+        for retraining in (0, 0, 1)
     )
     pairs = zip(first.model.state_dict().values(), again.model.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)

@@ -222,7 +222,7 @@ def test_enabled_trials_log_pipeline_and_grid_disabled_ones_nothing(
     raw = torch.cat([x for x, _ in first])
     from autocnn.data.cache import DataCache
 
-    val_images = DataCache(data).get().val.images
+    val_images = DataCache(data.data, seed=data.seed).get().val.images
     expected = (torch.from_numpy(val_images).permute(0, 3, 1, 2).float() - 127.5) / 127.5
     assert torch.allclose(raw, expected, atol=1e-6)
 

@@ -18,7 +18,7 @@ from autocnn.cli.app import app
 from autocnn.errors import SpecError
 from autocnn.models.build import build_model, freeze_mode, model_facts, preprocess_for
 from autocnn.models.hub import WeightsError, cached_weights, check_backbones
-from autocnn.spec.load import parse_spec
+from autocnn.spec.load import load_spec, parse_spec
 from autocnn.training.assembly import parameter_groups
 from tests.conftest import digits_spec_dict, write_spec
 
@@ -65,9 +65,10 @@ def test_local_weight_file_loads_with_a_new_classifier(tmp_path: Path, suffix: s
     else:
         torch.save({"state_dict": state}, file)  # the common training-checkpoint wrapping
 
-    # A relative path is read from the spec's folder (base_dir), not from the working directory.
-    params = {"pretrained": f"weights/resnet18{suffix}", "freeze": "none"}
-    model = build_model("resnet18", params, num_classes=N_CLASSES, image_size=32, base_dir=tmp_path)
+    # A relative path is read from the spec's folder, not from the working directory: resolved at load.
+    spec = write_spec(tmp_path, digits_spec_dict(models={"resnet18": {"pretrained": f"weights/resnet18{suffix}"}}))
+    params = {"pretrained": load_spec(spec).models.spaces()["resnet18"].pretrained, "freeze": "none"}
+    model = build_model("resnet18", params, num_classes=N_CLASSES, image_size=32)
     random = build_model("resnet18", {"pretrained": False}, num_classes=N_CLASSES, image_size=32)
 
     assert torch.equal(model.body.conv1.weight, state["conv1.weight"])
@@ -94,7 +95,7 @@ def test_missing_weight_file_is_a_spec_error_naming_the_path(tmp_path: Path) -> 
     raw = digits_spec_dict(models={"resnet18": {"pretrained": "nowhere/resnet18.safetensors"}})
     spec = parse_spec(raw)
     with pytest.raises(SpecError, match=r"models\.resnet18\.pretrained: weight file not found: .*nowhere"):
-        check_backbones(spec)
+        check_backbones(spec.models)
 
 
 # --------------------------------------------------------------------------- freeze modes
@@ -264,7 +265,7 @@ def test_cached_weights_are_found_and_loaded_offline(hub_cache: Path) -> None:
     _fill_hub_cache(hub_cache, get_pretrained_cfg("resnet18").hf_hub_id, state)
     assert cached_weights("resnet18") is not None
     assert cached_weights("efficientnet_b0") is None
-    check_backbones(parse_spec(digits_spec_dict(models={"resnet18": {"pretrained": True}})))
+    check_backbones(parse_spec(digits_spec_dict(models={"resnet18": {"pretrained": True}})).models)
 
     model = build_model("resnet18", {"pretrained": True}, num_classes=N_CLASSES, image_size=32)
     assert torch.equal(model.body.conv1.weight, state["conv1.weight"])
@@ -278,7 +279,7 @@ def test_model_without_pretrained_weights_names_relatives(hub_cache: Path) -> No
         SpecError,
         match=r"models\.mobilenetv2_035\.pretrained: timm has no pretrained .*mobilenetv2_050",
     ):
-        check_backbones(spec)
+        check_backbones(spec.models)
 
 
 # --------------------------------------------------------------------------- names and spec keys
@@ -382,7 +383,7 @@ def test_20classes_backbones_exist_and_only_lack_cached_weights(hub_cache: Path)
     from tests.conftest import REPO
 
     with pytest.raises(WeightsError, match=r"autocnn weights fetch resnet50 efficientnet_b0 mobilenetv2_050`"):
-        check_backbones(load_spec(REPO / "studies" / "20classes.yaml"))
+        check_backbones(load_spec(REPO / "studies" / "20classes.yaml").models)
 
 
 def test_model_facts_measure_each_architecture_once_per_study() -> None:

@@ -74,7 +74,7 @@ def test_unreadable_files_are_skipped_and_named(tmp_path: Path) -> None:
     broken = root / "a" / "broken.png"
     broken.write_bytes(b"not an image")
     spec = load_spec(write_spec(tmp_path, digits_spec_dict(data={"source": "imagefolder", "root": "images"})))
-    data = DataCache(spec).get()
+    data = DataCache(spec.data, seed=spec.seed).get()
     assert [path for path, _ in data.skipped] == [str(broken)]
     assert len(data.train) + len(data.val) + len(data.test) == 16
     assert data.train.images.shape[1:] == (16, 16, 3)
@@ -108,7 +108,7 @@ def test_cache_decodes_each_size_once(image_folder: Path, tmp_path: Path, monkey
 
     monkeypatch.setattr(data_module, "decode_image", counting)
     spec = load_spec(write_spec(tmp_path, digits_spec_dict(data={"source": "imagefolder", "root": "images"})))
-    cache = DataCache(spec)
+    cache = DataCache(spec.data, seed=spec.seed)
     assert cache.get() is cache.get(16)
     cache.get(8)
     assert calls.count(16) == 36 and calls.count(8) == 36
@@ -267,7 +267,7 @@ def test_the_study_names_the_files_it_leaves_out(untidy_folder: Path) -> None:
         write_spec(untidy_folder.parent, digits_spec_dict(data={"source": "imagefolder", "root": "images"}))
     )
     heard = Heard()
-    data = checked_data(spec, DataCache(spec), heard)  # type: ignore[arg-type]
+    data = checked_data(spec, DataCache(spec.data, seed=spec.seed), heard)  # type: ignore[arg-type]
     assert len(data.train) + len(data.val) + len(data.test) == 19
     said = "\n".join(heard.lines)
     assert said.count("gone.png") == 1 and said.count("notes.txt") == 1 and "a/extra/ (3)" in said

@@ -57,7 +57,8 @@ def test_a_dataset_lands_in_the_cache_once_and_is_reused(data_home: Path, monkey
         assert sorted(p.name for p in (folder / "cifar-100-python").iterdir()) == ["meta", "test", "train"]
 
         datasets.fetch_dataset("cifar100")
-        cache = DataCache(parse_spec(_named_spec("cifar100", labels="coarse")))
+        spec = parse_spec(_named_spec("cifar100", labels="coarse"))
+        cache = DataCache(spec.data, seed=spec.seed)
         data = cache.get()
         assert [r for r in served.requests if r[1] == path] == first  # reused, not fetched again
     assert data.classes == COARSE
@@ -69,7 +70,8 @@ def test_a_dataset_lands_in_the_cache_once_and_is_reused(data_home: Path, monkey
 def test_cifar10_and_fine_labels_read_through_torchvision(data_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with file_server() as served:
         _serve(monkeypatch, served, "cifar10", n_classes=3, per_class=10)
-        data = DataCache(parse_spec(_named_spec("cifar10", image_size=32))).get()
+        spec = parse_spec(_named_spec("cifar10", image_size=32))
+        data = DataCache(spec.data, seed=spec.seed).get()
     assert data.classes == ["class0", "class1", "class2"]
     assert len(data.train) + len(data.val) == 30 and len(data.test) == 15
     # each class's colour channel is bright: the pixels are CIFAR's channel-first rows put upright
@@ -169,9 +171,11 @@ def test_data_fetch_writes_an_image_folder_a_spec_can_use(
     assert [p.name for p in out.parent.iterdir()] == ["cifar100-coarse"]  # no partial folder left
 
     # The folder holds the same images and splits as the dataset by name with the same seed.
-    by_name = DataCache(parse_spec(_named_spec("cifar100", labels="coarse", image_size=32, split={"val": 0.25}))).get()
+    named = parse_spec(_named_spec("cifar100", labels="coarse", image_size=32, split={"val": 0.25}))
+    by_name = DataCache(named.data, seed=named.seed).get()
     spec = digits_spec_dict(data={"source": "imagefolder", "root": str(out), "image_size": 32})
-    from_files = DataCache(parse_spec(spec)).get()
+    folder = parse_spec(spec)
+    from_files = DataCache(folder.data, seed=folder.seed).get()
     assert from_files.classes == by_name.classes
     for name in ("train", "val", "test"):
         a, b = getattr(from_files, name), getattr(by_name, name)

@@ -44,7 +44,7 @@ from autocnn.outputs.finalize import (
 )
 from autocnn.outputs.predict import Predictor, predict_files
 from autocnn.search.results import pick_trial, top_trials
-from autocnn.search.space import config_from_params
+from autocnn.search.space import config_from_params, study_settings
 from autocnn.search.storage import open_study, storage_url
 from autocnn.spec.objectives import Objective
 from autocnn.tracking.tracker import Tracker
@@ -86,7 +86,7 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Finalized]:
         study = finish_study(root)
         said: list[str] = []
         result = finalize(study.spec, FinalizeOptions(tracking_uri=study.tracking_uri), say=said.append)
-        yield Finalized(study, result, DataCache(study.spec).get(16), said)
+        yield Finalized(study, result, DataCache(study.spec.data, seed=study.spec.seed).get(16), said)
 
 
 def reference_model(folder: Path):  # type: ignore[no-untyped-def]
@@ -488,10 +488,10 @@ def test_top_k_picks_the_best_mean_not_the_best_single_value() -> None:
 
 def test_seeds_are_distinct_and_seed_zero_is_the_trials_own(done: Finalized) -> None:
     spec = done.study.spec
-    seeds = {(n, s): trial_seeds(spec, n, s) for n in range(200) for s in range(5)}
+    seeds = {(n, s): trial_seeds(study_settings(spec), n, s) for n in range(200) for s in range(5)}
     assert len({pair.torch for pair in seeds.values()}) == len(seeds)
     assert len({pair.batches for pair in seeds.values()}) == len(seeds)
-    assert trial_seeds(spec, 7) == Seeds(spec.seed * 100_003 + 7, spec.seed + 7)
+    assert trial_seeds(study_settings(spec), 7) == Seeds(spec.seed * 100_003 + 7, spec.seed + 7)
 
 
 def test_top_k_options_and_too_few_trials(done: Finalized) -> None:

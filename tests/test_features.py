@@ -18,7 +18,7 @@ from autocnn.data.arrays import Split
 from autocnn.data.cache import DataCache
 from autocnn.models.backbones import FeatureHead
 from autocnn.models.build import build_model, preprocess_for
-from autocnn.search.space import config_from_params
+from autocnn.search.space import config_from_params, study_settings
 from autocnn.spec.load import load_spec, parse_spec
 from autocnn.spec.schema import Spec
 from autocnn.training.assembly import AssembledTrial, assemble_trial, preprocessing, train_settings, trial_seeds
@@ -74,13 +74,20 @@ def frozen_spec(folder: Path, **overrides: Any) -> Spec:
 
 def assemble(spec: Spec, features: FeatureCache | None, *, number: int = 0) -> AssembledTrial:
     config = config_from_params(spec, {"model": BACKBONE})
-    pre = preprocessing(spec, config)
-    data = DataCache(spec).get(pre.image_size)
+    pre = preprocessing(study_settings(spec), config)
+    data = DataCache(spec.data, seed=spec.seed).get(pre.image_size)
     budget = {"epochs": spec.train.epochs, "patience": 0, "steps_per_epoch": len(data.train) // 8}
-    settings = train_settings(spec, config, budget, n_val=len(data.val))
+    settings = train_settings(study_settings(spec), config, budget, n_val=len(data.val))
     device = torch.device("cpu")
     return assemble_trial(
-        spec, config, data, settings, seeds=trial_seeds(spec, number), pre=pre, features=features, device=device
+        study_settings(spec),
+        config,
+        data,
+        settings,
+        seeds=trial_seeds(study_settings(spec), number),
+        pre=pre,
+        features=features,
+        device=device,
     )
 
 
@@ -130,7 +137,7 @@ def test_which_path_a_trial_takes_and_why() -> None:
             raw["augment"] = augment
         spec = parse_spec(raw)
         config = config_from_params(spec, {"model": BACKBONE})
-        return choose_path(spec, config, augmenting=bool(augment))
+        return choose_path(config, augmenting=bool(augment), feature_cache=spec.study.feature_cache)
 
     frozen = {"freeze": "backbone"}
     assert path(frozen).cached and "no augmentation" in path(frozen).reason
@@ -146,7 +153,9 @@ def test_which_path_a_trial_takes_and_why() -> None:
     assert augmenting.tags() == {PATH_TAG: FULL, REASON_TAG: augmenting.reason}
     spec = parse_spec(digits_spec_dict(train={"lr": 1e-3}))
     assert not choose_path(
-        spec, config_from_params(spec, {"model": "custom_cnn", "models.custom_cnn.depth": 2}), augmenting=False
+        config_from_params(spec, {"model": "custom_cnn", "models.custom_cnn.depth": 2}),
+        augmenting=False,
+        feature_cache=True,
     ).cached
 
 
@@ -315,7 +324,7 @@ def test_a_study_reuses_features_across_trials_and_a_resume_and_finalize_exports
     assert "features computed in" in tags[0][REASON_TAG]
     assert tags[1][REASON_TAG].endswith("features from memory")
     assert tags[2][REASON_TAG].endswith("features from disk")
-    assert len(feature_files(features.feature_folder(spec))) == 2
+    assert len(feature_files(study_settings(spec).feature_folder)) == 2
 
     report = build_report(spec, out=folder / "report.html").path.read_text()
     assert "s/trial frozen: cached · full (trials)" in report and "cached " in report

@@ -52,8 +52,8 @@ def test_optuna_trials_shows_the_metric_name(study: FinishedStudy) -> None:
 
 def _record(spec_path: Path) -> DatasetRecord:
     spec = load_spec(spec_path)
-    cache = DataCache(spec)
-    return dataset_record(spec, cache, cache.get())
+    cache = DataCache(spec.data, seed=spec.seed)
+    return dataset_record(cache, cache.get())
 
 
 def test_an_image_folder_is_a_local_source_whose_digest_follows_the_file_list(

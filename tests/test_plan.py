@@ -20,7 +20,7 @@ N_TRAIN = 1077
 
 def plan_of(**overrides: object):  # type: ignore[no-untyped-def]
     spec = parse_spec(digits_spec_dict(**overrides))
-    return spec, make_plan(spec, DataCache(spec).get())
+    return spec, make_plan(spec, DataCache(spec.data, seed=spec.seed).get())
 
 
 def test_steps_are_counted_per_batch_size_and_epochs() -> None:
@@ -53,7 +53,7 @@ def test_a_judgement_before_the_floor_warns_about_the_pruner() -> None:
 
 def test_a_timeout_the_trials_cannot_fill_warns_about_study_trials() -> None:
     spec = parse_spec(digits_spec_dict(study={"trials": 4, "timeout": "1h"}, train={"epochs": 20, "batch_size": 64}))
-    data = DataCache(spec).get()
+    data = DataCache(spec.data, seed=spec.seed).get()
     plan = make_plan(spec, data, seconds_per_step={"custom_cnn": 0.01})  # 4 trials x ~3.5 s of a 1 h budget
     (warning,) = [w for w in plan.warnings if w.startswith("study.trials:")]
     assert "remove study.trials" in warning
@@ -72,7 +72,7 @@ def test_each_model_familys_cost_is_shown_at_its_own_input_size_with_the_trials_
         )
     )
     assert input_sizes(spec) == {"custom_cnn": 16, "mobilenetv2_035": 96}
-    data = DataCache(spec).get()
+    data = DataCache(spec.data, seed=spec.seed).get()
     seconds = {"custom_cnn": 0.01, "mobilenetv2_035": 0.5}  # 20 epochs of 16 steps, plus validation: ~4 s and ~3 min
     rows = dict(describe(make_plan(spec, data, seconds_per_step=seconds, input_sizes=input_sizes(spec))))
     assert rows["mobilenetv2_035 trial at 96 px"].startswith("3.0 min at full length")

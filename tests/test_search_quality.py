@@ -119,7 +119,8 @@ def test_an_imagefolder_written_for_a_regime_reads_back_through_autocnn(tmp_path
 
     regime = ds.shapes20(0, TINY_SHAPES)
     root = ds.write_imagefolder(tmp_path / "data", regime)
-    data = DataCache(sq.data_only_spec(root, 64)).get(64)
+    spec = sq.data_only_spec(root, 64)
+    data = DataCache(spec.data, seed=spec.seed).get(64)
     assert data.classes == sorted(regime.classes)
     assert data.test is not None and len(data.train) == 40 and len(data.val) == 20 and len(data.test) == 40
     assert rows(data.test.images) == rows(regime.splits["test"].images)  # PNG is lossless, no resize at 64 px

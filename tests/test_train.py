@@ -35,7 +35,7 @@ def test_too_deep_says_so() -> None:
 
 def _batches(tmp_path: Path, image_folder: Path, batch_size: int = 8) -> tuple[TensorBatches, TensorBatches]:
     spec = load_spec(write_spec(tmp_path, digits_spec_dict(data={"source": "imagefolder", "root": "images"})))
-    data = DataCache(spec).get()
+    data = DataCache(spec.data, seed=spec.seed).get()
     pre = Preprocess(image_size=16)
     train = TensorBatches(data.train, pre, batch_size=batch_size, shuffle=True, seed=0)
     val = TensorBatches(data.val, pre, batch_size=64, shuffle=False)

@@ -55,7 +55,7 @@ def test_a_fine_tuning_trial_starts_from_the_head_a_probe_fitted_on_cached_featu
     # the same probe fitted here from the backbone's own features of the training images
     from autocnn.data.cache import DataCache
 
-    data = DataCache(spec).get(trial.pre.image_size)
+    data = DataCache(spec.data, seed=spec.seed).get(trial.pre.image_size)
     fresh = assemble(
         frozen_spec(
             folder,

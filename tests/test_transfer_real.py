@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from autocnn.data.cache import DataCache
-from autocnn.search.space import config_from_params
+from autocnn.search.space import config_from_params, study_settings
 from autocnn.spec.load import load_spec
 from autocnn.spec.schema import Spec
 from autocnn.training.assembly import AssembledTrial, assemble_trial, preprocessing, train_settings, trial_seeds
@@ -64,12 +64,19 @@ def spec_with(folder: Path, photos: Path, epochs: int, **backbone: Any) -> Spec:
 
 def assembled(spec: Spec, features: FeatureCache) -> AssembledTrial:
     config = config_from_params(spec, {"model": "efficientnet_lite0"})
-    pre = preprocessing(spec, config)
-    data = DataCache(spec).get(pre.image_size)
+    pre = preprocessing(study_settings(spec), config)
+    data = DataCache(spec.data, seed=spec.seed).get(pre.image_size)
     budget = {"epochs": spec.train.epochs, "patience": 0, "steps_per_epoch": len(data.train) // 32}
-    settings = train_settings(spec, config, budget, n_val=len(data.val))
+    settings = train_settings(study_settings(spec), config, budget, n_val=len(data.val))
     return assemble_trial(
-        spec, config, data, settings, seeds=trial_seeds(spec, 0), pre=pre, features=features, device=torch.device("cpu")
+        study_settings(spec),
+        config,
+        data,
+        settings,
+        seeds=trial_seeds(study_settings(spec), 0),
+        pre=pre,
+        features=features,
+        device=torch.device("cpu"),
     )
 
 

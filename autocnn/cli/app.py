@@ -234,10 +234,10 @@ def validate(
         loaded = _load(spec)
         with RichReporter(_console()) as downloads:
             fetch_on_first_use(loaded, downloads)
-        cache = DataCache(loaded)
+        cache = DataCache(loaded.data, seed=loaded.seed)
         report = check_spec(loaded, cache)
         plan = plan_for(loaded, cache, probe=probe)
-        checks = run_data_checks(loaded, cache)
+        checks = run_data_checks(cache, metric=loaded.study.metric)
     console = _console()
     for warning in [*report.warnings, *unreadable_images(cache), *checks.warnings, *plan.warnings]:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)

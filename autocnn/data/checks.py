@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from autocnn.data.folders import SPLITS, FileIndex
-from autocnn.data.cache import DataCache
 from autocnn.data.arrays import Dataset
-from autocnn.spec.schema import Spec
+from autocnn.data.cache import DataCache
+from autocnn.data.folders import SPLITS, FileIndex
 
 NEAR_BITS = 8  # of pHash's 64: re-saved, resized or lightly edited copies (imagededup allows 10)
 IMBALANCE_WARN = 3.0  # largest / smallest class in train
@@ -155,14 +154,15 @@ def duplicate_lines(duplicates: list[Duplicate], classes: list[str], root: Path)
     return lines
 
 
-def run_data_checks(spec: Spec, cache: DataCache) -> DataChecks:
-    """Counts and imbalance for any source; duplicates across splits for image folders (files to name)."""
+def run_data_checks(cache: DataCache, *, metric: str) -> DataChecks:
+    """Counts and imbalance (against the study's `metric`) for any source; duplicates across
+    splits for image folders (files to name)."""
     data = cache.get()
     counts = class_counts(data)
     warnings: list[str] = []
-    if warning := imbalance_warning(data.classes, counts["train"], metric=spec.study.metric):
+    if warning := imbalance_warning(data.classes, counts["train"], metric=metric):
         warnings.append(warning)
-    if spec.data.source == "imagefolder":
-        root = spec.resolve_path(spec.data.root or "")
+    if cache.data.source == "imagefolder":
+        root = Path(cache.data.root or "")
         warnings += duplicate_lines(find_duplicates(cache.index()), data.classes, root)
     return DataChecks(data.classes, counts, warnings)

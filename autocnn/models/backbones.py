@@ -85,10 +85,9 @@ def build_head(in_features: int, *, num_classes: int, hidden: int, activation: s
     return nn.Sequential(*layers)
 
 
-def create_body(
-    name: str, pretrained: bool | str, *, num_classes: int, drop_rate: float, base_dir: Path | None
-) -> nn.Module:
-    """timm.create_model; a file loads via pretrained_cfg_overlay (weights_only, new head)."""
+def create_body(name: str, pretrained: bool | str, *, num_classes: int, drop_rate: float) -> nn.Module:
+    """timm.create_model; a file loads via pretrained_cfg_overlay (weights_only, new head). A
+    spec's weight file is absolute by now: its path was resolved when the spec was loaded."""
     import timm
 
     use_offline_hub()
@@ -100,7 +99,6 @@ def create_body(
     where = "timm's cache"
     if isinstance(pretrained, str):
         file = Path(pretrained).expanduser()
-        file = file if file.is_absolute() else (base_dir or Path.cwd()) / file
         if problem := weight_file_problem(file, path=f"models.{name}"):
             raise WeightsError(problem)
         kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
@@ -121,7 +119,6 @@ def build_backbone(
     params: dict[str, Any],
     *,
     num_classes: int,
-    base_dir: Path | None = None,
     load_weights: bool = True,
 ) -> TimmClassifier:
     """A trial's backbone: weights, head and freeze mode as sampled.
@@ -134,7 +131,6 @@ def build_backbone(
         params.get("pretrained", True) if load_weights else False,
         num_classes=0 if head_params else num_classes,
         drop_rate=0.0 if head_params else float(params.get("dropout", 0.0)),
-        base_dir=base_dir,
     )
     head = None
     if head_params:

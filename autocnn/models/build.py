@@ -4,7 +4,6 @@ latency).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autocnn.models.catalog import CUSTOM_CNN, Preprocess
@@ -19,14 +18,12 @@ def build_model(
     *,
     num_classes: int,
     image_size: int,
-    base_dir: Path | None = None,
     load_weights: bool = True,
 ) -> nn.Module:
     """Build the trial's model; keyword-only so a swapped count and size cannot slip through.
 
-    Any name but custom_cnn is a timm backbone. `base_dir` anchors a relative weight file (the
-    spec's folder); `load_weights=False` skips pretrained weights when a trained state dict
-    follows.
+    Any name but custom_cnn is a timm backbone; `load_weights=False` skips pretrained weights when
+    a trained state dict follows.
     """
     if name == CUSTOM_CNN:
         from autocnn.models.custom_cnn import CustomCNN
@@ -34,7 +31,7 @@ def build_model(
         return CustomCNN(num_classes=num_classes, image_size=image_size, **params)
     from autocnn.models.backbones import build_backbone
 
-    return build_backbone(name, params, num_classes=num_classes, base_dir=base_dir, load_weights=load_weights)
+    return build_backbone(name, params, num_classes=num_classes, load_weights=load_weights)
 
 
 def preprocess_for(name: str, params: dict[str, Any], *, image_size: int, native_size: bool = False) -> Preprocess:

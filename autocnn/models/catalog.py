@@ -5,11 +5,6 @@ deep it can go at a given size, and what a model expects of its input.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
 
 CUSTOM_CNN = "custom_cnn"
 

@@ -30,7 +30,7 @@ from autocnn.errors import AutocnnError, SpecError
 from autocnn.models.catalog import CUSTOM_CNN
 
 if TYPE_CHECKING:
-    from autocnn.spec.schema import Spec, TimmSpace
+    from autocnn.spec.schema import ModelsSpec, TimmSpace
 
 # --------------------------------------------------------------------------- the catalog
 
@@ -305,10 +305,10 @@ def _download_or_explain(name: str, progress: DownloadProgress | None) -> Path:
         raise WeightsError(f"{name}: download failed ({exc.__class__.__name__}: {first})") from None
 
 
-def missing_pretrained(spec: Spec) -> list[str]:
+def missing_pretrained(models: ModelsSpec) -> list[str]:
     """timm models the spec wants timm's weights for and the cache lacks (bad names: check_backbones)."""
     missing = []
-    for name, space in timm_spaces(spec).items():
+    for name, space in timm_spaces(models).items():
         if space.pretrained is True and is_timm_name(name) and no_weights_problem(name, path=name) is None:
             if cached_weights(name) is None:
                 missing.append(name)
@@ -316,14 +316,14 @@ def missing_pretrained(spec: Spec) -> list[str]:
 
 
 def fetch_missing_weights(
-    spec: Spec, *, say: Callable[[str], None] | None = None, progress: DownloadProgress | None = None
+    models: ModelsSpec, *, say: Callable[[str], None] | None = None, progress: DownloadProgress | None = None
 ) -> list[str]:
     """Fetch, before trial 1, the pretrained weights the spec needs and the cache lacks.
 
     Offline the study stops here, in seconds, naming every missing model: one connect to the
     hub (or the weights' host) under a short timeout decides, never a library's retries.
     """
-    missing = missing_pretrained(spec)
+    missing = missing_pretrained(models)
     if not missing:
         return []
     for url in dict.fromkeys(weights_url(name) for name in missing):
@@ -339,8 +339,8 @@ def fetch_missing_weights(
 # --------------------------------------------------------------------------- checks before trial 1
 
 
-def timm_spaces(spec: Spec) -> dict[str, TimmSpace]:
-    return {name: space for name, space in spec.models.spaces().items() if name != CUSTOM_CNN}  # type: ignore[misc]
+def timm_spaces(models: ModelsSpec) -> dict[str, TimmSpace]:
+    return {name: space for name, space in models.spaces().items() if name != CUSTOM_CNN}  # type: ignore[misc]
 
 
 def missing_weights_message(missing: list[str], *, reason: str | None = None) -> str:
@@ -355,13 +355,14 @@ def missing_weights_message(missing: list[str], *, reason: str | None = None) ->
     )
 
 
-def check_backbones(spec: Spec) -> list[str]:
-    """Names exist, weight files exist, pretrained weights are cached; returns warnings."""
+def check_backbones(models: ModelsSpec) -> list[str]:
+    """Names exist, weight files exist (their paths absolute since the spec was loaded),
+    pretrained weights are cached; returns warnings."""
     use_offline_hub()
     problems: list[str] = []
     missing: list[str] = []
     warnings: list[str] = []
-    for name, space in timm_spaces(spec).items():
+    for name, space in timm_spaces(models).items():
         path = f"models.{name}"
         try:
             check_name(name, path=path)
@@ -369,7 +370,7 @@ def check_backbones(spec: Spec) -> list[str]:
             problems += exc.problems
             continue
         if isinstance(space.pretrained, str):
-            if problem := weight_file_problem(spec.resolve_path(space.pretrained), path=path):
+            if problem := weight_file_problem(Path(space.pretrained), path=path):
                 problems.append(problem)
         elif space.pretrained and (problem := no_weights_problem(name, path=path)):
             problems.append(problem)

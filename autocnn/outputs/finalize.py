@@ -26,6 +26,7 @@ from autocnn.models.folder import (
 )
 from autocnn.outputs.bundle import Scores, eval_split, score, torch_logits, write_bundle, write_metrics
 from autocnn.search.results import best_epoch, pick_trial, top_trials
+from autocnn.search.space import study_settings
 from autocnn.spec.objectives import Objective, primary
 from autocnn.spec.schema import Spec
 
@@ -176,7 +177,7 @@ def model_preprocessing(spec: Spec, config: TrialConfig) -> Preprocessing:
     """The input size and mean/std the trial trained with (a backbone's own, or the spec's)."""
     from autocnn.training.assembly import preprocessing
 
-    pre = preprocessing(spec, config)
+    pre = preprocessing(study_settings(spec), config)
     return Preprocessing(pre.image_size, tuple(pre.mean), tuple(pre.std))
 
 
@@ -222,7 +223,7 @@ def retrain(
     from autocnn.training.assembly import assemble_trial, train_settings, trial_seeds
     from autocnn.training.features import process_cache
 
-    settings = train_settings(spec, config, recorded_budget(trial, config, data), n_val=len(data.val))
+    settings = train_settings(study_settings(spec), config, recorded_budget(trial, config, data), n_val=len(data.val))
     train_split = None
     if refit:  # no held-out data left to stop on: train as long as the trial's best epoch
         settings = replace(settings, epochs=best_epoch(trial, primary(spec)), early_stopping=0)
@@ -236,9 +237,9 @@ def retrain(
         config,
         data,
         settings,
-        seeds=trial_seeds(spec, trial.number, seed),
+        seeds=trial_seeds(study_settings(spec), trial.number, seed),
         train_split=train_split,
-        features=process_cache(spec),
+        features=process_cache(study_settings(spec)),
     )
     trainer = assembled.trainer
     for _ in trainer.fit(assembled.train, assembled.val):
@@ -489,7 +490,7 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
     say = say or (lambda _text: None)
     warnings: list[str] = []
     study = open_study(spec, storage_url(spec, options.storage))
-    cache = DataCache(spec)
+    cache = DataCache(spec.data, seed=spec.seed)
     trial, top_k, seed0_model = choose_trial(spec, study, cache, options, say, warnings)
     config = config_from_params(spec, trial.params)
     pre = model_preprocessing(spec, config)

@@ -33,7 +33,7 @@ def axes(spec: Spec) -> tuple[Objective, str]:
 
     main = primary(spec)
     others = [o.metric for o in study_objectives(spec) if o.metric != main.metric]
-    costs = costs_needed(spec)
+    costs = costs_needed(spec.study)
     return main, (costs[0] if costs else (others[0] if others else main.metric))
 
 

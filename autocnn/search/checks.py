@@ -72,7 +72,7 @@ def check_data(spec: Spec, cache: DataCache) -> dict[str, str]:
     counts = index.counts()
     how = "pre-split folders" if index.presplit else f"stratified split, seed {spec.seed}"
     table = {
-        "source": str(spec.resolve_path(data.root or "")),
+        "source": str(data.root),
         "classes": f"{len(index.classes)}: {', '.join(index.classes[:8])}{' ...' if len(index.classes) > 8 else ''}",
         "images": ", ".join(f"{name} {n}" for name, n in counts.items()) + f" ({how})",
         "image size": f"{data.image_size} px",
@@ -118,13 +118,13 @@ def unreadable_images(cache: DataCache) -> list[str]:
 
 def check_spec(spec: Spec, cache: DataCache | None = None) -> CheckReport:
     """Raise the first blocking problem as an AutocnnError; return what validate shows."""
-    cache = cache or DataCache(spec)
+    cache = cache or DataCache(spec.data, seed=spec.seed)
     warnings = check_models(spec)
     if set(spec.models.spaces()) - {CUSTOM_CNN}:
         from autocnn.models.hub import check_backbones
 
-        warnings += check_backbones(spec)
-    if spec.study.latency_device != "cpu" and "latency_ms" in costs_needed(spec):
+        warnings += check_backbones(spec.models)
+    if spec.study.latency_device != "cpu" and "latency_ms" in costs_needed(spec.study):
         from autocnn.models.onnx import latency_providers
 
         latency_providers(spec.study.latency_device)  # no CUDA provider: one line, before trial 1

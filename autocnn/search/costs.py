@@ -46,9 +46,16 @@ def record_costs(
     Returns what to log beside model_facts: the latency measured as `predict` runs the model
     replaces the training-device forward time, so the report and the objective show one number.
     """
-    if not costs_needed(spec):
+    if not costs_needed(spec.study):
         return {}
-    costs = measure_costs(model, facts, spec=spec, image_size=image_size, cache=cache)
+    costs = measure_costs(
+        model,
+        facts,
+        needed=costs_needed(spec.study),
+        latency_device=spec.study.latency_device,
+        image_size=image_size,
+        cache=cache,
+    )
     trial.set_user_attr(COSTS_ATTR, costs.as_attr())
     for name, excess in constraint_values(costs.values, spec.study.constraints or {}).items():
         trial.set_constraint(name, excess)

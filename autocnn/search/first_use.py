@@ -28,4 +28,4 @@ def fetch_on_first_use(spec: Spec, reporter: Any = None) -> None:
     if spec.models.backbones():
         from autocnn.models.hub import fetch_missing_weights
 
-        fetch_missing_weights(spec, say=say, progress=progress)
+        fetch_missing_weights(spec.models, say=say, progress=progress)

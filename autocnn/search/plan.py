@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from autocnn.search.space import study_settings
 from autocnn.spec.fields import Choices, Range
 from autocnn.spec.schema import Spec
 from autocnn.training.budget import (
@@ -222,12 +223,18 @@ def probe_seconds_per_step(spec: Spec, data: Dataset) -> dict[str, float]:
     try:
         for params in default_trials(spec):
             config = config_from_params(spec, params)
-            pre = preprocessing(spec, config)
+            pre = preprocessing(study_settings(spec), config)
             probed = data if pre.image_size == spec.data.image_size else _random_data(pre.image_size, data)
             batch = min(config.train.batch_size, max(len(probed.train) - 1, 2))
             settings = TrainSettings.from_trial(config.train, primary(spec), epochs=1)
             assembled = assemble_trial(
-                spec, config, probed, settings, seeds=trial_seeds(spec, 0), pre=pre, batch_size=batch
+                study_settings(spec),
+                config,
+                probed,
+                settings,
+                seeds=trial_seeds(study_settings(spec), 0),
+                pre=pre,
+                batch_size=batch,
             )
             out[config.model] = _time_steps(assembled.trainer, assembled.train, batch_size=config.train.batch_size)
     finally:
@@ -275,7 +282,7 @@ def input_sizes(spec: Spec) -> dict[str, int]:
     from autocnn.training.assembly import preprocessing
 
     configs = [config_from_params(spec, params) for params in default_trials(spec)]
-    return {config.model: preprocessing(spec, config).image_size for config in configs}
+    return {config.model: preprocessing(study_settings(spec), config).image_size for config in configs}
 
 
 def plan_for(spec: Spec, cache: Any, *, probe: bool = True) -> Plan:

@@ -26,6 +26,7 @@ from autocnn.search.resume import (
     owner_id,
     recover_dead_trials,
 )
+from autocnn.search.space import study_settings
 from autocnn.search.storage import open_storage, storage_url, stored_trials
 from autocnn.search.trial import TrialContext, make_objective
 from autocnn.spec.objectives import is_multi_objective, primary, study_objectives
@@ -250,7 +251,7 @@ def open_session(spec: Spec, options: StudyOptions, reporter: Reporter, plan: Pl
 
     quiet = reporter if not options.supervised else SilentReporter()  # the supervisor said it all
     fetch_on_first_use(spec, quiet)  # a dataset by name, pretrained weights: before trial 1, or fail fast
-    cache = DataCache(spec, progress=quiet.data_progress)
+    cache = DataCache(spec.data, seed=spec.seed, progress=quiet.data_progress)
     data = checked_data(spec, cache, quiet)  # before any store is written: bad data leaves nothing
     timeout = options.timeout or spec.study.timeout
     target = trial_target(spec, options)
@@ -264,7 +265,7 @@ def open_session(spec: Spec, options: StudyOptions, reporter: Reporter, plan: Pl
         reporter.message(f"first trials: the default configuration of {', '.join(spec.models.spaces())}")
     tracking_uri = options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri()
     tracker, parent = open_tracking(spec, tracking_uri, storage, study, created=created)
-    dataset = dataset_record(spec, cache, data)
+    dataset = dataset_record(cache, data)
     if not options.supervised:
         tracker.log_dataset(parent, dataset)
     for number in recover_dead_trials(study):
@@ -444,7 +445,7 @@ def log_best_model(spec: Spec, study: optuna.Study, tracker: Tracker, parent: st
     if not run_id or tracker.run_tags(parent).get("autocnn.best_model_trial") == str(best.number):
         return
     config = config_from_params(spec, best.params)
-    pre = preprocessing(spec, config)
+    pre = preprocessing(study_settings(spec), config)
     model = build_model(
         config.model, config.model_params, num_classes=data.num_classes, image_size=pre.image_size, load_weights=False
     )

@@ -13,8 +13,17 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from autocnn.spec.fields import Choices, Range
+from autocnn.spec.objectives import primary
 from autocnn.spec.schema import Spec
-from autocnn.training.config import MODEL_PARAM, AugmentConfig, TrainConfig, TrialConfig, model_config, typed
+from autocnn.training.config import (
+    MODEL_PARAM,
+    AugmentConfig,
+    StudySettings,
+    TrainConfig,
+    TrialConfig,
+    model_config,
+    typed,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -119,3 +128,15 @@ def config_from_params(spec: Spec, params: dict[str, Any]) -> TrialConfig:
     import optuna
 
     return sample_config(optuna.trial.FixedTrial(params), spec)
+
+
+def study_settings(spec: Spec) -> StudySettings:
+    """The part of the spec every trial's training reads: training is handed this, never the spec."""
+    return StudySettings(
+        seed=spec.seed,
+        image_size=spec.data.image_size,
+        native_size="image_size" not in spec.data.model_fields_set,
+        objective=primary(spec),
+        feature_cache=spec.study.feature_cache,
+        feature_folder=spec.base_dir / ".autocnn" / spec.name / "features",
+    )

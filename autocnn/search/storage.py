@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autocnn.errors import StudyError
-from autocnn.spec.schema import Spec
+from autocnn.spec.schema import Spec, absolute_path
 from autocnn.sqlite import SQLITE_BUSY_TIMEOUT_S, enable_wal, folder_lock, sqlite_path
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def storage_url(spec: Spec, override: str | None = None) -> str:
         return f"sqlite:///{spec.base_dir / f'{spec.name}.optuna.db'}"
     if "://" in value:
         return value
-    return str(spec.resolve_path(value))
+    return str(absolute_path(value, spec.base_dir))  # an override is relative to the spec, too
 
 
 def open_storage(url: str) -> Any:

@@ -25,7 +25,7 @@ from autocnn.search.resume import (
     enqueue_retry,
     owner_id,
 )
-from autocnn.search.space import sample_config
+from autocnn.search.space import sample_config, study_settings
 from autocnn.spec.objectives import Objective, is_multi_objective, primary
 from autocnn.spec.schema import Spec
 from autocnn.training.budget import BUDGET_ATTR, auto_epochs, steps_per_epoch
@@ -88,17 +88,17 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     from autocnn.training.loop import NonFiniteLossError
 
     spec = ctx.spec
-    pre = preprocessing(spec, config)
+    pre = preprocessing(study_settings(spec), config)
     data = ctx.cache.get(pre.image_size)
     budget = trial.user_attrs.get(BUDGET_ATTR) or trial_budget(config, ctx.plan)  # a retry keeps its original's
     trial.set_user_attr(BUDGET_ATTR, budget)
     ctx.tracker.set_tags(
         run_id, {"autocnn.max_epochs": budget["epochs"], "autocnn.steps_per_epoch": budget["steps_per_epoch"]}
     )
-    settings = train_settings(spec, config, budget, n_val=len(data.val))
-    seeds = trial_seeds(spec, trial.number)
-    features = process_cache(spec)
-    assembled = assemble_trial(spec, config, data, settings, seeds=seeds, pre=pre, features=features)
+    settings = train_settings(study_settings(spec), config, budget, n_val=len(data.val))
+    seeds = trial_seeds(study_settings(spec), trial.number)
+    features = process_cache(study_settings(spec))
+    assembled = assemble_trial(study_settings(spec), config, data, settings, seeds=seeds, pre=pre, features=features)
     for warning in features.take_warnings():
         ctx.reporter.message(f"warning: {warning}")
     # `model` is the whole model; on the cached-feature path the trainer trains its head alone.

@@ -168,14 +168,16 @@ def load_spec(path: str | Path) -> Spec:
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise SpecError([f"{path}: expected a mapping of spec keys at the top level, got {type(raw).__name__}"])
-    spec = parse_spec(raw, source=str(path))
+    spec = parse_spec(raw, source=str(path), base_dir=path.resolve().parent)
     spec._path = path.resolve()
     return spec
 
 
-def parse_spec(raw: dict[str, Any], *, source: str = "spec") -> Spec:
+def parse_spec(raw: dict[str, Any], *, source: str = "spec", base_dir: Path | None = None) -> Spec:
+    """Validate a spec's keys and resolve its paths against `base_dir` (the spec file's folder;
+    the current directory for a spec built in code)."""
     try:
-        return Spec.model_validate(raw)
+        return Spec.model_validate(raw).with_paths_under(base_dir or Path.cwd())
     except ValidationError as exc:
         lines = describe_errors(exc)
         more = len(lines) - MAX_ERROR_LINES

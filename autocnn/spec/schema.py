@@ -347,12 +347,23 @@ class Spec(StrictModel):
 
     @property
     def base_dir(self) -> Path:
+        """The spec file's folder: where a study keeps its default stores and checkpoints."""
         return self.path.parent
 
-    def resolve_path(self, value: str) -> Path:
-        """Paths in a spec are relative to the spec file, not to where autocnn runs."""
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (self.base_dir / path)
+    def with_paths_under(self, base_dir: Path) -> Spec:
+        """This spec with every file path in it absolute: `data.root`, a backbone's weight file
+        and a journal-file storage are relative to the spec's folder, and are resolved once, here,
+        so no stage needs to know where the spec came from."""
+        raw = self.model_dump(mode="json", exclude_unset=True, by_alias=True)
+        if raw["data"].get("root"):
+            raw["data"]["root"] = str(absolute_path(raw["data"]["root"], base_dir))
+        for space in raw["models"].values():
+            if isinstance(space, dict) and isinstance(space.get("pretrained"), str):
+                space["pretrained"] = str(absolute_path(space["pretrained"], base_dir))
+        storage = raw.get("study", {}).get("storage")
+        if storage and "://" not in storage:
+            raw["study"]["storage"] = str(absolute_path(storage, base_dir))
+        return rebuild_spec(raw, self._path)
 
     @property
     def experiment_name(self) -> str:
@@ -410,3 +421,9 @@ def rebuild_spec(raw: dict[str, Any], path: Path | None) -> Spec:
     spec = Spec.model_validate(raw)
     spec._path = path
     return spec
+
+
+def absolute_path(value: str, base_dir: Path) -> Path:
+    """A spec's path: `~` expanded, and a relative one taken from `base_dir`."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base_dir / path

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from autocnn.models.catalog import CUSTOM_CNN, Preprocess
-from autocnn.spec.objectives import primary
-from autocnn.spec.schema import Spec
 from autocnn.training.budget import judge_floor_steps
-from autocnn.training.config import AugmentConfig, TimmConfig, TrialConfig
+from autocnn.training.config import AugmentConfig, StudySettings, TimmConfig, TrialConfig
 from autocnn.training.transfer import probe_applies
 
 if TYPE_CHECKING:
@@ -41,33 +39,26 @@ class Seeds:
     batches: int
 
 
-def trial_seeds(spec: Spec, number: int, retraining: int = 0) -> Seeds:
+def trial_seeds(study: StudySettings, number: int, retraining: int = 0) -> Seeds:
     """Trial `number`'s seeds; re-training `retraining` > 0 of its config gets seeds of its own."""
     offset = retraining * SEED_STRIDE
-    return Seeds(spec.seed * 100_003 + number + offset, spec.seed + number + offset)
+    return Seeds(study.seed * 100_003 + number + offset, study.seed + number + offset)
 
 
-def native_size(spec: Spec) -> bool:
-    """Backbones take timm's pretrained input size only when the spec sets no data.image_size."""
-    return "image_size" not in spec.data.model_fields_set
-
-
-def preprocessing(spec: Spec, config: TrialConfig) -> Preprocess:
+def preprocessing(study: StudySettings, config: TrialConfig) -> Preprocess:
     """The input size and normalisation this configuration's model expects."""
     from autocnn.models.build import preprocess_for
 
-    return preprocess_for(
-        config.model, config.model_params, image_size=spec.data.image_size, native_size=native_size(spec)
-    )
+    return preprocess_for(config.model, config.model_params, image_size=study.image_size, native_size=study.native_size)
 
 
-def train_settings(spec: Spec, config: TrialConfig, budget: dict[str, Any], *, n_val: int) -> TrainSettings:
+def train_settings(study: StudySettings, config: TrialConfig, budget: dict[str, Any], *, n_val: int) -> TrainSettings:
     """The trial's training settings: its sampled keys with the budget's epochs, patience and floor."""
     from autocnn.training.loop import TrainSettings
 
     return TrainSettings.from_trial(
         config.train,
-        primary(spec),
+        study.objective,
         epochs=int(budget["epochs"]),
         early_stopping=int(budget["patience"]),
         min_steps=judge_floor_steps(int(budget["steps_per_epoch"]) * int(budget["epochs"])),
@@ -194,7 +185,7 @@ class AssembledTrial:
 
 
 def assemble_trial(
-    spec: Spec,
+    study: StudySettings,
     config: TrialConfig,
     data: Dataset,
     settings: TrainSettings,
@@ -221,7 +212,7 @@ def assemble_trial(
     from autocnn.training.features import choose_path
     from autocnn.training.loop import TensorBatches, Trainer, pick_device
 
-    pre = pre or preprocessing(spec, config)
+    pre = pre or preprocessing(study, config)
     device = device or pick_device()
     torch.manual_seed(seeds.torch)
     model = build_model(
@@ -229,14 +220,13 @@ def assemble_trial(
         config.model_params,
         num_classes=data.num_classes,
         image_size=pre.image_size,
-        base_dir=spec.base_dir,
         load_weights=load_weights,
     )
     batch = batch_size or config.train.batch_size
     split = train_split or data.train
     pipeline = augmentation_pipeline(config.augment, image_size=pre.image_size, seed=seeds.batches)
     offered = features is not None and load_weights  # features of weights about to be replaced are no use
-    path = choose_path(spec, config, augmenting=pipeline is not None) if offered else None
+    path = choose_path(config, augmenting=pipeline is not None, feature_cache=study.feature_cache) if offered else None
     probe = None
     if (
         features is not None
@@ -244,9 +234,9 @@ def assemble_trial(
         and probe_applies(config.model_params, load_weights=load_weights)
     ):
         # With study.feature_cache off the probe's features are computed for this trial alone, never kept.
-        probe_features = features if spec.study.feature_cache else FeatureCacheType(None)
+        probe_features = features if study.feature_cache else FeatureCacheType(None)
         probe = start_from_probe(
-            spec,
+            study,
             config,
             probe_features,
             model,
@@ -259,7 +249,7 @@ def assemble_trial(
         )
     if path is not None and path.cached and features is not None:
         return assemble_on_features(
-            spec,
+            study,
             config,
             data,
             settings,
@@ -288,7 +278,7 @@ def assemble_trial(
 
 
 def start_from_probe(
-    spec: Spec,
+    study: StudySettings,
     config: TrialConfig,
     features: FeatureCache,
     model: nn.Module,
@@ -314,15 +304,15 @@ def start_from_probe(
         return None
     model.to(device, memory_format=torch.channels_last)
     on = Backbone(model, pre, seeds, device, autocast_dtype(device, settings.precision))
-    found, _ = split_features(spec, config, features, on, split)
-    key = probe_key(_features_key(spec, config, on, split).digest(), num_classes)
+    found, _ = split_features(study, config, features, on, split)
+    key = probe_key(_features_key(study, config, on, split).digest(), num_classes)
     probe = features.fitted(key, lambda: fit_probe(as_numpy(found), split.labels, num_classes))
     load_probe(head, probe)
     return probe
 
 
 def assemble_on_features(
-    spec: Spec,
+    study: StudySettings,
     config: TrialConfig,
     data: Dataset,
     settings: TrainSettings,
@@ -353,8 +343,8 @@ def assemble_on_features(
 
     model = model.to(device, memory_format=torch.channels_last)
     on = Backbone(model, pre, seeds, device, autocast_dtype(device, settings.precision))
-    train_features, train_source = training_features(spec, config, features, path, on, split, pipeline)
-    val_features, val_source = split_features(spec, config, features, on, data.val)
+    train_features, train_source = training_features(study, config, features, path, on, split, pipeline)
+    val_features, val_source = split_features(study, config, features, on, data.val)
     train = FeatureBatches(
         train_features, split.labels, batch_size=batch, shuffle=True, seed=seeds.batches, device=device
     )
@@ -381,31 +371,31 @@ class Backbone:
     autocast: torch.dtype | None  # the trial's precision: the full path's backbone runs in it
 
 
-def weights_of(spec: Spec, config: TrialConfig, on: Backbone) -> str:
+def weights_of(study: StudySettings, config: TrialConfig, on: Backbone) -> str:
     from autocnn.training.features import weights_identity
 
     pretrained = config.model_params.get("pretrained", True)
-    return weights_identity(config.model, pretrained, base_dir=spec.base_dir, torch_seed=on.seeds.torch)
+    return weights_identity(config.model, pretrained, torch_seed=on.seeds.torch)
 
 
-def _features_key(spec: Spec, config: TrialConfig, on: Backbone, split: Split) -> Any:
+def _features_key(study: StudySettings, config: TrialConfig, on: Backbone, split: Split) -> Any:
     from autocnn.training.features import feature_key
 
-    return feature_key(config, on.pre, split, weights=weights_of(spec, config, on), autocast=on.autocast)
+    return feature_key(config, on.pre, split, weights=weights_of(study, config, on), autocast=on.autocast)
 
 
 def split_features(
-    spec: Spec, config: TrialConfig, features: FeatureCache, on: Backbone, split: Split
+    study: StudySettings, config: TrialConfig, features: FeatureCache, on: Backbone, split: Split
 ) -> tuple[torch.Tensor, Found]:
     """(N, D) features of a split's images as they are, from the cache or computed into it."""
     from autocnn.training.features import pooled_features
 
-    key = _features_key(spec, config, on, split)
+    key = _features_key(study, config, on, split)
     return features.get(key, lambda: pooled_features(on.model, split, on.pre, device=on.device, autocast=on.autocast))
 
 
 def training_features(
-    spec: Spec,
+    study: StudySettings,
     config: TrialConfig,
     features: FeatureCache,
     path: FeaturePath,
@@ -415,19 +405,19 @@ def training_features(
 ) -> tuple[torch.Tensor, Found]:
     """The training split's features, or with cached views (V, N, D) features of V augmented copies.
 
-    The views' seeds come from the spec's seed, not the trial's: every trial with the same
+    The views' seeds come from the study's seed, not the trial's: every trial with the same
     augmentation parameters trains on the same views, computed once.
     """
     from autocnn.training.features import augmented_views, feature_key, views_identity
 
     if not path.views:
-        return split_features(spec, config, features, on, split)
-    views = views_identity(pipeline, views=path.views, seed=spec.seed)
-    key = feature_key(config, on.pre, split, weights=weights_of(spec, config, on), views=views, autocast=on.autocast)
+        return split_features(study, config, features, on, split)
+    views = views_identity(pipeline, views=path.views, seed=study.seed)
+    key = feature_key(config, on.pre, split, weights=weights_of(study, config, on), views=views, autocast=on.autocast)
 
     def compute() -> torch.Tensor:
         return augmented_views(
-            on.model, split, on.pre, pipeline, views=path.views, seed=spec.seed, device=on.device, autocast=on.autocast
+            on.model, split, on.pre, pipeline, views=path.views, seed=study.seed, device=on.device, autocast=on.autocast
         )
 
     return features.get(key, compute)

@@ -7,10 +7,10 @@ trial's stored params. A sampled key that no field takes fails loudly here.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    pass
+from autocnn.spec.objectives import Objective
 
 MODEL_PARAM = "model"
 
@@ -158,3 +158,17 @@ def _flatten(values: dict[str, Any], prefix: str) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What every trial of one study shares beyond its own TrialConfig: the part of the spec that
+    training reads, handed down by the search (autocnn.search.space.study_settings) so that
+    training never holds the whole spec."""
+
+    seed: int
+    image_size: int  # data.image_size: the custom CNN's side, and a backbone's unless it sets its own
+    native_size: bool  # data.image_size unset: a backbone without its own size takes timm's pretrained one
+    objective: Objective  # the primary objective: what training stops on and keeps its best epoch by
+    feature_cache: bool  # study.feature_cache: frozen backbones' features computed once and kept
+    feature_folder: Path  # where they are kept

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from autocnn.spec.fields import COSTS
-from autocnn.spec.schema import Spec
+from autocnn.spec.schema import StudySpec
 
 if TYPE_CHECKING:
     from torch import nn
 
 
-def costs_needed(spec: Spec) -> list[str]:
+def costs_needed(study: StudySpec) -> list[str]:
     """The costs the study optimises or bounds, in a fixed order."""
-    named = set(spec.study.objective_names) | set(spec.study.constraints or {})
+    named = set(study.objective_names) | set(study.constraints or {})
     return [name for name in COSTS if name in named]
 
 
@@ -34,7 +34,13 @@ class Costs:
 
 
 def measure_costs(
-    model: nn.Module, facts: dict[str, float], *, spec: Spec, image_size: int, cache: dict[tuple, float]
+    model: nn.Module,
+    facts: dict[str, float],
+    *,
+    needed: list[str],
+    latency_device: str,
+    image_size: int,
+    cache: dict[tuple, float],
 ) -> Costs:
     """The study's costs for this model; `facts` are model_facts' (parameters, weight bytes).
 
@@ -43,11 +49,10 @@ def measure_costs(
     """
     from autocnn.models.onnx import machine_name, onnx_latency_ms
 
-    needed = costs_needed(spec)
     values = {"params": float(facts["params_total"]), "size_mb": float(facts["weights_mb"])}
     machine = None
     if "latency_ms" in needed:
-        device = spec.study.latency_device
+        device = latency_device
         key = ("onnx", type(model).__name__, int(facts["params_total"]), image_size, device)
         if key not in cache:
             cache[key] = onnx_latency_ms(model, image_size=image_size, device=device)

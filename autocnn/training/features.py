@@ -45,7 +45,6 @@ from autocnn.models.catalog import CUSTOM_CNN, Preprocess
 if TYPE_CHECKING:
     from torch import nn
 
-    from autocnn.spec.schema import Spec
     from autocnn.training.config import TrialConfig
 
 # Features kept in memory per process; larger sets are read from their file for each trial and
@@ -82,7 +81,7 @@ class FeaturePath:
         return {PATH_TAG: self.name, REASON_TAG: reason}
 
 
-def choose_path(spec: Spec, config: TrialConfig, *, augmenting: bool) -> FeaturePath:
+def choose_path(config: TrialConfig, *, augmenting: bool, feature_cache: bool) -> FeaturePath:
     """The cached path when the backbone is frozen whole and its input is the same every epoch."""
     from autocnn.models.backbones import effective_freeze
 
@@ -91,7 +90,7 @@ def choose_path(spec: Spec, config: TrialConfig, *, augmenting: bool) -> Feature
     freeze = effective_freeze(config.model_params)
     if freeze != "backbone":
         return FeaturePath(False, f"the backbone trains (freeze: {freeze})")
-    if not spec.study.feature_cache:
+    if not feature_cache:
         return FeaturePath(False, "study.feature_cache is false")
     views = config.augment.cached_views if augmenting else 0
     if augmenting and not views:
@@ -145,7 +144,7 @@ def file_digest(path: Path) -> str:
     return _file_digest(str(resolved), stat.st_size, stat.st_mtime_ns)
 
 
-def weights_identity(name: str, pretrained: bool | str, *, base_dir: Path, torch_seed: int) -> str:
+def weights_identity(name: str, pretrained: bool | str, *, torch_seed: int) -> str:
     """What the backbone's weights are: the digest of the file they load from, or for random
     weights the seed that drew them (each trial draws its own, so those are reused only by the
     same trial, resumed)."""
@@ -153,7 +152,7 @@ def weights_identity(name: str, pretrained: bool | str, *, base_dir: Path, torch
         return f"random-init seed {torch_seed}"
     if isinstance(pretrained, str):
         file = Path(pretrained).expanduser()
-        return "sha256:" + file_digest(file if file.is_absolute() else base_dir / file)
+        return "sha256:" + file_digest(file)
     from autocnn.models.hub import cached_weights
 
     found = cached_weights(name)
@@ -391,18 +390,12 @@ class FeatureCache:
                 os.unlink(tmp)
 
 
-def feature_folder(spec: Spec) -> Path:
-    """Beside the study's other working files: `<spec dir>/.autocnn/<study name>/features/`."""
-    return spec.base_dir / ".autocnn" / spec.name / "features"
-
-
 _caches: dict[Path, FeatureCache] = {}
 
 
-def process_cache(spec: Spec) -> FeatureCache:
+def process_cache(folder: Path) -> FeatureCache:
     """One cache per study folder per process: every trial of a study, and finalize's re-training,
     share its memory; the memory budget holds for the process."""
-    folder = feature_folder(spec)
     if folder not in _caches:
         _caches[folder] = FeatureCache(folder)
     return _caches[folder]

@@ -1,0 +1,33 @@
+"""Decoded images as the rest of autocnn sees them: uint8 arrays with labels, per split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # (N, H, W, 3) uint8
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why): found while decoding
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.images.nbytes for s in (self.train, self.val, self.test) if s is not None)
