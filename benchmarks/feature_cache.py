@@ -109,7 +109,7 @@ def epoch_seconds(spec_path: Path, *, cached: bool, epochs: int) -> dict[str, An
     settings = train_settings(study_settings(spec), config, budget, n_val=len(data.val))
     start = time.perf_counter()
     trial = assemble_trial(
-        spec,
+        study_settings(spec),
         config,
         data,
         settings,

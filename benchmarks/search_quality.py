@@ -244,17 +244,22 @@ def hub_cache_seen(hub: Path) -> Iterator[None]:
         constants.HF_HUB_CACHE = before
 
 
-def init_study_spec(regime: BenchRegime, seed: int, seed_dir: Path, folder: Path, budget_s: float) -> Path:
+def init_study_spec(
+    regime: BenchRegime, seed: int, seed_dir: Path, folder: Path, budget_s: float, **init_options: Any
+) -> Path:
     """The spec `autocnn init` writes for the regime's folder with the budget as its timeout, as a
     user gets it (comments and all); only its name and seed are set, so seeds are distinct studies.
-    Scratch regimes run init with an empty hub cache: it finds no weights and proposes none."""
+    Scratch regimes run init with an empty hub cache: it finds no weights and proposes none.
+    `init_options` go to init_spec (tests replace its timed probe)."""
     import re
 
     from autocnn.cli.init_spec import init_spec
 
     seen = contextlib.nullcontext() if regime.pretrained else hub_cache_seen(seed_dir / "empty-hub")
     with seen:
-        result = init_spec(seed_dir / "data", out=folder / "spec.yaml", budget_s=budget_s, flip=regime.hflip)
+        result = init_spec(
+            seed_dir / "data", out=folder / "spec.yaml", budget_s=budget_s, flip=regime.hflip, **init_options
+        )
     text = result.path.read_text()
     text = re.sub(r"^name: .*$", f"name: {regime.name}-from-init-s{seed}", text, count=1, flags=re.M)
     text = re.sub(r"^seed: .*$", f"seed: {seed}", text, count=1, flags=re.M)

@@ -363,3 +363,53 @@ def test_the_fixed_cnn_trains_on_train_and_val_and_learns_digits(tmp_path: Path)
     assert seen == [120 + 40]  # train + val, every image
     assert 1 <= outcome.epochs <= baselines.FIXED_EPOCHS and outcome.image_size == 32
     assert outcome.test_accuracy > 0.3  # chance is 0.1
+
+
+# --------------------------------------------------------------------------- autocnn from init (transfer_quality)
+
+
+def test_from_init_runs_inits_spec_and_scratch_regimes_see_no_weights(tmp_path: Path, hub_cache: Path) -> None:
+    """The pretrained regime's spec searches the backbone whose weights are cached; the scratch
+    regime's init, pointed at an empty cache, proposes none; each spec is init's own, with the
+    seed's name and seed and the budget as its timeout."""
+    from autocnn.spec.load import load_spec
+    from tests.conftest import write_images
+    from tests.test_init import _cache_weights, fast_cpu
+
+    _cache_weights(hub_cache, "test_efficientnet")
+    seed_dir = tmp_path / "fmnist-50" / "seed-3"
+    for split, n in (("train", 6), ("val", 2), ("test", 2)):
+        for label, name in enumerate(["coat", "shirt"]):
+            write_images(seed_dir / "data" / split / name, label, n, size=28)
+    specs = {}
+    for kind in ("pretrained", "scratch"):
+        regime = sq.BenchRegime(f"tiny-{kind}", "fmnist-50", kind == "pretrained", 28, hflip=True)
+        folder = seed_dir / regime.name / "from-init"
+        specs[kind] = load_spec(sq.init_study_spec(regime, 3, seed_dir, folder, 90.0, seconds_per_image=fast_cpu))
+    assert specs["pretrained"].models.backbones() == ["test_efficientnet"]
+    assert specs["scratch"].models.backbones() == []
+    assert (specs["pretrained"].name, specs["pretrained"].seed) == ("tiny-pretrained-from-init-s3", 3)
+    assert specs["scratch"].study.timeout == 90.0
+    assert "# Written by `autocnn init`" in (seed_dir / "tiny-scratch" / "from-init" / "spec.yaml").read_text()
+
+
+def test_transfer_targets_hold_autocnn_from_init_to_the_probe_the_fine_tune_and_scratch() -> None:
+    from benchmarks import transfer_quality as tq
+
+    def run(regime: str, method: str, seed: int, accuracy: float) -> sq.RunRecord:
+        return sq.RunRecord(regime, method, seed, test_accuracy=accuracy)
+
+    records = [run("fmnist-50-pretrained", "from-init", s, a) for s, a in ((0, 0.80), (1, 0.84))]
+    records += [run("fmnist-50-pretrained", "linear-probe", s, a) for s, a in ((0, 0.78), (1, 0.78))]
+    records += [run("fmnist-50-pretrained", "fixed-finetune", s, a) for s, a in ((0, 0.80), (1, 0.81))]
+    records += [run("fmnist-50-scratch", "from-init", s, a) for s, a in ((0, 0.75), (1, 0.77))]
+    regimes = ["fmnist-50-scratch", "fmnist-50-pretrained"]
+    over_probe, over_finetune, over_scratch = tq.targets(regimes, records)
+    assert over_probe.met is True  # 0.82 >= 0.78 + 0.03
+    assert over_finetune.met is False and over_finetune.other == pytest.approx(0.805)  # 0.82 < 0.825
+    assert (
+        over_scratch.met is True and over_scratch.other_method == "fmnist-50-scratch from init"
+    )  # 0.82 >= 0.76 + 0.05
+    assert len(tq.targets(["fmnist-50-pretrained"], records)) == 2  # no scratch twin run: no such target
+    text = tq.render({"source": SOURCE, "regimes": regimes}, records)
+    assert "autocnn from init >= linear-probe + 3 pp" in text and "**not met**" in text

@@ -23,11 +23,8 @@ if TYPE_CHECKING:
 # and what a viewer shows. Dropping alpha instead exposes whatever colour lies under it.
 BACKGROUND = (255, 255, 255)
 
-
 # 16-bit (and 32-bit integer or float) single-channel modes: stretched to 8 bits, never clipped.
 HIGH_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
-
-
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 

@@ -17,34 +17,17 @@ import numpy as np
 from autocnn.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-
-
 SPLITS = ("train", "val", "test")
-
-
 ProgressFn = Callable[[int, int], None]
-
 
 # Why a file found under the data root is not loaded. Ignored: a rule says it is no image of a
 # class. Skipped: it should have been one but cannot be read.
 HIDDEN = "hidden"
-
-
 NOT_AN_IMAGE = "not an image suffix"  # IMAGE_SUFFIXES: named in the error for a class folder without images
-
-
 OUTSIDE_CLASSES = "not inside a class folder"
-
-
 NOT_A_SPLIT = "not train/, val/ or test/"
-
-
 NOT_A_FILE = "not a regular file"
-
-
 SYMLINKED_FOLDER = "symlinked sub-folder, not followed"
-
-
 NAMES_PER_NOTE = 20
 
 

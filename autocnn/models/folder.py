@@ -11,23 +11,11 @@ from typing import Any
 import numpy as np
 
 LABELS_FILE = "labels.json"
-
-
 PREPROCESS_FILE = "preprocess.json"
-
-
 MODEL_FILE = "model.json"
-
-
 ONNX_FILE = "model.onnx"
-
-
 INT8_FILE = "model.int8.onnx"
-
-
 WEIGHTS_FILE = "weights.pt"
-
-
 METRICS_FILE = "metrics.json"
 
 

@@ -38,17 +38,9 @@ if TYPE_CHECKING:
     from autocnn.training.config import TrialConfig
 
 Say = Callable[[str], None]
-
-
 TRIAL_WEIGHTS = "trial weights"
-
-
 RETRAINED = "retrained on train"
-
-
 REFIT = "refit on train+val"
-
-
 TRADE_OFF_FILE = "trade_off.json"  # the Pareto pick: rule, values, constraints, the front
 
 
@@ -223,7 +215,8 @@ def retrain(
     from autocnn.training.assembly import assemble_trial, train_settings, trial_seeds
     from autocnn.training.features import process_cache
 
-    settings = train_settings(study_settings(spec), config, recorded_budget(trial, config, data), n_val=len(data.val))
+    study = study_settings(spec)
+    settings = train_settings(study, config, recorded_budget(trial, config, data), n_val=len(data.val))
     train_split = None
     if refit:  # no held-out data left to stop on: train as long as the trial's best epoch
         settings = replace(settings, epochs=best_epoch(trial, primary(spec)), early_stopping=0)
@@ -233,13 +226,13 @@ def retrain(
         )
     # Augmented exactly as the trial was, if it was; a frozen backbone on the study's cached features.
     assembled = assemble_trial(
-        spec,
+        study,
         config,
         data,
         settings,
-        seeds=trial_seeds(study_settings(spec), trial.number, seed),
+        seeds=trial_seeds(study, trial.number, seed),
         train_split=train_split,
-        features=process_cache(study_settings(spec)),
+        features=process_cache(study.feature_folder),
     )
     trainer = assembled.trainer
     for _ in trainer.fit(assembled.train, assembled.val):

@@ -38,17 +38,9 @@ if TYPE_CHECKING:
     from autocnn.tracking.tracker import Tracker
 
 MAX_FAILS_IN_A_ROW = 5
-
-
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # Optuna study attribute: the study's MLflow parent run
-
-
 PARENT_RUN_WAIT_S = 120.0  # how long a worker waits for the study's creator to record it
-
-
 CREATOR_ATTR = "autocnn_creator"  # Optuna study attribute: the autocnn process that created it
-
-
 CREATOR_GRACE_S = 5.0  # how long an empty study without that mark may still be getting it
 
 

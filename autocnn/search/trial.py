@@ -88,17 +88,18 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     from autocnn.training.loop import NonFiniteLossError
 
     spec = ctx.spec
-    pre = preprocessing(study_settings(spec), config)
+    study = study_settings(spec)
+    pre = preprocessing(study, config)
     data = ctx.cache.get(pre.image_size)
     budget = trial.user_attrs.get(BUDGET_ATTR) or trial_budget(config, ctx.plan)  # a retry keeps its original's
     trial.set_user_attr(BUDGET_ATTR, budget)
     ctx.tracker.set_tags(
         run_id, {"autocnn.max_epochs": budget["epochs"], "autocnn.steps_per_epoch": budget["steps_per_epoch"]}
     )
-    settings = train_settings(study_settings(spec), config, budget, n_val=len(data.val))
-    seeds = trial_seeds(study_settings(spec), trial.number)
-    features = process_cache(study_settings(spec))
-    assembled = assemble_trial(study_settings(spec), config, data, settings, seeds=seeds, pre=pre, features=features)
+    settings = train_settings(study, config, budget, n_val=len(data.val))
+    seeds = trial_seeds(study, trial.number)
+    features = process_cache(study.feature_folder)
+    assembled = assemble_trial(study, config, data, settings, seeds=seeds, pre=pre, features=features)
     for warning in features.take_warnings():
         ctx.reporter.message(f"warning: {warning}")
     # `model` is the whole model; on the cached-feature path the trainer trains its head alone.

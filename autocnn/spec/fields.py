@@ -55,46 +55,21 @@ OBJECTIVES: dict[str, str] = {**METRICS, "int8_accuracy": "maximize", **COSTS}
 
 
 MAX_OBJECTIVES = 4
-
-
 SCHEDULERS = ("cosine", "onecycle", "plateau", "none")
-
-
 ACTIVATIONS = ("relu", "leaky_relu", "gelu", "silu")
-
 
 # Upper bounds: far above any real study, low enough that a typo (or a hostile spec) fails in
 # validate instead of allocating, looping or overflowing a seed deep inside a trial.
 MAX_EPOCHS = 10_000
-
-
 MAX_BATCH_SIZE = 65_536
-
-
 MAX_TRIALS = 100_000
-
-
 MAX_TIMEOUT_S = 366 * 24 * 3600
-
-
 MAX_UNFREEZE = 1_000
-
-
 MAX_CHOICES = 256
-
-
 MAX_MODELS = 64
-
-
 MAX_VIEWS = 64  # augment.cached_views: each view is one more pass of the backbone over the training set
-
-
 MAX_SEED = 2**31 - 1  # NumPy's legacy seeds stop at 2**32; the sampler adds the trial count
-
-
 MAX_TEXT = 4096  # paths and URLs
-
-
 MAX_NAME_BYTES = 255  # one file or folder name, on every common file system
 
 
@@ -202,23 +177,11 @@ def choosable(scalar: Any) -> Any:
 
 
 EpochCount = Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
-
-
 Patience = Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
-
-
 BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)]
-
-
 TrialCount = Annotated[int, Field(ge=1, le=MAX_TRIALS)]
-
-
 UnfreezeCount = Annotated[int, Field(ge=1, le=MAX_UNFREEZE)]
-
-
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-
-
 BOOLEAN_HINT = "YAML reads yes/no/on/off as booleans"
 
 
@@ -242,36 +205,18 @@ Epochs = Annotated[
     | Annotated[Any, PlainValidator(_fixed_epochs, json_schema_input_type=EpochCount | Literal["auto"]), Tag("fixed")],
     Discriminator(_searchable_kind),
 ]
-
-
 PositiveFloat = Annotated[float, Field(gt=0)]
-
-
 NonNegativeFloat = Annotated[float, Field(ge=0)]
-
-
 Probability = Annotated[float, Field(ge=0, lt=1)]
-
-
 LayerDecay = Annotated[float, Field(gt=0, le=1)]  # 1: every backbone layer at one rate
-
-
 STORAGE_FORMS = "sqlite:///path.db, postgresql[+driver]://..., mysql[+driver]://... or a journal file path"
-
-
 TRACKING_FORMS = (
     "sqlite:///path/mlflow.db, http(s)://host[:port], postgresql[+driver]://..., mysql[+driver]://..., "
     "mssql[+driver]://... or databricks"
 )
-
-
 # Two letters at least: `C:\studies\x.log` is a Windows path, not a URL.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
-
-
 _STORAGE_DATABASE = re.compile(r"(postgresql|mysql)(\+[A-Za-z0-9_]+)?")  # what Optuna's RDBStorage is tested on
-
-
 _TRACKING_DATABASE = re.compile(r"(postgresql|mysql|mssql)(\+[A-Za-z0-9_]+)?")  # MLflow's SQLAlchemy store
 
 
@@ -397,31 +342,22 @@ def path_problem(value: str) -> str | None:
 
 LocalPath = Annotated[str, _validated_by(path_problem), WithJsonSchema({"type": "string", "maxLength": MAX_TEXT})]
 
-
 # The JSON Schema's patterns say what validate says for every form shown in the README; the few
 # finer checks (an empty sqlite path, control characters) are validate's alone.
 _NO_TRAVERSAL = r"(?!(?:.*[/\\:])?\.\.(?:[/\\:]|$))"
-
-
 STORAGE_PATTERN = (
     rf"^{_NO_TRAVERSAL}(?:sqlite:///.+|(?:postgresql|mysql)(?:\+[A-Za-z0-9_]+)?://.+"
     r"|(?![A-Za-z][A-Za-z0-9+.-]+:).+)$"
 )
-
-
 TRACKING_PATTERN = (
     rf"^{_NO_TRAVERSAL}(?:databricks|databricks://.+|sqlite:///.+|https?://[^/].*"
     r"|(?:postgresql|mysql|mssql)(?:\+[A-Za-z0-9_]+)?://.+)$"
 )
-
-
 StorageUrl = Annotated[
     str,
     _validated_by(storage_problem),
     WithJsonSchema({"type": "string", "maxLength": MAX_TEXT, "pattern": STORAGE_PATTERN}),
 ]
-
-
 TrackingUri = Annotated[
     str,
     _validated_by(tracking_uri_problem),

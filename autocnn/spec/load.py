@@ -21,11 +21,7 @@ from autocnn.spec.fields import _TAGS, BOOLEAN_HINT, shown
 from autocnn.spec.schema import ModelsSpec, Spec, TimmSpace
 
 MAX_SPEC_BYTES = 256 * 1024  # real specs are a few KB; the pure-Python parser takes seconds per MB
-
-
 MAX_NESTING = 32  # the deepest real key, models.<name>.head.hidden.choices, is 6 levels down
-
-
 MAX_ERROR_LINES = 20
 
 

@@ -83,8 +83,6 @@ class DataSpec(StrictModel):
 
 # ASCII digits only: the same pattern, anchored, is the JSON Schema's, and ECMA regex `\d` is ASCII.
 DURATION_PATTERN = r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh]?)\s*"
-
-
 Duration = Annotated[str, Field(pattern=f"^{DURATION_PATTERN}$")]
 
 

@@ -13,8 +13,6 @@ from typing import Any, TypeVar
 from autocnn.spec.objectives import Objective
 
 MODEL_PARAM = "model"
-
-
 Section = TypeVar("Section")
 
 
