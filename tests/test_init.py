@@ -128,7 +128,9 @@ def test_init_on_folders_follows_their_size_and_the_device(
     assert [space["image_size"] for space in on_gpu.choices.backbones.values()] == [224, 224, 224]
     for result in (small, medium, on_gpu):
         spec = load_spec(result.path)  # every written spec is valid
-        assert spec.data.root == ("../medium" if result is medium else "../small")
+        folder = "medium" if result is medium else "small"
+        assert f"root: ../{folder}" in result.path.read_text()  # relative to the spec, as written
+        assert Path(spec.data.root).resolve() == (tmp_path / folder).resolve()  # resolved at load
     assert "machine: GPU Fake GPU" in on_gpu.path.read_text()
 
 
@@ -235,7 +237,8 @@ def test_init_takes_a_weight_file_or_a_name_and_names_a_bad_one(tmp_path: Path, 
     result = init.init_spec(folder, out=out, weights=[f"test_resnet={file}"], seconds_per_image=fast_cpu)
     assert list(result.choices.backbones) == ["test_resnet"]
     assert result.choices.backbones["test_resnet"]["pretrained"] == "../weights/lite.pth"
-    assert load_spec(out).models.spaces()["test_resnet"].pretrained == "../weights/lite.pth"
+    assert "pretrained: ../weights/lite.pth" in out.read_text()  # relative to the spec, as written
+    assert Path(load_spec(out).models.spaces()["test_resnet"].pretrained).resolve() == file.resolve()
     runner = CliRunner()
     bad = runner.invoke(app, ["init", str(folder), "-o", str(tmp_path / "b.yaml"), "--weights", "resnet1800"])
     assert bad.exit_code == 2 and "--weights resnet1800: unknown model 'resnet1800'" in bad.output
