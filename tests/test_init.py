@@ -66,6 +66,8 @@ def test_choices_follow_the_number_of_images_and_the_hardware() -> None:
     assert small_gpu.custom_cnn["width"] == {"choices": [32, 64, 128]}
     assert small_cpu.batch_size == {"choices": [16, 32]} and large_gpu.batch_size == {"choices": [64, 128]}
     assert small_cpu.augment["enabled"] is True and large_cpu.augment["enabled"] == {"choices": [True, False]}
+    # small data freezes backbones whole: their heads train on cached augmented views, not the full path
+    assert small_cpu.augment["cached_views"] == init.CACHED_VIEWS and "cached_views" not in large_cpu.augment
 
 
 def test_flips_budget_imbalance_and_grayscale() -> None:

@@ -42,6 +42,9 @@ CPU_BACKBONE_SIZES = (160, 128, 96)
 PROBE_SIZE = 96  # the side a backbone's training step is timed at; other sides scale with their area
 EPOCHS_PER_TRIAL = 10  # about what `epochs: auto` trains a small-data trial before it stops improving
 TRIALS_PER_BACKBONE = 4  # a backbone's size is affordable when this many of its trials fit the budget
+# A frozen backbone trains its head on this many augmented views per image, their features computed
+# once per trial: augmentation without a backbone pass every epoch.
+CACHED_VIEWS = 4
 
 # Two or three backbones per (hardware, data size), lightest first on a CPU: what transfers well
 # from ImageNet at that size and trains in a reasonable share of the budget.
@@ -370,6 +373,11 @@ def freeze_space(regime: str) -> dict[str, Any]:
     return {"pretrained": True, "freeze": "none", "backbone_lr_mult": {"low": 0.1, "high": 1.0, "log": True}}
 
 
+def _can_freeze_whole(space: dict[str, Any]) -> bool:
+    freeze = space.get("freeze")
+    return freeze == "backbone" or (isinstance(freeze, dict) and "backbone" in freeze.get("choices", []))
+
+
 def custom_cnn_space(size: int, machine: Machine) -> dict[str, Any]:
     """Deep enough to bring the image down to 2-8 px, as wide as the hardware affords."""
     deepest = max(max_depth(size) - 1, 2)
@@ -424,6 +432,9 @@ def choose(
         space["image_size"] = side
         key_notes[backbone] = {"image_size": why}
     augment, augment_note = augment_space(profile, size, flip=flip)
+    if any(_can_freeze_whole(space) for space in backbones.values()):
+        augment["cached_views"] = CACHED_VIEWS
+        augment_note += f"; cached_views: frozen backbones train on {CACHED_VIEWS} fixed views per image"
     imbalanced = profile.imbalance >= IMBALANCED
     small = profile.regime == "small"
     return Choices(
