@@ -1,4 +1,5 @@
-"""Files autocnn writes for people to open (specs, schemas): whole or not at all."""
+"""Files and folders autocnn writes: whole or not at all, and what a killed process left half-done
+removed by the next one."""
 
 from __future__ import annotations
 
@@ -14,3 +15,28 @@ def write_text_atomically(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_leftovers(parent: Path, prefix: str) -> list[Path]:
+    """Remove the folders `<prefix><pid>-...` in `parent` whose process is gone: what a download or
+    an export killed mid-way (kill -9, a power cut) left behind. A live process's folder is kept."""
+    import shutil
+
+    removed = []
+    for path in parent.glob(f"{prefix}*") if parent.is_dir() else []:
+        pid = path.name.removeprefix(prefix).split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

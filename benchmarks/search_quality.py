@@ -656,7 +656,7 @@ def section_notes(budget_s: float) -> list[str]:
         f"(`image_size: {BACKBONE_SIZE}`, freeze none/partial/backbone, unfreeze_last 1-3, backbone_lr_mult "
         "0.05-1 log, dropout 0-0.3; probe_first and norm_stats at their defaults); lr 1e-4..3e-3 and weight decay 1e-5..5e-2 (log), batch 32/64, `epochs: auto`; "
         "augmentation on/off, rotate 0-10, shift_scale 0-0.1, hflip 0/0.5. `study.timeout` = the budget; a "
-        "trial running at the deadline finishes. Then `finalize` with its defaults (refit on train + val), timed "
+        "trial running at the deadline stops after its epoch, its best epoch kept. Then `finalize` with its defaults (refit on train + val), timed "
         "apart. The default-only ablation runs just autocnn's default trials (one per model family, with the same "
         "timeout, so `epochs: auto` sizes them as in autocnn's study), then finalize.",
         f"Fixed CNN: the seeds' recipe ({'-'.join(map(str, b.FIXED_CHANNELS))} channel conv-BN-LeakyReLU blocks, "

@@ -3,6 +3,7 @@ archives in the real CIFAR format; the cache is filled once, reused, and never h
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -185,3 +186,22 @@ def test_data_fetch_writes_an_image_folder_a_spec_can_use(
     assert again.exit_code == 2 and "exists and is not empty" in again.output
     unknown = CliRunner().invoke(app, ["data", "fetch", "imagenet", str(tmp_path / "x")])
     assert unknown.exit_code == 2 and "unknown dataset 'imagenet'; choose one of: cifar10, cifar100" in unknown.output
+
+
+def test_the_next_fetch_removes_what_a_killed_download_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 mid-download leaves `.cifar10-download-<pid>-*` beside the cache; the next fetch removes
+    it first (here it then stops: offline), and keeps the folder of a download still running."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv(datasets.DATA_HOME_VARIABLE, str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    left = tmp_path / f".cifar10-download-{gone.pid}-k9x"
+    (left / "cifar-10-batches-py").mkdir(parents=True)
+    running = tmp_path / f".cifar10-download-{os.getpid()}-abc"
+    running.mkdir()
+    with pytest.raises(DataError, match="cannot be downloaded"):
+        datasets.fetch_dataset("cifar10")
+    assert not left.exists() and running.exists()

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autocnn.cli.app import app
+from autocnn.search.options import SilentReporter, StudyOptions
 from autocnn.search.resume import RETRY_OF_ATTR, Checkpoints
 from autocnn.search.storage import open_study, storage_url
 from autocnn.search.study import run_study
@@ -252,3 +253,40 @@ def test_each_epoch_rewrites_a_spare_in_place_and_a_torn_write_keeps_the_last_ch
     store.discard(0)
     store.close()
     assert not (tmp_path / "ck").exists()
+
+
+class StopDuringSetup(SilentReporter):
+    """A stop signal while trial `number` is being set up: after its params are drawn, before its
+    MLflow run exists (the window that used to leave it FAIL without a retry)."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+    def trial_sampled(self, number: int, config: object) -> None:
+        if number == self.number:
+            raise KeyboardInterrupt
+
+
+def test_a_stop_during_a_trials_setup_queues_it_again_and_leaves_no_run_running(in_tmp: Path) -> None:
+    write_spec(in_tmp, SPEC)
+    spec = load_spec(in_tmp / "spec.yaml")
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, StudyOptions(), StopDuringSetup(1))
+
+    study = open_study(spec, storage_url(spec))
+    runs = runs_by_number(spec.name)
+    assert sorted(runs) == [t.number for t in study.trials if t.state.name != "WAITING"] == [0, 1]
+    assert study.trials[1].state.name == "FAIL" and runs[1].info.status == "KILLED"
+    assert "interrupted" in runs[1].data.tags["autocnn.reason"]
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+    (queued,) = [t for t in study.trials if t.state.name == "WAITING"]
+    assert queued.user_attrs[RETRY_OF_ATTR] == 1 and queued.params == study.trials[1].params
+    status = CliRunner().invoke(app, ["status", "spec.yaml"], env={"COLUMNS": "200"})
+    assert f"waiting: trial {queued.number} continues trial 1 on the next `autocnn study`" in status.output
+
+    result = run_study(spec, StudyOptions())  # the next run picks the queued trial up
+    assert result.counts["COMPLETE"] == 3
+    study = open_study(spec, storage_url(spec))
+    (retry,) = [t for t in study.trials if t.user_attrs.get(RETRY_OF_ATTR) == 1]
+    assert retry.state.name == "COMPLETE" and retry.params == study.trials[1].params
+    assert len(runs_by_number(spec.name)) == len(study.trials)  # one MLflow run per trial, still

@@ -165,3 +165,21 @@ def test_a_server_that_ends_by_itself_passes_on_its_exit_code() -> None:
     from autocnn.cli.servers import serve
 
     assert serve([sys.executable, "-c", "raise SystemExit(3)"], env=dict(os.environ)) == 3
+
+
+def test_a_killed_autocnn_leaves_no_server_behind() -> None:
+    """kill -9 of the process that runs `autocnn ui` or `dashboard`: its watcher stops the server."""
+    from autocnn.cli.servers import _group_alive
+
+    server = "import os, time; print(os.getpid(), flush=True); time.sleep(120)"
+    starter = f"import os, sys; from autocnn.cli.servers import serve; serve([sys.executable, '-c', {server!r}], env=dict(os.environ))"
+    parent = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    server_pid = int(parent.stdout.readline())
+    assert _group_alive(server_pid)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _group_alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _group_alive(server_pid)

@@ -298,3 +298,20 @@ def test_aliases_cannot_nest_past_the_limit(tmp_path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(SpecError, match=rf"invalid YAML: nested deeper than {MAX_NESTING} levels through aliases"):
         load_spec(path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        ({"train": {"lr": 1e3}}, "s.yaml: train.lr: must be <= 10, got 1000.0"),
+        ({"train": {"lr": {"low": 1e-4, "high": 50.0}}}, "s.yaml: train.lr.high: must be <= 10, got 50.0"),
+        ({"train": {"weight_decay": float("inf")}}, "s.yaml: train.weight_decay: must be a finite number, got inf"),
+        (
+            {"models": {"resnet18": {"pretrained": False, "backbone_lr_mult": 1e4}}},
+            "s.yaml: models.resnet18.backbone_lr_mult: must be <= 100, got 10000.0",
+        ),
+        ({"study": {"constraints": {"latency_ms": float("nan")}}}, "s.yaml: study.constraints.latency_ms: must be"),
+    ],
+)
+def test_every_float_key_has_an_upper_bound_and_refuses_inf_and_nan(overrides: dict, line: str) -> None:
+    assert errors(**overrides)[0].startswith(line)

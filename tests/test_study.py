@@ -164,3 +164,22 @@ def test_an_auto_epochs_trial_stops_by_itself(in_tmp: Path) -> None:
     assert trial.state.name == "COMPLETE"
     epochs = len(trial.intermediate_values)
     assert 8 <= epochs < 63  # past the judge floor, then stopped by the plateau, far before the cap
+
+
+@pytest.mark.slow
+def test_a_timeout_stops_the_running_trial_after_its_epoch_and_keeps_its_result(in_tmp: Path) -> None:
+    """study.timeout is a promise: a trial far from its last epoch at the deadline stops after the
+    epoch it is in, COMPLETE with its best epoch's value, and its MLflow run says why."""
+    from autocnn.search.trial import STOPPED_AT_DEADLINE_ATTR
+
+    raw = digits_spec_dict(study={"timeout": 2, "pruner": "none", "defaults": False}, train={"epochs": 400, "lr": 1e-3})
+    spec = load_spec(write_spec(in_tmp, raw))
+    result = run_study(spec, StudyOptions())
+    study = open_study(spec, storage_url(spec))
+    (trial,) = study.get_trials(deepcopy=False)  # the first trial was still running at the deadline
+    stopped = trial.user_attrs[STOPPED_AT_DEADLINE_ATTR]
+    assert trial.state.name == "COMPLETE" and result.counts["COMPLETE"] == 1
+    assert 1 <= stopped < 400 and sorted(trial.intermediate_values) == list(range(1, stopped + 1))
+    assert trial.value == max(trial.intermediate_values.values())
+    (run,) = trial_runs(spec.name)
+    assert run.data.tags[STOPPED_AT_DEADLINE_ATTR] == str(stopped) and run.info.status == "FINISHED"

@@ -268,6 +268,10 @@ def status(spec: SpecPath, storage: Storage = None) -> None:
         console.print(
             f"[yellow]stale:[/] trial {number} is RUNNING but its process is gone; it resumes on the next `autocnn study`"
         )
+    for number, original in result.retries.items():
+        console.print(
+            f"waiting: trial {number} continues trial {original} on the next `autocnn study`", highlight=False
+        )
     if result.best_number is not None:
         console.print(f"best trial {result.best_number}: {loaded.study.training_metric} = {result.best_value:.4f}")
     console.print(leaderboard_table(result, loaded.study.training_metric, width=console.width))

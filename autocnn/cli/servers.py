@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import FrameType
@@ -33,17 +34,60 @@ def serve(command: list[str], *, env: dict[str, str]) -> int:
             _signal_group(server.pid, signal.SIGTERM if len(stopped_at) == 1 else signal.SIGKILL)
 
     previous = {sig: signal.signal(sig, on_stop) for sig in STOP_SIGNALS}
+    watcher: tuple[subprocess.Popen[bytes], int] | None = None
     try:
         server = subprocess.Popen(command, env=env, start_new_session=True)
+        watcher = _watch_for_our_death(server.pid)
         if stopped_at:  # the signal came while the server was being started
             _signal_group(server.pid, signal.SIGTERM)
         code = _wait(server, stopped_at)
     finally:
         if server is not None:
             _end_group(server)
+        if watcher is not None:
+            _dismiss(*watcher)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if stopped_at else code
+
+
+# The watcher blocks on a pipe whose only writer is autocnn: when autocnn dies without stopping the
+# server (kill -9, an OOM kill), the read returns, and it stops the server's group as autocnn would.
+WATCHER = """\
+import os, signal, sys, time
+os.read(int(sys.argv[1]), 1)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    try:
+        os.killpg(int(sys.argv[2]), sig)
+    except ProcessLookupError:
+        break
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def _watch_for_our_death(pgid: int) -> tuple[subprocess.Popen[bytes], int]:
+    """A tiny process, in a session of its own (a Ctrl-C does not reach it), that stops the
+    server's group once this process is gone; returns it and the pipe's write end."""
+    read_end, write_end = os.pipe()
+    try:
+        watcher = subprocess.Popen(
+            [sys.executable, "-c", WATCHER, str(read_end), str(pgid), str(STOP_GRACE_S)],
+            pass_fds=(read_end,),
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return watcher, write_end
+
+
+def _dismiss(watcher: subprocess.Popen[bytes], write_end: int) -> None:
+    """The server's group is stopped already: end the watcher before it could signal a reused id."""
+    watcher.kill()
+    watcher.wait()
+    os.close(write_end)
 
 
 def _wait(server: subprocess.Popen[bytes], stopped_at: list[float]) -> int:

@@ -31,6 +31,7 @@ import numpy as np
 
 from autocnn.downloads import DownloadProgress, megabytes, offline_reason, watch_file
 from autocnn.errors import DataError
+from autocnn.files import remove_dead_leftovers
 
 DATA_HOME_VARIABLE = "AUTOCNN_DATA_HOME"
 MIRROR_VARIABLE = "AUTOCNN_DATASET_MIRROR"
@@ -156,6 +157,7 @@ def fetch_dataset(
     time, an interrupted download or a checksum mismatch never leaves a half-written dataset.
     """
     target = dataset_dir(name)
+    remove_dead_leftovers(target.parent, f".{name}-download-")
     if is_cached(name):
         return target
     archive = archive_for(name)
@@ -168,7 +170,7 @@ def fetch_dataset(
     if say is not None:
         say(f"downloading {name} ({megabytes(archive.size)}) from {archive.url} into {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{name}-download-", dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{name}-download-{os.getpid()}-", dir=target.parent) as tmp:
         _download_into(name, archive, Path(tmp), progress)
         _move_into_place(Path(tmp) / archive.folder, target / archive.folder)
     return target
@@ -338,6 +340,7 @@ def export_imagefolder(
     splits["test"] = (named.test[0], named.test[1], np.arange(len(named.test[1])))
     total = sum(len(labels_) for _, labels_, _ in splits.values())
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_leftovers(out.parent, f".{out.name}.partial-")
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     done = 0
     try:

@@ -35,6 +35,7 @@ class StudyResult:
     stopped_reason: str | None = None
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
     running: dict[int, str] = field(default_factory=dict)  # trial number -> the worker (host:pid) running it
+    retries: dict[int, int] = field(default_factory=dict)  # a WAITING retry -> the trial whose run it continues
 
 
 def count_states(study: optuna.Study) -> dict[str, int]:
@@ -112,6 +113,17 @@ def running_trials(study: optuna.Study) -> dict[int, str]:
     return {t.number: str(t.user_attrs.get(OWNER_ATTR, "?")) for t in running}
 
 
+def waiting_retries(study: optuna.Study) -> dict[int, int]:
+    """Queued trials that continue an interrupted or dead one (from its checkpoint, where it left
+    one), with the trial each continues: what the next `autocnn study` picks up first."""
+    from optuna.trial import TrialState
+
+    from autocnn.search.resume import RESUME_FROM_ATTR
+
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return {t.number: int(t.user_attrs[RESUME_FROM_ATTR]) for t in waiting if RESUME_FROM_ATTR in t.user_attrs}
+
+
 def trial_seconds(trial: optuna.trial.FrozenTrial) -> float | None:
     if trial.datetime_complete and trial.datetime_start:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()
@@ -160,6 +172,7 @@ def summarize(
         stale=stale_trials(study),
         leaderboard=leaderboard(study, objective),
         running=running_trials(study),
+        retries=waiting_retries(study),
     )
 
 

@@ -360,6 +360,7 @@ def optimize(
     callbacks: list[Any] = [streak, RecoverDeadWorkers(ctx)]
     if target is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    ctx.deadline = None if timeout is None else time.monotonic() + timeout
     with graceful_interrupts():
         study.optimize(make_objective(ctx), timeout=timeout, catch=(Exception,), callbacks=callbacks)
 

@@ -5,6 +5,7 @@ when it was cut short), reported to the pruner each epoch, and logged to its MLf
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,10 @@ if TYPE_CHECKING:
     from autocnn.tracking.tracker import Tracker
 
 
+# Optuna user attribute and MLflow tag: the epoch after which study.timeout stopped the trial.
+STOPPED_AT_DEADLINE_ATTR = "autocnn.stopped_at_deadline"
+
+
 @dataclass
 class TrialContext:
     spec: Spec
@@ -48,6 +53,10 @@ class TrialContext:
     plan: Plan
     dataset: DatasetRecord | None = None  # logged as every trial run's input
     latencies: dict[tuple, float] = field(default_factory=dict)  # per architecture (model_facts)
+    deadline: float | None = None  # time.monotonic() when study.timeout is spent: a running trial stops there
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     @property
     def objective(self) -> Objective:
@@ -132,6 +141,10 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
             ctx.reporter.epoch_done(trial.number, metrics, ctx.objective.metric)
             if prune:
                 raise optuna.TrialPruned(_prune_reason(trial, metrics.epoch, ctx.objective.metric, value))
+            if ctx.past_deadline():  # the timeout is a promise: kept within one epoch, this trial's best kept
+                trial.set_user_attr(STOPPED_AT_DEADLINE_ATTR, metrics.epoch)
+                ctx.tracker.set_tags(run_id, {STOPPED_AT_DEADLINE_ATTR: str(metrics.epoch)})
+                break
     except NonFiniteLossError as exc:
         raise optuna.TrialPruned(f"diverged: {exc}") from None
     trainer.restore_best()
@@ -222,38 +235,47 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[f
     import optuna
 
     def objective(trial: optuna.Trial) -> float | list[float]:
-        trial.set_user_attr(OWNER_ATTR, owner_id())
-        config = sample_config(trial, ctx.spec)
-        ctx.reporter.trial_sampled(trial.number, config)
-        run_id = ctx.tracker.start_trial(ctx.parent_run_id, trial.number, config.flat(), config.as_yaml_dict())
-        trial.set_user_attr("mlflow_run_id", run_id)
-        if ctx.dataset is not None:
-            ctx.tracker.log_dataset(run_id, ctx.dataset)
-        if RETRY_OF_ATTR in trial.user_attrs:
-            ctx.tracker.set_tags(run_id, {"autocnn.retry_of": trial.user_attrs[RETRY_OF_ATTR]})
-        if DEFAULT_ATTR in trial.user_attrs:
-            ctx.tracker.set_tags(run_id, {DEFAULT_ATTR: "true"})
         done_with = [trial.number, trial.user_attrs.get(RESUME_FROM_ATTR, trial.number)]
+        run_id: str | None = None
+
+        def run_for_the_record() -> str:
+            """The trial's MLflow run, opened late when setup stopped before it: one run per trial."""
+            return run_id or ctx.tracker.start_trial(ctx.parent_run_id, trial.number, dict(trial.params), {})
+
+        # Everything from the first user attribute on is inside the try: a stop signal or an error
+        # while the trial is being set up ends it like one during training (queued again, or failed
+        # with its reason), never as a FAIL without a retry and an MLflow run left RUNNING.
         try:
+            trial.set_user_attr(OWNER_ATTR, owner_id())
+            config = sample_config(trial, ctx.spec)
+            ctx.reporter.trial_sampled(trial.number, config)
+            run_id = ctx.tracker.start_trial(ctx.parent_run_id, trial.number, config.flat(), config.as_yaml_dict())
+            trial.set_user_attr("mlflow_run_id", run_id)
+            if ctx.dataset is not None:
+                ctx.tracker.log_dataset(run_id, ctx.dataset)
+            if RETRY_OF_ATTR in trial.user_attrs:
+                ctx.tracker.set_tags(run_id, {"autocnn.retry_of": trial.user_attrs[RETRY_OF_ATTR]})
+            if DEFAULT_ATTR in trial.user_attrs:
+                ctx.tracker.set_tags(run_id, {DEFAULT_ATTR: "true"})
             value = run_trial(ctx, trial, config, run_id)
             if not all(math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
                 raise ValueError(f"objective value is {value}")
         except optuna.TrialPruned as exc:
             ctx.checkpoints.discard(*done_with)
-            ctx.tracker.end_trial(run_id, "PRUNED", reason=str(exc) or None)
+            ctx.tracker.end_trial(run_for_the_record(), "PRUNED", reason=str(exc) or None)
             ctx.reporter.trial_finished(trial.number, "PRUNED", None)
             raise
         except KeyboardInterrupt:
             # Keep the checkpoint: the same parameters are queued and continue from it on resume.
             trial.set_user_attr(REASON_ATTR, "interrupted: Ctrl-C or a stop signal")
             enqueue_retry(trial.study, trial)  # type: ignore[arg-type]
-            ctx.tracker.end_trial(run_id, "INTERRUPTED", reason="interrupted: Ctrl-C or a stop signal")
+            ctx.tracker.end_trial(run_for_the_record(), "INTERRUPTED", reason="interrupted: Ctrl-C or a stop signal")
             raise
         except Exception as exc:
             reason = f"{exc.__class__.__name__}: {exc}"
             trial.set_user_attr(REASON_ATTR, reason)
             ctx.checkpoints.discard(*done_with)
-            ctx.tracker.end_trial(run_id, "FAIL", reason=reason)
+            ctx.tracker.end_trial(run_for_the_record(), "FAIL", reason=reason)
             ctx.reporter.message(f"warning: trial {trial.number} failed: {reason}")
             ctx.reporter.trial_finished(trial.number, "FAIL", None)
             raise

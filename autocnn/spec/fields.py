@@ -205,8 +205,16 @@ Epochs = Annotated[
     | Annotated[Any, PlainValidator(_fixed_epochs, json_schema_input_type=EpochCount | Literal["auto"]), Tag("fixed")],
     Discriminator(_searchable_kind),
 ]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
+# Every float key has an upper bound, as every int key does: a typo such as `lr: 1e3` or `.inf`
+# fails at load with the key's path, not as a diverged or stalled trial.
+MAX_LR = 10.0  # an optimizer step of 10 trains nothing; real rates are 1e-5..1
+MAX_WEIGHT_DECAY = 10.0  # AdamW's decoupled decay: lr x this shrinks every weight each step
+MAX_LR_MULT = 100.0  # a backbone's rate as a multiple of the head's
+MAX_COST = 1e15  # a constraint on latency (ms), parameters or size (MB): beyond any real model
+LearningRate = Annotated[float, Field(gt=0, le=MAX_LR, allow_inf_nan=False)]
+WeightDecay = Annotated[float, Field(ge=0, le=MAX_WEIGHT_DECAY, allow_inf_nan=False)]
+LrMultiplier = Annotated[float, Field(ge=0, le=MAX_LR_MULT, allow_inf_nan=False)]
+CostBound = Annotated[float, Field(gt=0, le=MAX_COST, allow_inf_nan=False)]
 Probability = Annotated[float, Field(ge=0, lt=1)]
 LayerDecay = Annotated[float, Field(gt=0, le=1)]  # 1: every backbone layer at one rate
 STORAGE_FORMS = "sqlite:///path.db, postgresql[+driver]://..., mysql[+driver]://... or a journal file path"

@@ -25,12 +25,13 @@ from autocnn.spec.fields import (
     MAX_VIEWS,
     METRICS,
     BatchSize,
+    CostBound,
     Epochs,
     LayerDecay,
+    LearningRate,
     LocalPath,
-    NonNegativeFloat,
+    LrMultiplier,
     Patience,
-    PositiveFloat,
     Probability,
     Seed,
     StorageUrl,
@@ -38,6 +39,7 @@ from autocnn.spec.fields import (
     TrackingUri,
     TrialCount,
     UnfreezeCount,
+    WeightDecay,
     _sub_error,
     _validated_by,
     choosable,
@@ -124,7 +126,7 @@ class StudySpec(StrictModel):
         ]
         | None
     ) = None
-    constraints: dict[Literal["latency_ms", "params", "size_mb"], PositiveFloat] | None = None
+    constraints: dict[Literal["latency_ms", "params", "size_mb"], CostBound] | None = None
     latency_device: Annotated[str, Field(pattern=r"^(cpu|cuda(:[0-9]{1,2})?)$")] = "cpu"
 
     @model_validator(mode="after")
@@ -179,8 +181,8 @@ class StudySpec(StrictModel):
 class TrainSpec(StrictModel):
     epochs: Epochs = 10
     batch_size: searchable(BatchSize) = 64
-    lr: searchable(PositiveFloat) = 1e-3
-    weight_decay: searchable(NonNegativeFloat) = 1e-4
+    lr: searchable(LearningRate) = 1e-3
+    weight_decay: searchable(WeightDecay) = 1e-4
     scheduler: choosable(Literal["cosine", "onecycle", "plateau", "none"]) = "cosine"
     early_stopping: searchable(Patience) = 0
     label_smoothing: searchable(Probability) = 0.0
@@ -214,7 +216,7 @@ class TimmSpace(StrictModel):
     pretrained: bool | str = True
     freeze: choosable(Literal["none", "backbone", "partial"]) = "none"
     unfreeze_last: searchable(UnfreezeCount) = 1
-    backbone_lr_mult: searchable(NonNegativeFloat) = 1.0
+    backbone_lr_mult: searchable(LrMultiplier) = 1.0
     layer_decay: searchable(LayerDecay) = 1.0
     probe_first: choosable(bool) = True  # fine-tuning starts from a head fitted on cached features
     # BatchNorm while the backbone trains: its pretrained running statistics, or each batch's own
