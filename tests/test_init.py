@@ -194,6 +194,11 @@ def test_a_backbone_trains_at_its_pretrained_size_on_a_gpu_and_the_largest_affor
     assert init.backbone_size("resnet18", CPU, n_train=600, budget_s=budget, seconds_per_image=cpu(0.07))[0] == 96
     size, why = init.backbone_size("resnet18", CPU, n_train=600, budget_s=budget, seconds_per_image=cpu(1.0))
     assert size == 96 and "the smallest a pretrained net should see" in why  # never a 32 px upsampling
+    assert "freeze: backbone trials take seconds" not in why  # only said where freezing whole is searched
+    frozen = init.backbone_size(
+        "resnet18", CPU, n_train=600, budget_s=budget, seconds_per_image=cpu(1.0), frozen_whole=True
+    )
+    assert "freeze: backbone trials take seconds" in frozen[1]
     # never above the size the weights were trained at (test_efficientnet: 160 px)
     assert init.pretrained_size("test_efficientnet") == 160
     assert init.backbone_size("test_efficientnet", GPU, n_train=10, budget_s=budget, seconds_per_image=cpu(0))[0] == 160

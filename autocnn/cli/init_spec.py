@@ -297,7 +297,13 @@ SecondsPerImage = Callable[[str, int], float]  # (backbone, side) -> seconds of 
 
 
 def backbone_size(
-    name: str, machine: Machine, *, n_train: int, budget_s: float, seconds_per_image: SecondsPerImage
+    name: str,
+    machine: Machine,
+    *,
+    n_train: int,
+    budget_s: float,
+    seconds_per_image: SecondsPerImage,
+    frozen_whole: bool = False,
 ) -> tuple[int, str]:
     """The side a pretrained backbone trains at, and why: its pretrained size on a GPU; on a CPU the
     largest of CPU_BACKBONE_SIZES at which TRIALS_PER_BACKBONE trials of EPOCHS_PER_TRIAL epochs
@@ -317,7 +323,7 @@ def backbone_size(
     trial_s = EPOCHS_PER_TRIAL * n_train * seconds_per_image(name, floor)
     return floor, (
         f"{floor} px: the smallest a pretrained net should see; a trial takes ~{_duration_text(round(trial_s))} "
-        "on this CPU, so few fit the budget (freeze: backbone trials take seconds)"
+        "on this CPU, so few fit the budget" + (" (freeze: backbone trials take seconds)" if frozen_whole else "")
     )
 
 
@@ -428,7 +434,14 @@ def choose(
     timing = seconds_per_image or timed_seconds_per_image()
     key_notes: dict[str, dict[str, str]] = {}
     for backbone, space in backbones.items():
-        side, why = backbone_size(backbone, machine, n_train=n_train, budget_s=budget_s, seconds_per_image=timing)
+        side, why = backbone_size(
+            backbone,
+            machine,
+            n_train=n_train,
+            budget_s=budget_s,
+            seconds_per_image=timing,
+            frozen_whole=_can_freeze_whole(space),
+        )
         space["image_size"] = side
         key_notes[backbone] = {"image_size": why}
     augment, augment_note = augment_space(profile, size, flip=flip)
