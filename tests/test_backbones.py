@@ -350,8 +350,9 @@ def test_study_mixing_custom_cnn_and_two_backbones_logs_their_facts(in_tmp: Path
         "resnet18": {"pretrained": False, "freeze": "none", "backbone_lr_mult": 0.5},
         "mobilenetv2_035": {"pretrained": False, "freeze": "backbone", "head": {"hidden": 16}},
     }
-    # fp32: the test is about the facts each family logs; bf16 autocast of a random resnet18 at 8 px
-    # once turned its first epoch's loss non-finite (pruned as diverged) in a full-suite run.
+    # fp32: the test is about the facts each family logs. In one full-suite run a trial of this study
+    # was pruned before its first epoch ended (cause not pinned down; bf16 autocast of random weights
+    # at 8 px is the suspect), so the precision is taken out of play.
     train = {"epochs": 1, "batch_size": 128, "lr": 1e-3, "precision": "fp32"}
     data = {"image_size": 8}  # the digits' own size: the backbones run, cheaply
     path = _study_spec(in_tmp, models, train=train, study={"trials": 3}, data=data)
