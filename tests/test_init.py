@@ -204,6 +204,33 @@ def test_a_backbone_trains_at_its_pretrained_size_on_a_gpu_and_the_largest_affor
     assert init.backbone_size("test_efficientnet", GPU, n_train=10, budget_s=budget, seconds_per_image=cpu(0))[0] == 160
 
 
+def test_a_budget_too_short_to_fine_tune_searches_the_backbone_frozen_and_starts_there() -> None:
+    from autocnn.search.defaults import default_trials
+    from autocnn.spec.load import parse_spec
+
+    medium = _profile(400, n_classes=5)  # 2,000 images: fine-tuned when the budget allows it
+
+    def slow_cpu(_name: str, size: int) -> float:  # 10 epochs over 1,400 training images at 96 px: 28 min
+        return 0.12 * (size / 96) ** 2
+
+    roomy = _choices(medium, CPU, budget_s=3 * 3600, seconds_per_image=slow_cpu)
+    short = _choices(medium, CPU, budget_s=1800, seconds_per_image=slow_cpu)
+    assert roomy.backbones["efficientnet_b0"]["freeze"] == {"choices": ["partial", "none"]}
+    assert "cached_views" not in roomy.augment and "freeze" not in roomy.backbone_key_notes["efficientnet_b0"]
+    # 1,800 s hold 1.07 fine-tuning trials at 96 px: searched frozen, as small data is
+    assert short.backbones["efficientnet_b0"]["freeze"] == {"choices": ["backbone", "partial"]}
+    assert short.backbones["efficientnet_b0"]["image_size"] == 96
+    assert short.augment["cached_views"] == init.CACHED_VIEWS
+    note = short.backbone_key_notes["efficientnet_b0"]["freeze"]
+    assert "1.1 fine-tuning trials" in note
+    text = init.render(short)
+    assert note in text and "freeze: backbone trials take seconds" in text
+    # the default trial of that spec is the seconds-long frozen one
+    spec = parse_spec(yaml.safe_load(text))
+    defaults = {d["model"]: d for d in default_trials(spec)}
+    assert defaults["efficientnet_b0"]["models.efficientnet_b0.freeze"] == "backbone"
+
+
 def _cache_weights(cache: Path, name: str) -> None:
     """`name`'s default pretrained weights laid out in the hub cache as a download leaves them."""
     import timm

@@ -42,6 +42,9 @@ CPU_BACKBONE_SIZES = (160, 128, 96)
 PROBE_SIZE = 96  # the side a backbone's training step is timed at; other sides scale with their area
 EPOCHS_PER_TRIAL = 10  # about what `epochs: auto` trains a small-data trial before it stops improving
 TRIALS_PER_BACKBONE = 4  # a backbone's size is affordable when this many of its trials fit the budget
+# Fewer fine-tuning trials than this at the smallest size leave the search to the default trial:
+# such a backbone is searched frozen (whole or its last stages), as for small data.
+MIN_FINE_TUNE_TRIALS = 2
 # A frozen backbone trains its head on this many augmented views per image, their features computed
 # once per trial: augmentation without a backbone pass every epoch.
 CACHED_VIEWS = 4
@@ -361,6 +364,49 @@ def _time_training_step(name: str, size: int, batch: int = 16, steps: int = 2) -
     return (time.perf_counter() - started) / (steps * batch)
 
 
+def fine_tune_trials(
+    name: str, side: int, *, n_train: int, budget_s: float, seconds_per_image: SecondsPerImage
+) -> float:
+    """How many fine-tuning trials of EPOCHS_PER_TRIAL epochs at `side` px the budget holds."""
+    trial_s = EPOCHS_PER_TRIAL * n_train * seconds_per_image(name, side)
+    return budget_s / trial_s if trial_s > 0 else math.inf
+
+
+def fit_backbone_to_budget(
+    name: str,
+    space: dict[str, Any],
+    machine: Machine,
+    *,
+    n_train: int,
+    budget_s: float,
+    seconds_per_image: SecondsPerImage,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The backbone's space with its input size, frozen when fine-tuning does not fit the budget,
+    and a comment per key it changed."""
+    side, why = backbone_size(name, machine, n_train=n_train, budget_s=budget_s, seconds_per_image=seconds_per_image)
+    trials = fine_tune_trials(name, side, n_train=n_train, budget_s=budget_s, seconds_per_image=seconds_per_image)
+    space, freeze_why = frozen_for_budget(space, trials)
+    if _can_freeze_whole(space):
+        side, why = backbone_size(
+            name, machine, n_train=n_train, budget_s=budget_s, seconds_per_image=seconds_per_image, frozen_whole=True
+        )
+    return space | {"image_size": side}, {"image_size": why} | ({"freeze": freeze_why} if freeze_why else {})
+
+
+def frozen_for_budget(space: dict[str, Any], trials: float) -> tuple[dict[str, Any], str]:
+    """The small-data freeze choices when the budget holds fewer than MIN_FINE_TUNE_TRIALS
+    fine-tuning trials (the frozen backbone first, so the default trial is the seconds-long one),
+    and why; a space that already freezes whole is returned as it is."""
+    if trials >= MIN_FINE_TUNE_TRIALS or _can_freeze_whole(space):
+        return space, ""
+    frozen = {key: value for key, value in space.items() if key not in ("freeze", "unfreeze_last")}
+    frozen |= {key: value for key, value in freeze_space("small").items() if key != "pretrained"}
+    return frozen, (
+        f"the budget holds {trials:.1f} fine-tuning trials of {EPOCHS_PER_TRIAL} epochs: "
+        "frozen whole (seconds per trial) or its last stages, as for small data"
+    )
+
+
 def freeze_space(regime: str) -> dict[str, Any]:
     """Small data: train the head (and the last stages); large data: fine-tune all, gently."""
     if regime == "small":
@@ -433,17 +479,10 @@ def choose(
     n_train = round(profile.n_images * (1 - sum(split.values()))) if split else profile.train_images
     timing = seconds_per_image or timed_seconds_per_image()
     key_notes: dict[str, dict[str, str]] = {}
-    for backbone, space in backbones.items():
-        side, why = backbone_size(
-            backbone,
-            machine,
-            n_train=n_train,
-            budget_s=budget_s,
-            seconds_per_image=timing,
-            frozen_whole=_can_freeze_whole(space),
+    for backbone, space in list(backbones.items()):
+        backbones[backbone], key_notes[backbone] = fit_backbone_to_budget(
+            backbone, space, machine, n_train=n_train, budget_s=budget_s, seconds_per_image=timing
         )
-        space["image_size"] = side
-        key_notes[backbone] = {"image_size": why}
     augment, augment_note = augment_space(profile, size, flip=flip)
     if any(_can_freeze_whole(space) for space in backbones.values()):
         augment["cached_views"] = CACHED_VIEWS
