@@ -327,6 +327,14 @@ def finalize(
             "(default: the most accurate feasible trial)."
         ),
     ] = None,
+    ensemble: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Ship up to K trials as one model, chosen by forward selection on their val predictions "
+            "and each refit as a single trial would be.",
+        ),
+    ] = 1,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
@@ -350,6 +358,7 @@ def finalize(
         tracking_uri=tracking_uri,
         out_dir=out,
         pick=pick,
+        ensemble=ensemble,
     )
     console = _console()
     with user_errors():

@@ -18,7 +18,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from autocnn.data.checks import DataChecks
-    from autocnn.outputs.finalize import FinalizeResult, TopK
+    from autocnn.outputs.finalize import EnsembleOutcome, FinalizeResult, TopK
     from autocnn.outputs.predict import PredictResult
     from autocnn.search.checks import CheckReport
     from autocnn.search.plan import Plan
@@ -296,7 +296,39 @@ def finalize_tables(result: FinalizeResult) -> list[Table]:
         )
     else:
         exports.add_row("model.int8.onnx (int8 QDQ)", "—", "—", "[red]not exported[/]")
-    return [scores, exports] if result.top_k is None else [top_k_table(result.top_k), scores, exports]
+    first = [top_k_table(result.top_k)] if result.top_k is not None else []
+    if result.ensemble is not None:
+        first += ensemble_tables(result.ensemble)
+    return [*first, scores, exports]
+
+
+def ensemble_tables(outcome: EnsembleOutcome) -> list[Table]:
+    """The members and their weights, then the ensemble beside its best single trial."""
+    members = Table(title="ensemble members (forward selection on val predictions)", title_justify="left")
+    for column in ("trial", "model", "weight"):
+        members.add_column(column, justify="left" if column == "model" else "right")
+    for trial, model, weight in outcome.members:
+        members.add_row(str(trial), model, f"{weight:.2f}")
+    split = outcome.split
+    compared = Table(
+        title="ensemble against the best single trial",
+        title_justify="left",
+        caption=f"val: the trials' own predictions, before the refit; {split}: once, after it",
+        caption_justify="left",
+    )
+    columns = ("model", f"val {outcome.metric}", f"{split} accuracy", f"{split} macro-F1", "latency ms", "size MB")
+    for column in columns:
+        compared.add_column(column, justify="left" if column == "model" else "right")
+    for row in (outcome.ensemble, outcome.single):
+        compared.add_row(
+            row.name,
+            f"{row.val_score:.4f}",
+            f"{row.accuracy:.4f}",
+            f"{row.macro_f1:.4f}",
+            f"{row.latency_ms:.2f}",
+            f"{row.size_mb:.2f}",
+        )
+    return [members, compared]
 
 
 def top_k_table(top_k: TopK) -> Table:

@@ -201,12 +201,9 @@ def onnx_latency_ms(model: nn.Module, *, image_size: int, device: str = "cpu") -
     `finalize` ships with takes seconds), and ONNX Runtime optimises both into the same kernels.
     """
     import copy
-    import statistics
     import tempfile
-    import time
     import warnings
 
-    import onnxruntime as ort
     import torch
 
     clone = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
@@ -216,10 +213,21 @@ def onnx_latency_ms(model: nn.Module, *, image_size: int, device: str = "cpu") -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(clone, (x,), str(path), dynamo=False, input_names=["images"], output_names=["logits"])
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=latency_providers(device))
-    feed = {"images": np.random.default_rng(0).standard_normal((1, 3, image_size, image_size), dtype=np.float32)}
+        return onnx_file_latency_ms(path, image_size=image_size, device=device)
+
+
+def onnx_file_latency_ms(path: Path, *, image_size: int, device: str = "cpu") -> float:
+    """Median time of one image through an ONNX file, batch 1, after a warm-up."""
+    import statistics
+    import time
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=latency_providers(device))
+    name = session.get_inputs()[0].name
+    feed = {name: np.random.default_rng(0).standard_normal((1, 3, image_size, image_size), dtype=np.float32)}
     for _ in range(LATENCY_WARMUP):
         session.run(None, feed)
     times: list[float] = []

@@ -96,8 +96,10 @@ def write_bundle(
     pre: Preprocessing,
     spec: Spec,
     trial_number: int,
+    rebuild: dict[str, Any] | None = None,
 ) -> None:
-    """Weights, labels, preprocessing and how to rebuild the model: all `autocnn predict` reads."""
+    """Weights, labels, preprocessing and how to rebuild the model: all `autocnn predict` reads.
+    `rebuild` replaces the single trial's description (an ensemble describes its members)."""
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +109,7 @@ def write_bundle(
     )
     (out / LABELS_FILE).write_text(json.dumps(list(data.classes), indent=2))
     (out / PREPROCESS_FILE).write_text(json.dumps(pre.as_dict(), indent=2))
-    rebuild = {
+    rebuild = rebuild or {
         "model": config.model,
         "model_params": config.model_params,
         "num_classes": data.num_classes,

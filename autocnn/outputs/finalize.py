@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +21,11 @@ import numpy as np
 from autocnn.data.arrays import Dataset, Split
 from autocnn.data.cache import DataCache
 from autocnn.errors import ExportError
-from autocnn.models.folder import (
-    Preprocessing,
-)
+from autocnn.models.folder import ONNX_FILE, Preprocessing
 from autocnn.outputs.bundle import Scores, eval_split, score, torch_logits, write_bundle, write_metrics
+from autocnn.outputs.ensemble import Selection
 from autocnn.search.results import best_epoch, pick_trial, top_trials
-from autocnn.search.space import study_settings
+from autocnn.search.space import config_from_params, study_settings
 from autocnn.spec.objectives import Objective, primary
 from autocnn.spec.schema import Spec
 
@@ -55,6 +54,7 @@ class FinalizeOptions:
     tracking_uri: str | None = None
     out_dir: Path | None = None  # default: ./models/<study>
     pick: str | None = None  # a rule choosing from the Pareto front (autocnn.search.pareto)
+    ensemble: int = 1  # ship up to this many trials together, chosen on their val predictions
 
     @property
     def compares(self) -> bool:
@@ -78,6 +78,13 @@ def check_options(options: FinalizeOptions) -> None:
         raise ExportError(f"--trial {options.trial} with --top-k {options.top_k}: --top-k picks the trial; give one")
     if options.pick is not None and (options.trial is not None or options.top_k > 1):
         raise ExportError("--pick with --trial or --top-k: each picks the trial; give one")
+    if options.ensemble < 1:
+        raise ExportError(f"--ensemble {options.ensemble}: must be at least 1")
+    if options.ensemble > 1 and (options.trial is not None or options.compares or options.pick is not None):
+        raise ExportError(
+            f"--ensemble {options.ensemble} with --trial, --top-k, --seeds or --pick: the ensemble picks its trials; "
+            "give one"
+        )
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,43 @@ class TopK:
         }
 
 
+@dataclass(frozen=True)
+class Shipped:
+    """One row of the ensemble's comparison: a candidate for shipping, its scores and its costs."""
+
+    name: str
+    val_score: float  # the study's metric on val, from the trials' own predictions (before any refit)
+    accuracy: float  # on the evaluation split (test, or val without one)
+    macro_f1: float
+    latency_ms: float  # one image through ONNX Runtime on this machine's CPU
+    size_mb: float  # weight bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EnsembleOutcome:
+    """The shipped ensemble: its members and their weights, beside the best single trial."""
+
+    metric: str
+    split: str
+    selection: Selection
+    members: tuple[tuple[int, str, float], ...]  # (trial, model, weight), heaviest first
+    ensemble: Shipped
+    single: Shipped
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "split": self.split,
+            "selection": self.selection.as_dict(),
+            "members": [{"trial": t, "model": m, "weight": w} for t, m, w in self.members],
+            "ensemble": self.ensemble.as_dict(),
+            "single": self.single.as_dict(),
+        }
+
+
 @dataclass
 class FinalizeResult:
     study: str
@@ -163,6 +207,7 @@ class FinalizeResult:
     warnings: list[str] = field(default_factory=list)
     top_k: TopK | None = None  # only when --top-k or --seeds compared re-trained configs
     trade_off: dict[str, Any] | None = None  # the pick from the Pareto front, in a multi-objective study
+    ensemble: EnsembleOutcome | None = None  # only when --ensemble shipped several trials
 
 
 def model_preprocessing(spec: Spec, config: TrialConfig) -> Preprocessing:
@@ -296,8 +341,6 @@ def rerun_config(
     spec: Spec, trial: optuna.trial.FrozenTrial, cache: DataCache, seeds: int, say: Say
 ) -> tuple[Candidate, nn.Module]:
     """One config's seeds on train, and its seed-0 model (the one `--retrain` would give)."""
-    from autocnn.search.space import config_from_params
-
     config = config_from_params(spec, trial.params)
     pre = model_preprocessing(spec, config)
     data = cache.get(pre.image_size)
@@ -324,6 +367,7 @@ def log_final_run(
     out: Path,
     how: str,
     top_k: TopK | None = None,
+    ensemble: EnsembleOutcome | None = None,
 ) -> tuple[str, str]:
     """A `final` run nested under the study's run; the model registered under the study's name."""
     from autocnn.figures import confusion_matrix_figure
@@ -339,6 +383,9 @@ def log_final_run(
         "autocnn.weights_from": how,
         "autocnn.eval_split": scores.split,
     }
+    if ensemble is not None:
+        tags["autocnn.model"] = "ensemble"
+        tags["autocnn.ensemble"] = ",".join(str(t) for t, _, _ in ensemble.members)
     run_id = tracker.start_final_run(parent.info.run_id if parent is not None else None, tags, config.flat())
     try:
         split = scores.split
@@ -347,6 +394,17 @@ def log_final_run(
         if top_k is not None:
             metrics.update(topk_mean=top_k.picked.mean, topk_std=top_k.picked.std)
             tracker.log_dict(run_id, top_k.as_dict(), "top_k.json")
+        if ensemble is not None:
+            metrics.update(
+                ensemble_val_score=ensemble.ensemble.val_score,
+                single_val_score=ensemble.single.val_score,
+                **{
+                    f"single_{split}_accuracy": ensemble.single.accuracy,
+                    "single_latency_ms": ensemble.single.latency_ms,
+                },
+                ensemble_latency_ms=ensemble.ensemble.latency_ms,
+            )
+            tracker.log_dict(run_id, ensemble.as_dict(), "ensemble.json")
         tracker.log_facts(run_id, metrics)
         tracker.flush()  # log_facts only gathers: the run must hold its metrics before it closes
         figure = confusion_matrix_figure(scores.labels, scores.preds, scores.classes)
@@ -474,7 +532,6 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
         >>> final.scores.accuracy, final.out_dir
     """
     from autocnn.models.onnx import export_and_check
-    from autocnn.search.space import config_from_params
     from autocnn.search.storage import open_study, storage_url
     from autocnn.tracking.tracker import Tracker, default_tracking_uri
 
@@ -484,14 +541,19 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
     warnings: list[str] = []
     study = open_study(spec, storage_url(spec, options.storage))
     cache = DataCache(spec.data, seed=spec.seed)
-    trial, top_k, seed0_model = choose_trial(spec, study, cache, options, say, warnings)
-    config = config_from_params(spec, trial.params)
-    pre = model_preprocessing(spec, config)
-    data = cache.get(pre.image_size)
     tracker = Tracker(
         options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri(),
         spec.experiment_name,
     )
+    if options.ensemble > 1:
+        selection = select_members(spec, study, cache, tracker, options.ensemble, say, warnings)
+        if len(selection.trials) > 1:
+            return finalize_ensemble(spec, study, cache, tracker, selection, options, say, warnings)
+        options = replace(options, trial=selection.trials[0], ensemble=1)
+    trial, top_k, seed0_model = choose_trial(spec, study, cache, options, say, warnings)
+    config = config_from_params(spec, trial.params)
+    pre = model_preprocessing(spec, config)
+    data = cache.get(pre.image_size)
     model, how = obtain_model(spec, trial, config, data, pre, tracker, options, say, retrained=seed0_model)
 
     split, evaluated = eval_split(data)
@@ -535,6 +597,179 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
         top_k=top_k,
         trade_off=chosen,
     )
+
+
+# --------------------------------------------------------------------------- several trials as one
+
+
+def select_members(
+    spec: Spec, study: optuna.Study, cache: DataCache, tracker: Tracker, k: int, say: Say, warnings: list[str]
+) -> Selection:
+    """Up to k trials chosen by forward selection on their saved val predictions."""
+    from autocnn.errors import StudyError
+    from autocnn.outputs.ensemble import MAX_CANDIDATES, scorer_for, select_ensemble
+    from autocnn.search.results import complete_trials, no_complete_trial, ranked
+
+    objective = primary(spec)
+    candidates = ranked(complete_trials(study), objective)[:MAX_CANDIDATES]
+    if not candidates:
+        raise StudyError(no_complete_trial(study))
+    labels = cache.get(spec.data.image_size).val.labels
+    probs = {t.number: p for t in candidates if (p := saved_val_probs(tracker, t, len(labels))) is not None}
+    if not probs:
+        raise StudyError(
+            f"--ensemble {k}: none of the {len(candidates)} best trials saved its val predictions "
+            "(trials from an older autocnn); run more trials with `autocnn study`"
+        )
+    if len(probs) < len(candidates):
+        warnings.append(
+            f"--ensemble: {len(candidates) - len(probs)} of the {len(candidates)} best trials saved no val "
+            "predictions and were left out of the selection"
+        )
+    selection = select_ensemble(probs, labels, scorer_for(objective.metric), max_members=k)
+    chosen = ", ".join(f"trial {t} x{w:.2f}" for t, w in zip(selection.trials, selection.weights, strict=True))
+    say(
+        f"ensemble selection over {len(probs)} trials on val {objective.metric}: {chosen} "
+        f"({selection.val_score:.4f} against the best single trial's {selection.single_val_score:.4f})"
+    )
+    if len(selection.trials) == 1:
+        warnings.append(
+            f"--ensemble {k}: no mix of trials scored better on val than trial {selection.trials[0]} alone; "
+            "it ships alone"
+        )
+    return selection
+
+
+def saved_val_probs(tracker: Tracker, trial: optuna.trial.FrozenTrial, n_val: int) -> np.ndarray | None:
+    """The trial's val probabilities, or None when it saved none (or for another val split)."""
+    from autocnn.search.trial import VAL_PROBS_ARTIFACT
+
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if not run_id:
+        return None
+    try:
+        probs = tracker.load_array(run_id, VAL_PROBS_ARTIFACT)
+    except Exception:  # noqa: BLE001 - any missing artifact means: this trial cannot join
+        return None
+    return probs.astype(np.float32) if probs.ndim == 2 and len(probs) == n_val else None
+
+
+@dataclass(frozen=True)
+class Member:
+    trial: optuna.trial.FrozenTrial
+    config: TrialConfig
+    pre: Preprocessing
+    model: nn.Module
+    weight: float
+
+
+def finalize_ensemble(
+    spec: Spec,
+    study: optuna.Study,
+    cache: DataCache,
+    tracker: Tracker,
+    selection: Selection,
+    options: FinalizeOptions,
+    say: Say,
+    warnings: list[str],
+) -> FinalizeResult:
+    """Each member refit as a single trial would be, then one module: scored, exported, logged."""
+    from autocnn.models.ensemble import ENSEMBLE, Ensemble, ensemble_preprocessing, member_description
+    from autocnn.models.onnx import export_and_check
+
+    members = []
+    for number, weight in zip(selection.trials, selection.weights, strict=True):
+        trial = pick_trial(study, primary(spec), number)
+        config = config_from_params(spec, trial.params)
+        pre = model_preprocessing(spec, config)
+        say(f"ensemble member {len(members) + 1} of {len(selection.trials)}: trial {number}, weight {weight:.2f}")
+        model, how = obtain_model(spec, trial, config, cache.get(pre.image_size), pre, tracker, options, say)
+        members.append(Member(trial, config, pre, model.cpu().eval(), weight))
+    pre = ensemble_preprocessing([m.pre for m in members])
+    ensemble = Ensemble([m.model for m in members], [m.pre for m in members], [m.weight for m in members]).eval()
+    data = cache.get(pre.image_size)
+    split, evaluated = eval_split(data)
+    warnings.extend(_split_warnings(split, how))
+    say(f"evaluating the ensemble and the best single trial once on the {split} split ({len(evaluated)} images)")
+    reference = torch_logits(ensemble, evaluated.images, pre)
+    scores = score(split, evaluated.labels, reference, data.classes)
+    best = next(m for m in members if m.trial.number == selection.single_trial)
+    _, single_split = eval_split(cache.get(best.pre.image_size))
+    single_scores = score(
+        split, single_split.labels, torch_logits(best.model, single_split.images, best.pre), data.classes
+    )
+    out = options.out_dir or Path.cwd() / "models" / spec.name
+    rebuild = {
+        "model": ENSEMBLE,
+        "members": [member_description(m.pre, m.config.model, m.config.model_params, m.trial.number) for m in members],
+        "weights": [m.weight for m in members],
+        "num_classes": data.num_classes,
+        "image_size": pre.image_size,
+        "study": spec.name,
+        "trial": best.trial.number,
+    }
+    write_bundle(
+        out,
+        model=ensemble,
+        config=best.config,
+        data=data,
+        pre=pre,
+        spec=spec,
+        trial_number=best.trial.number,
+        rebuild=rebuild,
+    )
+    say(f"exporting the ensemble as one ONNX graph (float, then int8) to {out}")
+    facts = export_and_check(out, ensemble, evaluated, reference, data, pre, spec.seed, warnings)
+    outcome = EnsembleOutcome(
+        metric=primary(spec).metric,
+        split=split,
+        selection=selection,
+        members=tuple((m.trial.number, m.config.model, m.weight) for m in members),
+        ensemble=shipped_row("ensemble", selection.val_score, scores, ensemble, pre, onnx_file=out / ONNX_FILE),
+        single=shipped_row(
+            f"trial {best.trial.number} alone", selection.single_val_score, single_scores, best.model, best.pre
+        ),
+    )
+    about: dict[str, Any] = {"study": spec.name, "trial": best.trial.number, "model": ENSEMBLE, "weights_from": how}
+    about["ensemble"] = outcome.as_dict()
+    write_metrics(out, about, scores, facts)
+    say("logging the final run to MLflow and registering the ensemble")
+    run_id, version = log_final_run(
+        tracker, spec, best.trial, best.config, ensemble, scores, facts, out, how, ensemble=outcome
+    )
+    return FinalizeResult(
+        study=spec.name,
+        trial=best.trial.number,
+        model=ENSEMBLE,
+        weights_from=how,
+        scores=scores,
+        onnx_max_abs_diff=facts["onnx_max_abs_diff"],
+        onnx_accuracy=facts["onnx_accuracy"],
+        onnx_size_mb=facts["onnx_size_mb"],
+        int8_accuracy=facts.get("int8_accuracy"),
+        int8_size_mb=facts.get("int8_size_mb"),
+        out_dir=out,
+        files=sorted(p.name for p in out.iterdir() if p.is_file()),
+        run_id=run_id,
+        registered=f"{spec.name} version {version}",
+        warnings=warnings,
+        ensemble=outcome,
+    )
+
+
+def shipped_row(
+    name: str, val_score: float, scores: Scores, model: nn.Module, pre: Preprocessing, *, onnx_file: Path | None = None
+) -> Shipped:
+    """Scores and costs side by side; latency from the shipped ONNX file where there is one."""
+    from autocnn.models.onnx import onnx_file_latency_ms, onnx_latency_ms
+
+    latency = (
+        onnx_file_latency_ms(onnx_file, image_size=pre.image_size)
+        if onnx_file is not None
+        else onnx_latency_ms(model, image_size=pre.image_size)
+    )
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
+    return Shipped(name, val_score, scores.accuracy, scores.macro_f1, latency, size)
 
 
 def _split_warnings(split: str, how: str) -> list[str]:

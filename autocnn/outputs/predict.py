@@ -85,18 +85,22 @@ class Predictor:
         import torch
 
         from autocnn.models.build import build_model
+        from autocnn.models.ensemble import ENSEMBLE, build_ensemble
 
         info = _read_json(self.folder, MODEL_FILE)
         weights = self.folder / WEIGHTS_FILE
         if not weights.is_file():
             raise ExportError(f"{weights}: missing; run `autocnn finalize` again")
-        model = build_model(
-            info["model"],
-            info["model_params"],
-            num_classes=len(self.labels),
-            image_size=self.pre.image_size,
-            load_weights=False,  # the exported weights follow; never reach for a hub or a file
-        )
+        if info.get("model") == ENSEMBLE:
+            model = build_ensemble(info, len(self.labels))
+        else:
+            model = build_model(
+                info["model"],
+                info["model_params"],
+                num_classes=len(self.labels),
+                image_size=self.pre.image_size,
+                load_weights=False,  # the exported weights follow; never reach for a hub or a file
+            )
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         model.eval()
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from autocnn.data.arrays import Dataset
 from autocnn.data.cache import DataCache, DatasetRecord
 from autocnn.search.defaults import DEFAULT_ATTR
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
     import optuna
 
     from autocnn.tracking.tracker import Tracker
+
+# A complete trial's softmax outputs on val at its best epoch, float16, in the val split's order.
+VAL_PROBS_ARTIFACT = "predictions/val_probs.npy"
 
 
 # Optuna user attribute and MLflow tag: the epoch after which study.timeout stopped the trial.
@@ -151,6 +156,8 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     # The best epoch's evaluation when this process saw it (not after a resume): no second pass.
     evaluation = trainer.best_eval or trainer.evaluate(val)
     _log_evaluation(ctx, run_id, evaluation, data)
+    # Every complete trial's val probabilities: an ensemble is chosen from them without retraining.
+    ctx.tracker.log_array(run_id, evaluation.probs.astype(np.float16), VAL_PROBS_ARTIFACT)
     best = float(trainer.best_value)  # type: ignore[arg-type]
     if not is_multi_objective(ctx.spec):
         if is_new_best(trial, best, ctx.objective):

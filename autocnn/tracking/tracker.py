@@ -248,6 +248,23 @@ class Tracker:
             local = self._client.download_artifacts(run_id, path, tmp)
             return torch.load(local, map_location="cpu", weights_only=True)
 
+    def log_array(self, run_id: str, array: Any, path: str) -> None:
+        """A numpy array as a `.npy` artifact (no pickle: it loads with allow_pickle=False)."""
+        import numpy as np
+
+        folder, _, name = path.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / name
+            np.save(file, np.asarray(array), allow_pickle=False)
+            self._client.log_artifact(run_id, str(file), folder or None)
+
+    def load_array(self, run_id: str, path: str) -> Any:
+        import numpy as np
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self._client.download_artifacts(run_id, path, tmp)
+            return np.load(local, allow_pickle=False)
+
     def log_model(self, run_id: str, model: Any, *, name: str = "model") -> str:
         """The study's best weights as an MLflow model (pickle keeps the class; no pip inference)."""
         import warnings

@@ -1,0 +1,245 @@
+"""`autocnn finalize --ensemble K`: selection on saved val predictions, one module, one ONNX graph."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from torch import nn
+from typer.testing import CliRunner
+
+from autocnn.cli.app import app
+from autocnn.data.cache import DataCache
+from autocnn.errors import ExportError
+from autocnn.models.ensemble import Ensemble, ensemble_preprocessing
+from autocnn.models.folder import Preprocessing, normalize
+from autocnn.outputs.bundle import eval_split
+from autocnn.outputs.ensemble import Selection, accuracy, negative_log_loss, select_ensemble
+from autocnn.outputs.finalize import (
+    FinalizeOptions,
+    FinalizeResult,
+    check_options,
+    finalize_ensemble,
+    saved_val_probs,
+    select_members,
+)
+from autocnn.outputs.predict import Predictor, softmax
+from autocnn.search.storage import open_study, storage_url
+from autocnn.tracking.tracker import Tracker
+from tests.finished_study import FinishedStudy, finish_study
+
+# --------------------------------------------------------------------------- selection
+
+
+def _one_hot(labels: np.ndarray, classes: int, confidence: float = 0.7) -> np.ndarray:
+    out = np.full((len(labels), classes), (1 - confidence) / (classes - 1))
+    out[np.arange(len(labels)), labels] = confidence
+    return out
+
+
+def _wrong_on(labels: np.ndarray, rows: slice, classes: int = 3) -> np.ndarray:
+    """A model right everywhere but on `rows`, where it says the next class, confidently."""
+    guessed = labels.copy()
+    guessed[rows] = (labels[rows] + 1) % classes
+    return _one_hot(guessed, classes)
+
+
+def test_forward_selection_mixes_models_whose_mistakes_differ() -> None:
+    labels = np.arange(30) % 3
+    probs = {
+        4: _wrong_on(labels, slice(0, 6)),  # 0.800, the best single model
+        7: _wrong_on(labels, slice(10, 17)),  # 0.767
+        9: _wrong_on(labels, slice(20, 27)),  # 0.767
+        2: _wrong_on(labels, slice(0, 15)),  # 0.500: never helps
+    }
+    chosen = select_ensemble(probs, labels, accuracy, max_members=3)
+    assert chosen.single_trial == 4 and chosen.single_val_score == pytest.approx(0.8)
+    assert chosen.trials[0] == 4 and set(chosen.trials) == {4, 7, 9}
+    assert chosen.val_score == 1.0  # each image is right in two of the three
+    assert sum(chosen.weights) == pytest.approx(1.0) and chosen.rounds == 3
+    mix = sum(w * probs[t] for t, w in zip(chosen.trials, chosen.weights, strict=True))
+    assert accuracy(mix, labels) == chosen.val_score
+    # at most max_members distinct trials: with two, the second is the one that helps most
+    two = select_ensemble(probs, labels, accuracy, max_members=2)
+    assert len(two.trials) == 2 and two.val_score > two.single_val_score
+
+
+def test_selection_stops_when_no_addition_helps_and_scores_by_the_studys_metric() -> None:
+    labels = np.arange(20) % 2
+    same = _wrong_on(labels, slice(0, 4), classes=2)
+    alone = select_ensemble({3: same, 5: same.copy()}, labels, accuracy, max_members=5)
+    assert alone.trials == (3,) and alone.weights == (1.0,) and alone.rounds == 1
+    # log loss: a confident model and a hedging one; the mix is better calibrated than either
+    confident = np.where(np.arange(20)[:, None] < 4, [[0.99, 0.01]], [[0.01, 0.99]])
+    hedging = np.full((20, 2), 0.5)
+    labels = np.array([0] * 4 + [1] * 16)
+    labels[:3] = 1  # three confident mistakes
+    chosen = select_ensemble({1: confident, 2: hedging}, labels, negative_log_loss, max_members=2)
+    assert chosen.trials[0] == 1 and 2 in chosen.trials
+    assert chosen.val_score > negative_log_loss(confident, labels)
+
+
+# --------------------------------------------------------------------------- the module
+
+
+class Pixel(nn.Module):
+    """A fixed 'model' whose logits are the mean of each channel: easy to compute by hand."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) * 3.0
+
+
+def test_the_ensemble_resizes_and_normalises_per_member_and_averages_probabilities(tmp_path: Path) -> None:
+    from autocnn.models.onnx import export_onnx, onnx_logits
+
+    small = Preprocessing(8, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    large = Preprocessing(16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    pre = ensemble_preprocessing([small, large])
+    assert pre == Preprocessing(16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    ensemble = Ensemble([Pixel(), Pixel()], [small, large], [3.0, 1.0]).eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    x = torch.from_numpy(normalize(images, pre.mean, pre.std))
+    with torch.no_grad():
+        out = ensemble(x)
+    # by hand: the small member sees the image resized to 8 px and its own normalisation
+    resized = nn.functional.interpolate(x, size=(8, 8), mode="bilinear", antialias=True, align_corners=False)
+    p_small = Pixel()((resized - torch.tensor(small.mean).view(1, 3, 1, 1)) / torch.tensor(small.std).view(1, 3, 1, 1))
+    x_large = torch.from_numpy(normalize(images, large.mean, large.std))
+    p_large = Pixel()(x_large)
+    expected = 0.75 * p_small.softmax(1) + 0.25 * p_large.softmax(1)
+    assert torch.allclose(out.softmax(1), expected, atol=1e-6)
+    # one ONNX graph that ONNX Runtime runs to the same numbers, resizes included
+    export_onnx(ensemble, tmp_path / "e.onnx", x.numpy())
+    assert np.abs(onnx_logits(tmp_path / "e.onnx", x.numpy()) - out.numpy()).max() < 1e-5
+
+
+# --------------------------------------------------------------------------- a study, finalized as an ensemble
+
+
+@dataclass(frozen=True)
+class Shipped:
+    study: FinishedStudy
+    result: FinalizeResult
+    said: list[str]
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shipped]:
+    """Three digits trials; trials 0 and 2 shipped together, each refit on train + val."""
+    root = tmp_path_factory.mktemp("ensemble")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        study = finish_study(root, study={"trials": 3, "pruner": "none"})
+        spec = study.spec
+        tracker = Tracker(study.tracking_uri, spec.experiment_name)
+        said: list[str] = []
+        selection = Selection((2, 0), (0.6, 0.4), 0.99, 2, 0.98, 5)
+        result = finalize_ensemble(
+            spec,
+            open_study(spec, storage_url(spec)),
+            DataCache(spec.data, seed=spec.seed),
+            tracker,
+            selection,
+            FinalizeOptions(tracking_uri=study.tracking_uri, ensemble=2),
+            said.append,
+            [],
+        )
+        yield Shipped(study, result, said)
+
+
+@pytest.mark.slow
+def test_every_complete_trial_saved_its_val_predictions(shipped: Shipped) -> None:
+    spec = shipped.study.spec
+    tracker = Tracker(shipped.study.tracking_uri, spec.experiment_name)
+    val = DataCache(spec.data, seed=spec.seed).get(spec.data.image_size).val
+    for trial in open_study(spec, storage_url(spec)).trials:
+        probs = saved_val_probs(tracker, trial, len(val))
+        assert probs is not None and probs.shape == (len(val), 10)
+        assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-2)  # float16 softmax rows
+        assert accuracy(probs, val.labels) == pytest.approx(trial.value)  # the epoch the trial reported
+    assert saved_val_probs(tracker, trial, len(val) + 1) is None  # another val split: not usable
+
+
+@pytest.mark.slow
+def test_the_ensemble_ships_as_one_model_that_predict_runs(shipped: Shipped) -> None:
+    out = shipped.result.out_dir
+    info = json.loads((out / "model.json").read_text())
+    assert info["model"] == "ensemble" and [m["trial"] for m in info["members"]] == [2, 0]
+    assert info["weights"] == [0.6, 0.4]
+    assert {"model.onnx", "model.int8.onnx", "weights.pt", "preprocess.json", "labels.json"} <= set(
+        shipped.result.files
+    )
+    spec = shipped.study.spec
+    data = DataCache(spec.data, seed=spec.seed).get(spec.data.image_size)
+    _, test = eval_split(data)
+    onnx = Predictor(out)
+    ran_torch = Predictor(out, backend="torch")
+    logits = onnx.logits(test.images)
+    assert np.abs(logits - ran_torch.logits(test.images)).max() < 1e-4
+    # the reported test accuracy is that of the shipped graph
+    assert float((logits.argmax(1) == test.labels).mean()) == pytest.approx(shipped.result.scores.accuracy)
+    assert np.allclose(softmax(logits).sum(axis=1), 1.0, atol=1e-5)
+    outcome = shipped.result.ensemble
+    assert outcome is not None and outcome.members == ((2, "custom_cnn", 0.6), (0, "custom_cnn", 0.4))
+    assert outcome.ensemble.accuracy == shipped.result.scores.accuracy
+    assert outcome.single.name == "trial 2 alone" and 0.5 < outcome.single.accuracy <= 1.0
+    # two members weigh more than one of them
+    assert outcome.ensemble.size_mb > outcome.single.size_mb
+    assert outcome.ensemble.latency_ms > 0 and outcome.single.latency_ms > 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "ensemble" and metrics["ensemble"]["members"][0]["trial"] == 2
+    assert any("ensemble member 2 of 2: trial 0" in line for line in shipped.said)
+
+
+@pytest.mark.slow
+def test_the_final_run_records_the_ensemble(shipped: Shipped) -> None:
+    client = MlflowClient(shipped.study.tracking_uri)
+    run = client.get_run(shipped.result.run_id)
+    assert run.data.tags["autocnn.ensemble"] == "2,0" and run.data.tags["autocnn.model"] == "ensemble"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(shipped.result.scores.accuracy)
+    assert "single_test_accuracy" in run.data.metrics and "ensemble_latency_ms" in run.data.metrics
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "ensemble.json" in names
+
+
+@pytest.mark.slow
+def test_select_members_reads_the_saved_predictions(shipped: Shipped) -> None:
+    spec = shipped.study.spec
+    said: list[str] = []
+    warnings: list[str] = []
+    selection = select_members(
+        spec,
+        open_study(spec, storage_url(spec)),
+        DataCache(spec.data, seed=spec.seed),
+        Tracker(shipped.study.tracking_uri, spec.experiment_name),
+        3,
+        said.append,
+        warnings,
+    )
+    best = max(open_study(spec, storage_url(spec)).trials, key=lambda t: (t.value, -t.number))
+    assert selection.single_trial == best.number and selection.single_val_score == pytest.approx(best.value)
+    assert selection.val_score >= selection.single_val_score
+    assert said and said[0].startswith("ensemble selection over 3 trials on val val_accuracy")
+    assert (len(selection.trials) == 1) == bool(warnings)  # shipping alone is said
+
+
+@pytest.mark.slow
+def test_the_finalize_command_takes_ensemble_and_refuses_it_beside_a_trial(shipped: Shipped) -> None:
+    spec_path = str(shipped.study.spec_path)
+    uri = shipped.study.tracking_uri
+    runner = CliRunner()
+    refused = runner.invoke(app, ["finalize", spec_path, "--ensemble", "2", "--trial", "0", "--tracking-uri", uri])
+    assert refused.exit_code == 2 and "--ensemble 2 with --trial" in refused.output
+    out = shipped.study.root / "cli-ensemble"
+    ran = runner.invoke(app, ["finalize", spec_path, "--ensemble", "3", "--tracking-uri", uri, "--out", str(out)])
+    assert ran.exit_code == 0, ran.output
+    assert "ensemble selection over 3 trials" in ran.output
+    assert ("ensemble against the best single trial" in ran.output) or ("ships alone" in ran.output)
+    with pytest.raises(ExportError, match="--ensemble 0"):
+        check_options(FinalizeOptions(ensemble=0))
