@@ -243,3 +243,35 @@ def test_the_finalize_command_takes_ensemble_and_refuses_it_beside_a_trial(shipp
     assert ("ensemble against the best single trial" in ran.output) or ("ships alone" in ran.output)
     with pytest.raises(ExportError, match="--ensemble 0"):
         check_options(FinalizeOptions(ensemble=0))
+
+
+@pytest.mark.slow
+def test_finalize_tta_judges_on_the_trials_own_weights_and_ships_only_a_kept_policy(shipped: Shipped) -> None:
+    from autocnn.outputs.finalize import finalize
+
+    spec = shipped.study.spec
+    out = shipped.study.root / "tta"
+    said: list[str] = []
+    result = finalize(
+        spec, FinalizeOptions(tracking_uri=shipped.study.tracking_uri, tta=True, out_dir=out), said.append
+    )
+    tta = result.tta
+    assert tta is not None and tta.judged_on.startswith("the trials' own saved weights")
+    assert [s.name for s in tta.scores] == ["crops"]  # the digits spec allows no flips
+    assert tta.n_val == len(DataCache(spec.data, seed=spec.seed).get(spec.data.image_size).val)
+    assert "none" in tta.latency_ms
+    info = json.loads((out / "model.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tta"]["policy"] == tta.policy
+    if tta.policy == "none":
+        assert "tta" not in info and "test_accuracy_without" not in metrics["tta"]
+    else:
+        assert info["tta"] == {"flip": False, "crops": True} and tta.policy in tta.latency_ms
+        assert "test_accuracy_without" in metrics["tta"]
+    # whatever was decided, both backends run the shipped graph the same way
+    _, test = eval_split(DataCache(spec.data, seed=spec.seed).get(spec.data.image_size))
+    logits = Predictor(out).logits(test.images)
+    assert np.abs(logits - Predictor(out, backend="torch").logits(test.images)).max() < 1e-4
+    assert float((logits.argmax(1) == test.labels).mean()) == pytest.approx(result.scores.accuracy)
+    run = MlflowClient(shipped.study.tracking_uri).get_run(result.run_id)
+    assert run.data.tags["autocnn.tta"] == tta.policy

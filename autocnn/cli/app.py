@@ -335,6 +335,14 @@ def finalize(
             "and each refit as a single trial would be.",
         ),
     ] = 1,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Judge test-time augmentation (flips where the spec allows them, corner crops) on val; "
+            "ship it only where it helps beyond noise.",
+        ),
+    ] = False,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
@@ -359,6 +367,7 @@ def finalize(
         out_dir=out,
         pick=pick,
         ensemble=ensemble,
+        tta=tta,
     )
     console = _console()
     with user_errors():

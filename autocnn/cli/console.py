@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from autocnn.data.checks import DataChecks
     from autocnn.outputs.finalize import EnsembleOutcome, FinalizeResult, TopK
     from autocnn.outputs.predict import PredictResult
+    from autocnn.outputs.tta import TtaChoice
     from autocnn.search.checks import CheckReport
     from autocnn.search.plan import Plan
     from autocnn.search.results import StudyResult
@@ -299,7 +300,28 @@ def finalize_tables(result: FinalizeResult) -> list[Table]:
     first = [top_k_table(result.top_k)] if result.top_k is not None else []
     if result.ensemble is not None:
         first += ensemble_tables(result.ensemble)
+    if result.tta is not None:
+        first.append(tta_table(result.tta))
     return [*first, scores, exports]
+
+
+def tta_table(tta: TtaChoice) -> Table:
+    """Each test-time augmentation policy on val against none, and what the kept one costs."""
+    table = Table(
+        title=f"test-time augmentation, judged on val ({tta.n_val} images, {tta.judged_on})",
+        title_justify="left",
+        caption=tta.reason(),
+        caption_justify="left",
+    )
+    for column in ("views", "val accuracy", "fixed", "broken", "latency ms", "kept"):
+        table.add_column(column, justify="left" if column == "views" else "right")
+    latency = tta.latency_ms.get("none")
+    table.add_row("none", f"{tta.plain_accuracy:.4f}", "", "", f"{latency:.2f}" if latency else "", "")
+    for s in tta.scores:
+        cost = tta.latency_ms.get(s.name)
+        kept = "[green]✓[/]" if s.name == tta.policy else ""
+        table.add_row(s.name, f"{s.accuracy:.4f}", str(s.fixed), str(s.broken), f"{cost:.2f}" if cost else "", kept)
+    return table
 
 
 def ensemble_tables(outcome: EnsembleOutcome) -> list[Table]:

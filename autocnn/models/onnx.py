@@ -210,9 +210,13 @@ def onnx_latency_ms(model: nn.Module, *, image_size: int, device: str = "cpu") -
     x = torch.zeros(1, 3, image_size, image_size)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "latency.onnx"
+        names = {"input_names": ["images"], "output_names": ["logits"]}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(clone, (x,), str(path), dynamo=False, input_names=["images"], output_names=["logits"])
+            try:
+                torch.onnx.export(clone, (x,), str(path), dynamo=False, **names)
+            except Exception:  # noqa: BLE001 - antialiased resizes (an ensemble's) need the dynamo exporter
+                torch.onnx.export(clone, (x,), str(path), dynamo=True, external_data=False, verbose=False, **names)
         return onnx_file_latency_ms(path, image_size=image_size, device=device)
 
 

@@ -97,9 +97,11 @@ def write_bundle(
     spec: Spec,
     trial_number: int,
     rebuild: dict[str, Any] | None = None,
+    tta: dict[str, bool] | None = None,
 ) -> None:
     """Weights, labels, preprocessing and how to rebuild the model: all `autocnn predict` reads.
-    `rebuild` replaces the single trial's description (an ensemble describes its members)."""
+    `rebuild` replaces the single trial's description (an ensemble describes its members); `tta`
+    names the test-time views the exported graph averages over, around these weights."""
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
@@ -118,6 +120,8 @@ def write_bundle(
         "trial": trial_number,
         "train": asdict(config.train),
     }
+    if tta:
+        rebuild = rebuild | {"tta": tta}
     (out / MODEL_FILE).write_text(json.dumps(rebuild, indent=2, default=str))
 
 

@@ -24,6 +24,7 @@ from autocnn.errors import ExportError
 from autocnn.models.folder import ONNX_FILE, Preprocessing
 from autocnn.outputs.bundle import Scores, eval_split, score, torch_logits, write_bundle, write_metrics
 from autocnn.outputs.ensemble import Selection
+from autocnn.outputs.tta import TtaChoice
 from autocnn.search.results import best_epoch, pick_trial, top_trials
 from autocnn.search.space import config_from_params, study_settings
 from autocnn.spec.objectives import Objective, primary
@@ -55,6 +56,7 @@ class FinalizeOptions:
     out_dir: Path | None = None  # default: ./models/<study>
     pick: str | None = None  # a rule choosing from the Pareto front (autocnn.search.pareto)
     ensemble: int = 1  # ship up to this many trials together, chosen on their val predictions
+    tta: bool = False  # judge test-time augmentation on val; ship it where it helps beyond noise
 
     @property
     def compares(self) -> bool:
@@ -208,6 +210,7 @@ class FinalizeResult:
     top_k: TopK | None = None  # only when --top-k or --seeds compared re-trained configs
     trade_off: dict[str, Any] | None = None  # the pick from the Pareto front, in a multi-objective study
     ensemble: EnsembleOutcome | None = None  # only when --ensemble shipped several trials
+    tta: TtaChoice | None = None  # only with --tta: the policy judged on val, kept or not
 
 
 def model_preprocessing(spec: Spec, config: TrialConfig) -> Preprocessing:
@@ -367,7 +370,7 @@ def log_final_run(
     out: Path,
     how: str,
     top_k: TopK | None = None,
-    ensemble: EnsembleOutcome | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """A `final` run nested under the study's run; the model registered under the study's name."""
     from autocnn.figures import confusion_matrix_figure
@@ -383,9 +386,13 @@ def log_final_run(
         "autocnn.weights_from": how,
         "autocnn.eval_split": scores.split,
     }
+    extra = extra or {}
+    ensemble, tta = extra.get("ensemble"), extra.get("tta")
     if ensemble is not None:
         tags["autocnn.model"] = "ensemble"
-        tags["autocnn.ensemble"] = ",".join(str(t) for t, _, _ in ensemble.members)
+        tags["autocnn.ensemble"] = ",".join(str(m["trial"]) for m in ensemble["members"])
+    if tta is not None:
+        tags["autocnn.tta"] = tta["policy"]
     run_id = tracker.start_final_run(parent.info.run_id if parent is not None else None, tags, config.flat())
     try:
         split = scores.split
@@ -396,15 +403,16 @@ def log_final_run(
             tracker.log_dict(run_id, top_k.as_dict(), "top_k.json")
         if ensemble is not None:
             metrics.update(
-                ensemble_val_score=ensemble.ensemble.val_score,
-                single_val_score=ensemble.single.val_score,
-                **{
-                    f"single_{split}_accuracy": ensemble.single.accuracy,
-                    "single_latency_ms": ensemble.single.latency_ms,
-                },
-                ensemble_latency_ms=ensemble.ensemble.latency_ms,
+                ensemble_val_score=ensemble["ensemble"]["val_score"],
+                single_val_score=ensemble["single"]["val_score"],
+                ensemble_latency_ms=ensemble["ensemble"]["latency_ms"],
+                single_latency_ms=ensemble["single"]["latency_ms"],
             )
-            tracker.log_dict(run_id, ensemble.as_dict(), "ensemble.json")
+            metrics[f"single_{split}_accuracy"] = ensemble["single"]["accuracy"]
+        if tta is not None and f"{split}_accuracy_without" in tta:
+            metrics[f"{split}_accuracy_without_tta"] = tta[f"{split}_accuracy_without"]
+        for name, record in extra.items():
+            tracker.log_dict(run_id, record, f"{name}.json")
         tracker.log_facts(run_id, metrics)
         tracker.flush()  # log_facts only gathers: the run must hold its metrics before it closes
         figure = confusion_matrix_figure(scores.labels, scores.preds, scores.classes)
@@ -531,7 +539,6 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
         >>> final = autocnn.finalize(spec, autocnn.FinalizeOptions(top_k=3, seeds=2), say=print)
         >>> final.scores.accuracy, final.out_dir
     """
-    from autocnn.models.onnx import export_and_check
     from autocnn.search.storage import open_study, storage_url
     from autocnn.tracking.tracker import Tracker, default_tracking_uri
 
@@ -555,20 +562,97 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
     pre = model_preprocessing(spec, config)
     data = cache.get(pre.image_size)
     model, how = obtain_model(spec, trial, config, data, pre, tracker, options, say, retrained=seed0_model)
+    member = Member(trial, config, pre, model, 1.0)
+    shipment = Shipment(model, pre, data, how, [member])
+    return ship(spec, study, cache, tracker, shipment, options, say, warnings, top_k=top_k)
 
+
+@dataclass(frozen=True)
+class Member:
+    """One trial in what is shipped: its config, its input and its final weights."""
+
+    trial: optuna.trial.FrozenTrial
+    config: TrialConfig
+    pre: Preprocessing
+    model: nn.Module
+    weight: float
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """What finalize ships before it is scored: one trial's model, or an ensemble of several."""
+
+    model: nn.Module
+    pre: Preprocessing
+    data: Dataset  # decoded at pre.image_size
+    how: str  # where the weights came from
+    members: list[Member]  # heaviest first; one for a single trial
+    rebuild: dict[str, Any] | None = None  # model.json for an ensemble
+
+    @property
+    def lead(self) -> Member:
+        return self.members[0]
+
+    @property
+    def name(self) -> str:
+        return self.lead.config.model if len(self.members) == 1 else "ensemble"
+
+
+def ship(
+    spec: Spec,
+    study: optuna.Study,
+    cache: DataCache,
+    tracker: Tracker,
+    shipment: Shipment,
+    options: FinalizeOptions,
+    say: Say,
+    warnings: list[str],
+    *,
+    top_k: TopK | None = None,
+    selection: Selection | None = None,
+) -> FinalizeResult:
+    """TTA where it helps, one evaluation, the bundle, ONNX + int8, the `final` run and registry."""
+    from autocnn.models.onnx import export_and_check
+
+    trial, pre, data = shipment.lead.trial, shipment.pre, shipment.data
+    tta = judge_tta(spec, tracker, shipment, say, warnings) if options.tta else None
+    model = shipment.model if tta is None or tta.policy == "none" else with_tta(shipment.model, tta, pre)
     split, evaluated = eval_split(data)
-    warnings.extend(_split_warnings(split, how))
-    say(f"evaluating trial {trial.number} once on the {split} split ({len(evaluated)} images)")
+    warnings.extend(_split_warnings(split, shipment.how))
+    say(f"evaluating {describe(shipment, tta)} once on the {split} split ({len(evaluated)} images)")
     reference = torch_logits(model, evaluated.images, pre)
     scores = score(split, evaluated.labels, reference, data.classes)
 
     out = options.out_dir or Path.cwd() / "models" / spec.name
-    write_bundle(out, model=model, config=config, data=data, pre=pre, spec=spec, trial_number=trial.number)
+    views = {"flip": tta.flip, "crops": tta.crops} if model is not shipment.model and tta is not None else None
+    write_bundle(
+        out,
+        model=shipment.model,
+        config=shipment.lead.config,
+        data=data,
+        pre=pre,
+        spec=spec,
+        trial_number=trial.number,
+        rebuild=shipment.rebuild,
+        tta=views,
+    )
     say(f"exporting ONNX (float, then int8) to {out}")
     facts = export_and_check(out, model, evaluated, reference, data, pre, spec.seed, warnings)
-    about: dict[str, Any] = {"study": spec.name, "trial": trial.number, "model": config.model, "weights_from": how}
+    about: dict[str, Any] = {"study": spec.name, "trial": trial.number, "model": shipment.name}
+    about["weights_from"] = shipment.how
     if top_k is not None:
         about["top_k"] = top_k.as_dict()
+    outcome = None
+    if selection is not None:
+        name = "ensemble" + ("" if tta is None or tta.policy == "none" else f" + TTA ({tta.policy})")
+        outcome = ensemble_outcome(primary(spec).metric, cache, shipment, selection, scores, out / ONNX_FILE, name)
+        about["ensemble"] = outcome.as_dict()
+    if tta is not None:
+        tta = with_latency(tta, shipment.model, out / ONNX_FILE, pre)
+        about["tta"] = tta.as_dict()
+        if model is not shipment.model:
+            plain = score(split, evaluated.labels, torch_logits(shipment.model, evaluated.images, pre), data.classes)
+            about["tta"][f"{split}_accuracy_without"] = plain.accuracy
     chosen = trade_off(spec, study, trial, options.pick)
     if chosen is not None:
         about["trade_off"] = chosen
@@ -577,12 +661,15 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
     if tracker.find_study_run(spec.name) is None:
         warnings.append(f"no MLflow run for study '{spec.name}': the final run stands on its own")
     say("logging the final run to MLflow and registering the model")
-    run_id, version = log_final_run(tracker, spec, trial, config, model, scores, facts, out, how, top_k)
+    extra = {key: about[key] for key in ("ensemble", "tta") if key in about}
+    run_id, version = log_final_run(
+        tracker, spec, trial, shipment.lead.config, model, scores, facts, out, shipment.how, top_k, extra=extra
+    )
     return FinalizeResult(
         study=spec.name,
         trial=trial.number,
-        model=config.model,
-        weights_from=how,
+        model=shipment.name,
+        weights_from=shipment.how,
         scores=scores,
         onnx_max_abs_diff=facts["onnx_max_abs_diff"],
         onnx_accuracy=facts["onnx_accuracy"],
@@ -596,7 +683,84 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
         warnings=warnings,
         top_k=top_k,
         trade_off=chosen,
+        ensemble=outcome,
+        tta=tta,
     )
+
+
+def describe(shipment: Shipment, tta: TtaChoice | None) -> str:
+    what = f"trial {shipment.lead.trial.number}" if len(shipment.members) == 1 else "the ensemble"
+    return what + (f" with TTA ({tta.policy})" if tta is not None and tta.policy != "none" else "")
+
+
+# --------------------------------------------------------------------------- test-time augmentation
+
+
+def judge_tta(spec: Spec, tracker: Tracker, shipment: Shipment, say: Say, warnings: list[str]) -> TtaChoice | None:
+    """Score TTA on val with weights that never trained on val: the shipped ones unless they were
+    refit on train + val, then the trials' own saved weights; None when there are none to judge."""
+    from autocnn.outputs.tta import choose_tta, flips_allowed
+
+    judge = shipment.model
+    judged_on = "the shipped weights (val held out)"
+    if shipment.how == REFIT:
+        judge = held_out_model(shipment, tracker)
+        judged_on = "the trials' own saved weights (the refit trained on val)"
+        if judge is None:
+            warnings.append(
+                "--tta: the refit trained on val and a trial kept no weights of its own to judge TTA on; "
+                "not applied (add --no-refit or --retrain)"
+            )
+            return None
+    augment = spec.augment
+    allowed = augment is not None and augment.enabled is not False and flips_allowed(augment.hflip)
+    say(
+        f"judging test-time augmentation on val ({'flips and crops' if allowed else 'crops; the spec allows no flips'})"
+    )
+    val = shipment.data.val
+    choice = choose_tta(judge, val.images, val.labels, shipment.pre, flips_allowed=allowed, judged_on=judged_on)
+    say(f"test-time augmentation {choice.reason()}")
+    return choice
+
+
+def held_out_model(shipment: Shipment, tracker: Tracker) -> nn.Module | None:
+    """The shipment rebuilt from its trials' saved weights (trained on train only), or None."""
+    from autocnn.models.build import build_model
+    from autocnn.models.ensemble import Ensemble
+
+    models = []
+    for member in shipment.members:
+        model = build_model(
+            member.config.model,
+            member.config.model_params,
+            num_classes=shipment.data.num_classes,
+            image_size=member.pre.image_size,
+            load_weights=False,
+        )
+        try:
+            load_trial_weights(tracker, member.trial, model)
+        except ExportError:
+            return None
+        models.append(model.eval())
+    if len(models) == 1:
+        return models[0]
+    return Ensemble(models, [m.pre for m in shipment.members], [m.weight for m in shipment.members]).eval()
+
+
+def with_tta(model: nn.Module, tta: TtaChoice, pre: Preprocessing) -> nn.Module:
+    from autocnn.models.tta import TestTimeAugmented
+
+    return TestTimeAugmented(model, flip=tta.flip, crops=tta.crops, image_size=pre.image_size).eval()
+
+
+def with_latency(tta: TtaChoice, plain: nn.Module, shipped_onnx: Path, pre: Preprocessing) -> TtaChoice:
+    """The choice with the cost of one image through ONNX Runtime, with and without the views."""
+    from autocnn.models.onnx import onnx_file_latency_ms, onnx_latency_ms
+
+    latency = {"none": onnx_latency_ms(plain, image_size=pre.image_size)}
+    if tta.policy != "none":
+        latency[tta.policy] = onnx_file_latency_ms(shipped_onnx, image_size=pre.image_size)
+    return replace(tta, latency_ms=latency)
 
 
 # --------------------------------------------------------------------------- several trials as one
@@ -654,15 +818,6 @@ def saved_val_probs(tracker: Tracker, trial: optuna.trial.FrozenTrial, n_val: in
     return probs.astype(np.float32) if probs.ndim == 2 and len(probs) == n_val else None
 
 
-@dataclass(frozen=True)
-class Member:
-    trial: optuna.trial.FrozenTrial
-    config: TrialConfig
-    pre: Preprocessing
-    model: nn.Module
-    weight: float
-
-
 def finalize_ensemble(
     spec: Spec,
     study: optuna.Study,
@@ -673,11 +828,11 @@ def finalize_ensemble(
     say: Say,
     warnings: list[str],
 ) -> FinalizeResult:
-    """Each member refit as a single trial would be, then one module: scored, exported, logged."""
+    """Each member refit as a single trial would be, then one module, shipped as one model."""
     from autocnn.models.ensemble import ENSEMBLE, Ensemble, ensemble_preprocessing, member_description
-    from autocnn.models.onnx import export_and_check
 
     members = []
+    how = options.weights_from
     for number, weight in zip(selection.trials, selection.weights, strict=True):
         trial = pick_trial(study, primary(spec), number)
         config = config_from_params(spec, trial.params)
@@ -688,17 +843,6 @@ def finalize_ensemble(
     pre = ensemble_preprocessing([m.pre for m in members])
     ensemble = Ensemble([m.model for m in members], [m.pre for m in members], [m.weight for m in members]).eval()
     data = cache.get(pre.image_size)
-    split, evaluated = eval_split(data)
-    warnings.extend(_split_warnings(split, how))
-    say(f"evaluating the ensemble and the best single trial once on the {split} split ({len(evaluated)} images)")
-    reference = torch_logits(ensemble, evaluated.images, pre)
-    scores = score(split, evaluated.labels, reference, data.classes)
-    best = next(m for m in members if m.trial.number == selection.single_trial)
-    _, single_split = eval_split(cache.get(best.pre.image_size))
-    single_scores = score(
-        split, single_split.labels, torch_logits(best.model, single_split.images, best.pre), data.classes
-    )
-    out = options.out_dir or Path.cwd() / "models" / spec.name
     rebuild = {
         "model": ENSEMBLE,
         "members": [member_description(m.pre, m.config.model, m.config.model_params, m.trial.number) for m in members],
@@ -706,54 +850,29 @@ def finalize_ensemble(
         "num_classes": data.num_classes,
         "image_size": pre.image_size,
         "study": spec.name,
-        "trial": best.trial.number,
+        "trial": members[0].trial.number,
     }
-    write_bundle(
-        out,
-        model=ensemble,
-        config=best.config,
-        data=data,
-        pre=pre,
-        spec=spec,
-        trial_number=best.trial.number,
-        rebuild=rebuild,
-    )
-    say(f"exporting the ensemble as one ONNX graph (float, then int8) to {out}")
-    facts = export_and_check(out, ensemble, evaluated, reference, data, pre, spec.seed, warnings)
-    outcome = EnsembleOutcome(
-        metric=primary(spec).metric,
+    shipment = Shipment(ensemble, pre, data, how, members, rebuild)
+    return ship(spec, study, cache, tracker, shipment, options, say, warnings, selection=selection)
+
+
+def ensemble_outcome(
+    metric: str, cache: DataCache, shipment: Shipment, selection: Selection, scores: Scores, onnx_file: Path, name: str
+) -> EnsembleOutcome:
+    """The shipped ensemble (`name`) beside its best single member, scored once on the same split."""
+    best = next(m for m in shipment.members if m.trial.number == selection.single_trial)
+    split, single_split = eval_split(cache.get(best.pre.image_size))
+    single_logits = torch_logits(best.model, single_split.images, best.pre)
+    single_scores = score(split, single_split.labels, single_logits, scores.classes)
+    return EnsembleOutcome(
+        metric=metric,
         split=split,
         selection=selection,
-        members=tuple((m.trial.number, m.config.model, m.weight) for m in members),
-        ensemble=shipped_row("ensemble", selection.val_score, scores, ensemble, pre, onnx_file=out / ONNX_FILE),
+        members=tuple((m.trial.number, m.config.model, m.weight) for m in shipment.members),
+        ensemble=shipped_row(name, selection.val_score, scores, shipment.model, shipment.pre, onnx_file=onnx_file),
         single=shipped_row(
             f"trial {best.trial.number} alone", selection.single_val_score, single_scores, best.model, best.pre
         ),
-    )
-    about: dict[str, Any] = {"study": spec.name, "trial": best.trial.number, "model": ENSEMBLE, "weights_from": how}
-    about["ensemble"] = outcome.as_dict()
-    write_metrics(out, about, scores, facts)
-    say("logging the final run to MLflow and registering the ensemble")
-    run_id, version = log_final_run(
-        tracker, spec, best.trial, best.config, ensemble, scores, facts, out, how, ensemble=outcome
-    )
-    return FinalizeResult(
-        study=spec.name,
-        trial=best.trial.number,
-        model=ENSEMBLE,
-        weights_from=how,
-        scores=scores,
-        onnx_max_abs_diff=facts["onnx_max_abs_diff"],
-        onnx_accuracy=facts["onnx_accuracy"],
-        onnx_size_mb=facts["onnx_size_mb"],
-        int8_accuracy=facts.get("int8_accuracy"),
-        int8_size_mb=facts.get("int8_size_mb"),
-        out_dir=out,
-        files=sorted(p.name for p in out.iterdir() if p.is_file()),
-        run_id=run_id,
-        registered=f"{spec.name} version {version}",
-        warnings=warnings,
-        ensemble=outcome,
     )
 
 

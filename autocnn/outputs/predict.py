@@ -102,6 +102,13 @@ class Predictor:
                 load_weights=False,  # the exported weights follow; never reach for a hub or a file
             )
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        if info.get("tta"):  # the views the ONNX graph averages over, around the same weights
+            from autocnn.models.tta import TestTimeAugmented
+
+            views = info["tta"]
+            model = TestTimeAugmented(
+                model, flip=bool(views["flip"]), crops=bool(views["crops"]), image_size=self.pre.image_size
+            )
         model.eval()
 
         def run(x: np.ndarray) -> np.ndarray:
