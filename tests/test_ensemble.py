@@ -275,3 +275,18 @@ def test_finalize_tta_judges_on_the_trials_own_weights_and_ships_only_a_kept_pol
     assert float((logits.argmax(1) == test.labels).mean()) == pytest.approx(result.scores.accuracy)
     run = MlflowClient(shipped.study.tracking_uri).get_run(result.run_id)
     assert run.data.tags["autocnn.tta"] == tta.policy
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_shipped_ensemble_beside_its_best_single_trial(shipped: Shipped) -> None:
+    from autocnn.outputs.report import build_report
+
+    spec = shipped.study.spec
+    report = build_report(spec, tracking_uri=shipped.study.tracking_uri, out=shipped.study.root / "r.html")
+    assert report.sections[-1] == "shipped"
+    section = report.path.read_text(encoding="utf-8").split("id='shipped'")[1].split("</section>")[0]
+    assert "ensemble of trials 2,0" in section and "its best single trial, alone (2)" in section
+    outcome = shipped.result.ensemble
+    assert outcome is not None
+    assert f"{outcome.ensemble.accuracy:.4f}".rstrip("0").rstrip(".") in section
+    assert f"{outcome.single.accuracy:.4f}".rstrip("0").rstrip(".") in section

@@ -54,8 +54,9 @@ SECTIONS = {
     "curves": "Learning curves of the top trials",
     "confusion": "Confusion matrix of the best trial",
 }
-# Only in a study with several objectives or constraints, after the model families.
-OPTIONAL_SECTIONS = {"pareto": "Pareto front: accuracy against cost"}
+# Only in a study with several objectives or constraints, after the model families; and once
+# `autocnn finalize` has shipped a model, at the end.
+OPTIONAL_SECTIONS = {"pareto": "Pareto front: accuracy against cost", "shipped": "Shipped models (autocnn finalize)"}
 TITLES = {**SECTIONS, **OPTIONAL_SECTIONS}
 
 
@@ -428,6 +429,65 @@ def confusion_html(tracker: Tracker | None, best: TrialFacts | None) -> str:
     return "".join(parts)
 
 
+def shipped_html(runs: Sequence[Any]) -> str:
+    """Each finalized model, newest first, beside what it was compared with: an ensemble's best
+    single member, and the same model without test-time augmentation."""
+    rows = []
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        split = tags.get("autocnn.eval_split", "test")
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))
+        ensemble = tags.get("autocnn.ensemble")
+        tta = tags.get("autocnn.tta")
+        shipped = f"ensemble of trials {ensemble}" if ensemble else f"trial {tags.get('autocnn.trial', '?')}"
+        shipped += f" ({tags.get('autocnn.model', '?')})" if not ensemble else ""
+        if tta and tta != "none":
+            shipped += f" + TTA ({tta})"
+        how = tags.get("autocnn.weights_from", "")
+        latency = metrics.get("ensemble_latency_ms")
+        rows.append(
+            [
+                when,
+                html.escape(shipped),
+                html.escape(how),
+                fmt(metrics.get(f"{split}_accuracy")),
+                fmt(metrics.get(f"{split}_macro_f1")),
+                fmt(latency, 2) if latency else "—",
+                fmt(metrics.get(f"int8_{split}_accuracy")),
+            ]
+        )
+        if ensemble:
+            rows.append(
+                [
+                    "",
+                    f"&nbsp;&nbsp;its best single trial, alone ({html.escape(tags.get('autocnn.trial', '?'))})",
+                    "",
+                    fmt(metrics.get(f"single_{split}_accuracy")),
+                    "—",
+                    fmt(metrics.get("single_latency_ms"), 2),
+                    "—",
+                ]
+            )
+        if f"{split}_accuracy_without_tta" in metrics:
+            rows.append(
+                [
+                    "",
+                    "&nbsp;&nbsp;the same without TTA",
+                    "",
+                    fmt(metrics[f"{split}_accuracy_without_tta"]),
+                    "—",
+                    "—",
+                    "—",
+                ]
+            )
+    note = (
+        "<p class=note>Scored once on the evaluation split after the refit. An ensemble's val choice and "
+        "TTA's val judgement are in the final run's ensemble.json and tta.json.</p>"
+    )
+    header = ["finalized", "shipped", "weights", "accuracy", "macro-F1", "latency ms", "int8 accuracy"]
+    return table(header, rows) + note
+
+
 # --------------------------------------------------------------------------- the page
 
 STYLE = """
@@ -504,6 +564,9 @@ def build_report(
         "curves": curves_html(trials, metric),
         "confusion": confusion_html(tracker, best),
     }
+    finals = tracker.final_runs(spec.name)
+    if finals:
+        sections["shipped"] = shipped_html(finals)
     summary = [
         ("study", html.escape(spec.name)),
         ("metric", f"{metric} ({objective.direction})"),

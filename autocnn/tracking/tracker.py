@@ -91,6 +91,17 @@ class Tracker:
         )
         return runs[0] if runs else None
 
+    def final_runs(self, study: str, *, limit: int = 10) -> list[Any]:
+        """The study's finished `final` runs (what `autocnn finalize` shipped), newest first."""
+        return self._client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`{ROLE_TAG}` = 'final' and tags.`{STUDY_TAG}` = '{study}' and attributes.status = 'FINISHED'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=limit,
+        )
+
     def open_study_run(self, study: str, *, spec_text: str, storage: str) -> str:
         """Reuse the study's parent run (resume) or create it; the spec is its artifact."""
         run = self.find_study_run(study)
