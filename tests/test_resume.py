@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -111,6 +112,53 @@ def test_sigkill_mid_epoch_then_rerun(in_tmp: Path) -> None:
     assert "trial 1 was running when its process died" in rerun.stdout
     study, runs = assert_consistent(in_tmp)
     check_retry_resumed(study, runs, interrupted=1)
+
+
+def test_status_shows_a_stopped_worker_as_frozen_and_the_study_ends_once_it_continues(in_tmp: Path) -> None:
+    write_spec(in_tmp, SPEC)
+    proc = start_study(in_tmp)
+    wait_for(in_tmp / ".autocnn" / "digits-test" / "checkpoints" / "trial-1.pt", proc)
+    proc.send_signal(signal.SIGSTOP)  # a laptop lid, Ctrl-Z: alive, doing nothing
+    try:
+        status = CliRunner().invoke(app, ["status", "spec.yaml"], env={"COLUMNS": "200"})
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert status.exit_code == 0, status.output
+    assert f"frozen: trial 1 is RUNNING but its worker {socket.gethostname()}:{proc.pid} is stopped" in status.output
+    assert f"kill -CONT {proc.pid}" in status.output and "stale:" not in status.output
+    assert proc.wait(timeout=240) == 0
+    assert_consistent(in_tmp)
+
+
+def test_a_trial_silent_past_the_heartbeats_grace_period_is_frozen_on_any_host(tmp_path: Path) -> None:
+    import optuna
+
+    from autocnn.search.resume import OWNER_ATTR, frozen_trials, process_stopped
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    silent, elsewhere, stopped = study.ask(), study.ask(), study.ask()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        sleeper.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not process_stopped(sleeper.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        silent.set_user_attr(OWNER_ATTR, "another-host:4242")
+        elsewhere.set_user_attr(OWNER_ATTR, "another-host:4243")
+        stopped.set_user_attr(OWNER_ATTR, f"{socket.gethostname()}:{sleeper.pid}")
+        storage.record_heartbeat(silent._trial_id)
+        storage.record_heartbeat(elsewhere._trial_id)
+        time.sleep(2.2)
+        storage.record_heartbeat(elsewhere._trial_id)  # this one is still beating
+        frozen = frozen_trials(study)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert sorted(frozen) == [silent.number, stopped.number]
+    assert "another-host:4242 has sent no heartbeat for longer than the grace period" in frozen[silent.number]
+    assert f"kill -CONT {sleeper.pid}" in frozen[stopped.number]
+    assert not process_stopped(os.getpid())
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)

@@ -262,8 +262,10 @@ def status(spec: SpecPath, storage: Storage = None) -> None:
     console = _console()
     console.print(counts_table(result, loaded.study.target_trials))
     for number, worker in result.running.items():
-        if number not in result.stale:
+        if number not in result.stale and number not in result.frozen:
             console.print(f"running: trial {number} on {worker}", highlight=False)
+    for number, why in result.frozen.items():
+        console.print(f"[yellow]frozen:[/] trial {number} is RUNNING but {why}", highlight=False)
     for number in result.stale:
         console.print(
             f"[yellow]stale:[/] trial {number} is RUNNING but its process is gone; it resumes on the next `autocnn study`"

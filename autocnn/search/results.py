@@ -32,6 +32,7 @@ class StudyResult:
     best_value: float | None
     ran: int
     stale: list[int] = field(default_factory=list)
+    frozen: dict[int, str] = field(default_factory=dict)  # trial -> why its living worker does not work
     stopped_reason: str | None = None
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
     running: dict[int, str] = field(default_factory=dict)  # trial number -> the worker (host:pid) running it
@@ -158,7 +159,7 @@ def summarize(
     study: optuna.Study, objective: Objective, *, storage: str, tracking_uri: str, ran: int = 0
 ) -> StudyResult:
     """The study as `autocnn study` and `autocnn status` show it."""
-    from autocnn.search.resume import stale_trials
+    from autocnn.search.resume import frozen_trials, stale_trials
 
     best = best_trial(study, objective)
     return StudyResult(
@@ -170,6 +171,7 @@ def summarize(
         best_value=None if best is None else objective.of(best),
         ran=ran,
         stale=stale_trials(study),
+        frozen=frozen_trials(study),
         leaderboard=leaderboard(study, objective),
         running=running_trials(study),
         retries=waiting_retries(study),

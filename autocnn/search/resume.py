@@ -56,6 +56,51 @@ def owner_is_dead(owner: str | None) -> bool:
     return False
 
 
+def owner_pid_here(owner: str | None) -> int | None:
+    """The owner's pid when it ran on this host, else None."""
+    if not owner or ":" not in owner:
+        return None
+    host, _, pid = owner.rpartition(":")
+    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
+
+
+def process_stopped(pid: int) -> bool:
+    """True when the process is stopped (SIGSTOP, Ctrl-Z, a debugger): alive, but doing nothing."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rpartition(")")[2].split()
+    return bool(fields) and fields[0] in ("T", "t")
+
+
+def frozen_trials(study: optuna.Study) -> dict[int, str]:
+    """RUNNING trials whose worker lives but does not work, and why: stopped on this host, or
+    silent past the heartbeat's grace period on any host. Optuna fails a silent trial (and it is
+    retried) when the next worker looks; until then, this is how a user sees it."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    silent: set[int] = set()
+    if is_heartbeat_enabled(storage):
+        silent = set(storage._get_stale_trial_ids(study._study_id))
+    out: dict[int, str] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(OWNER_ATTR)
+        if owner_is_dead(owner):
+            continue  # stale, not frozen: shown as such
+        pid = owner_pid_here(owner)
+        if pid is not None and process_stopped(pid):
+            out[trial.number] = f"its worker {owner} is stopped (SIGSTOP or Ctrl-Z); `kill -CONT {pid}` resumes it"
+        elif trial._trial_id in silent:
+            out[trial.number] = (
+                f"its worker {owner or '?'} has sent no heartbeat for longer than the grace period; "
+                "the next `autocnn study` fails it and retries it from its checkpoint"
+            )
+    return out
+
+
 class Checkpoints:
     """One file per running trial, replaced atomically after every epoch.
 
