@@ -413,3 +413,27 @@ def test_transfer_targets_hold_autocnn_from_init_to_the_probe_the_fine_tune_and_
     assert len(tq.targets(["fmnist-50-pretrained"], records)) == 2  # no scratch twin run: no such target
     text = tq.render({"source": SOURCE, "regimes": regimes}, records)
     assert "autocnn from init >= linear-probe + 3 pp" in text and "**not met**" in text
+
+
+# --------------------------------------------------------------------------- beyond one model (ensemble_quality)
+
+
+def test_ensemble_targets_hold_the_ensemble_to_the_best_single_trial_plus_one_point() -> None:
+    from benchmarks import ensemble_quality as eq
+
+    def study(regime: str, seed: int, single: float, ensemble: float, error: str | None = None) -> eq.StudyRecord:
+        record = eq.StudyRecord(regime, seed, error=error, trials={"COMPLETE": 4})
+        record.single = eq.Shipped(single, 0.5, 10.0, "trial 3 (custom_cnn)")
+        record.ensemble = eq.Shipped(ensemble, 1.1, 25.0, "3 x0.67 + 5 x0.33")
+        record.tta = eq.Shipped(single, 0.5, 12.0, "not kept")
+        return record
+
+    records = [study("fmnist-50-scratch", 0, 0.80, 0.82), study("fmnist-50-scratch", 1, 0.80, 0.80)]
+    records += [study("fmnist-200-scratch", 0, 0.85, 0.85), study("fmnist-200-scratch", 1, 0.0, 0.0, "boom")]
+    regimes = ["fmnist-50-scratch", "fmnist-200-scratch"]
+    fifty, two_hundred = eq.targets(regimes, records)
+    assert fifty.met is True and fifty.autocnn == pytest.approx(0.81)  # 0.81 >= 0.80 + 0.01
+    assert two_hundred.met is False  # the failed seed leaves one study: 0.85 < 0.85 + 0.01
+    text = eq.render({"source": SOURCE | {"ensemble": 3}, "regimes": regimes}, records)
+    assert "| fmnist-50-scratch | 0 | 4 complete | trial 3 (custom_cnn): 0.800, 0.50 ms | 0.820, 1.10 ms |" in text
+    assert "failed: boom" in text and "**not met**" in text and "+1.0 pp" in text
