@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: import this chec
 # ruff: noqa: E402 - the imports below need the path set-up above
 from benchmarks import search_quality as sq
 from benchmarks.datasets import write_imagefolder
-from benchmarks.machine import machine_info, quiet_like_the_cli
+from benchmarks.machine import quiet_like_the_cli
 
 DEFAULT_BUDGET_S = 120.0
 QUICK_BUDGET_S = 20.0
@@ -235,13 +235,8 @@ def write_outputs(out: Path, source: dict[str, Any], regimes: list[str], records
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=sq.budget_seconds, default=None, help="per study (default 120 s)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--regimes", nargs="+", choices=sorted(sq.REAL_REGIMES), default=list(sq.REAL_REGIMES))
+    sq.add_real_regime_args(parser, budget_help="per study (default 120 s)")
     parser.add_argument("--ensemble", type=int, default=ENSEMBLE_K, help="at most this many members")
-    parser.add_argument("--test-limit", type=int, default=None, help="a stratified part of the test set (default: all)")
-    parser.add_argument("--work", type=Path, default=None, help="an empty folder for data and runs (default: temp)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: tiny budget and test set, one seed")
     return parser.parse_args(argv)
 
 
@@ -249,42 +244,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_like_the_cli()
     budget = args.budget or (QUICK_BUDGET_S if args.quick else DEFAULT_BUDGET_S)
-    work = sq.fresh_work_dir(args.work)
-    plan = sq.Plan(
-        regimes=tuple(args.regimes),
-        seeds=tuple(args.seeds[:1] if args.quick else args.seeds),
-        ablations_on=(),
-        budget_s=budget,
-        test_limit=args.test_limit or (sq.QUICK_TEST_LIMIT if args.quick else None),
-        work=work,
-        hf_home=sq.hub_with_weights(work, args.regimes),
-    )
-    started = time.perf_counter()
-
-    def log(text: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f} s] {text}", flush=True)
-
-    info = machine_info()
-    command = " ".join(["benchmarks/ensemble_quality.py", *(sys.argv[1:] if argv is None else argv)])
-    out = work if args.quick else REPO / "benchmarks"
-    log(f"work folder {work}; budget {budget:.0f} s per study; seeds {list(plan.seeds)}")
+    plan = sq.real_regime_plan(args, budget)
+    run = sq.BenchRun.of("benchmarks/ensemble_quality.py", argv)
+    out = plan.work if args.quick else REPO / "benchmarks"
+    run.log(f"work folder {plan.work}; budget {budget:.0f} s per study; seeds {list(plan.seeds)}")
 
     def write(records: list[StudyRecord], *, final: bool) -> str:
-        source = {
-            "command": command,
-            "machine": info,
-            "seeds": list(plan.seeds),
-            "budget_s": budget,
-            "ensemble": args.ensemble,
-            "test_limit": plan.test_limit,
-            "ablations_on": [],
-            "work": str(work),
-            "total_seconds": time.perf_counter() - started,
-            "finished": final,
-        }
+        source = run.source(plan, final=final, ensemble=args.ensemble)
         return write_outputs(out, source, list(plan.regimes), records)
 
-    records = run_all(plan, args.ensemble, log, seed_done=lambda so_far: write(so_far, final=False))
+    records = run_all(plan, args.ensemble, run.log, seed_done=lambda so_far: write(so_far, final=False))
     print(write(records, final=True))
     print(f"wrote {out / 'ensemble_quality.md'} and .json")
     return 0

@@ -779,35 +779,73 @@ def plan_from(args: argparse.Namespace) -> Plan:
     return Plan(tuple(args.regimes), tuple(seeds), ablations, budget, test_limit, work, hf_home)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    quiet_like_the_cli()
-    plan = plan_from(args)
-    started = time.perf_counter()
+def add_real_regime_args(parser: argparse.ArgumentParser, *, budget_help: str) -> None:
+    """The options of a benchmark over the real regimes without ablations (transfer, ensembles)."""
+    parser.add_argument("--budget", type=budget_seconds, default=None, help=budget_help)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--regimes", nargs="+", choices=sorted(REAL_REGIMES), default=list(REAL_REGIMES))
+    parser.add_argument("--test-limit", type=int, default=None, help="a stratified part of the test set (default: all)")
+    parser.add_argument("--work", type=Path, default=None, help="an empty folder for data and runs (default: temp)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny budget and test set, one seed")
 
-    def log(text: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f} s] {text}", flush=True)
 
-    info = machine_info()
-    log(f"work folder {plan.work}; budget {plan.budget_s:.0f} s per method and seed; seeds {list(plan.seeds)}")
-    command = " ".join(["benchmarks/search_quality.py", *(sys.argv[1:] if argv is None else argv)])
-    out = plan.work if args.quick else REPO / "benchmarks"
+def real_regime_plan(args: argparse.Namespace, budget_s: float, methods: tuple[str, ...] = DEFAULT_METHODS) -> Plan:
+    """What `add_real_regime_args` asked for: one seed and a small test set with --quick."""
+    work = fresh_work_dir(args.work)
+    return Plan(
+        regimes=tuple(args.regimes),
+        seeds=tuple(args.seeds[:1] if args.quick else args.seeds),
+        ablations_on=(),
+        budget_s=budget_s,
+        test_limit=args.test_limit or (QUICK_TEST_LIMIT if args.quick else None),
+        work=work,
+        hf_home=hub_with_weights(work, args.regimes),
+        methods=methods,
+    )
 
-    def write(records: list[RunRecord], *, final: bool) -> str:
-        source = {
-            "command": command,
-            "machine": info,
+
+@dataclass
+class BenchRun:
+    """A benchmark run's clock, its log lines and the source record its outputs carry."""
+
+    command: str
+    machine: dict[str, Any] = field(default_factory=machine_info)
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def of(cls, script: str, argv: Sequence[str] | None) -> BenchRun:
+        return cls(" ".join([script, *(sys.argv[1:] if argv is None else argv)]))
+
+    def log(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.started:6.0f} s] {text}", flush=True)
+
+    def source(self, plan: Plan, *, final: bool, **extra: Any) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "machine": self.machine,
             "seeds": list(plan.seeds),
             "budget_s": plan.budget_s,
             "test_limit": plan.test_limit,
             "ablations_on": list(plan.ablations_on),
             "work": str(plan.work),
-            "total_seconds": time.perf_counter() - started,
+            "total_seconds": time.perf_counter() - self.started,
             "finished": final,
+            **extra,
         }
-        return write_outputs(out, source, list(plan.regimes), records)
 
-    records = run_all(plan, log, seed_done=lambda so_far: write(so_far, final=False))
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet_like_the_cli()
+    plan = plan_from(args)
+    run = BenchRun.of("benchmarks/search_quality.py", argv)
+    run.log(f"work folder {plan.work}; budget {plan.budget_s:.0f} s per method and seed; seeds {list(plan.seeds)}")
+    out = plan.work if args.quick else REPO / "benchmarks"
+
+    def write(records: list[RunRecord], *, final: bool) -> str:
+        return write_outputs(out, run.source(plan, final=final), list(plan.regimes), records)
+
+    records = run_all(plan, run.log, seed_done=lambda so_far: write(so_far, final=False))
     section = write(records, final=True)
     print(section)
     print(f"wrote {out / 'search_quality.json'}, {out / 'search_quality.png'} and a section of {out / 'results.md'}")

@@ -358,10 +358,11 @@ def test_the_fixed_cnn_trains_on_train_and_val_and_learns_digits(tmp_path: Path)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(baselines, "train_fixed_epochs", spy)
         outcome = baselines.run_fixed_cnn(
-            reader, 32, augment={"enabled": True, "shift_scale": 0.1}, seed=0, budget_s=8.0, log=lambda _t: None
+            reader, 32, augment={"enabled": True, "shift_scale": 0.1}, seed=0, budget_s=3600.0, log=lambda _t: None
         )
     assert seen == [120 + 40]  # train + val, every image
-    assert 1 <= outcome.epochs <= baselines.FIXED_EPOCHS and outcome.image_size == 32
+    # a budget no machine runs out of: the planned epochs, whatever else the machine is doing
+    assert outcome.epochs == baselines.FIXED_EPOCHS and outcome.image_size == 32
     assert outcome.test_accuracy > 0.3  # chance is 0.1
 
 
