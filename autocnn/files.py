@@ -3,8 +3,11 @@ removed by the next one."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # no space left; over the user's disk quota
 
 
 def write_text_atomically(path: Path, text: str) -> None:
@@ -40,3 +43,16 @@ def remove_dead_leftovers(parent: Path, prefix: str) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def disk_full(exc: BaseException) -> OSError | None:
+    """The "no space left" error behind `exc`: itself, or what it was raised from or during
+    (torch.save reports a full disk as a RuntimeError whose context is the OSError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in FULL:
+            return current
+        current = current.__cause__ or current.__context__
+    return None

@@ -8,6 +8,7 @@ parameters are queued again as a retry that continues from the trial's last fini
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autocnn.files import disk_full
 from autocnn.search.defaults import DEFAULT_ATTR
 from autocnn.training.budget import BUDGET_ATTR
 
@@ -184,9 +186,16 @@ class Checkpoints:
         if not spare.exists():
             self._adopt_pooled_spare(spare)
         try:
-            self._save_into(spare, state)
-        except FileNotFoundError:  # another worker sharing the folder removed it, empty, just now
-            self._save_into(spare, state)
+            try:
+                self._save_into(spare, state)
+            except FileNotFoundError:  # another worker sharing the folder removed it, empty, just now
+                self._save_into(spare, state)
+        except Exception as exc:
+            full = disk_full(exc)
+            if full is None:
+                raise
+            # The last whole checkpoint is still under its own name: only the spare is torn.
+            raise OSError(full.errno, os.strerror(full.errno or errno.ENOSPC), str(spare)) from exc
         previous.unlink(missing_ok=True)
         try:
             if path.exists():

@@ -199,6 +199,8 @@ def run_prepared_study(
         if streak.streak >= MAX_FAILS_IN_A_ROW:
             stopped.append(f"the last {MAX_FAILS_IN_A_ROW} trials all failed; last error: {streak.last_error}")
             status = "FAILED"
+        if ctx.stop_reason:
+            stopped.insert(0, ctx.stop_reason)
         if stopped:
             result.stopped_reason = stopped[0]
             status = "FAILED"

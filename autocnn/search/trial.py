@@ -14,6 +14,7 @@ import numpy as np
 
 from autocnn.data.arrays import Dataset
 from autocnn.data.cache import DataCache, DatasetRecord
+from autocnn.files import disk_full
 from autocnn.search.defaults import DEFAULT_ATTR
 from autocnn.search.options import Reporter
 from autocnn.search.plan import Plan
@@ -59,6 +60,7 @@ class TrialContext:
     dataset: DatasetRecord | None = None  # logged as every trial run's input
     latencies: dict[tuple, float] = field(default_factory=dict)  # per architecture (model_facts)
     deadline: float | None = None  # time.monotonic() when study.timeout is spent: a running trial stops there
+    stop_reason: str | None = None  # set by a trial that stopped the study (a full disk), said at its end
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -238,6 +240,19 @@ def _log_evaluation(ctx: TrialContext, run_id: str, ev: Any, data: Dataset) -> N
     ctx.tracker.log_text(run_id, text, "per_class_metrics.txt")
 
 
+def stop_for_a_full_disk(ctx: TrialContext, trial: optuna.Trial, run_id: str, error: OSError) -> None:
+    """A full disk is not the trial's fault, and the next trial would meet it too: the trial is
+    queued to continue from its last whole checkpoint, and the study stops, naming the file."""
+    where = error.filename or "a file"
+    reason = f"disk full writing {where}: free some space, then run `autocnn study` again; trial {trial.number} continues from its last checkpoint"
+    trial.set_user_attr(REASON_ATTR, f"disk full writing {where}")
+    enqueue_retry(trial.study, trial)  # type: ignore[arg-type]
+    ctx.tracker.end_trial(run_id, "INTERRUPTED", reason=f"disk full writing {where}")
+    ctx.reporter.trial_finished(trial.number, "FAIL", None)
+    ctx.stop_reason = reason
+    trial.study.stop()
+
+
 def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[float]]:
     import optuna
 
@@ -279,6 +294,10 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[f
             ctx.tracker.end_trial(run_for_the_record(), "INTERRUPTED", reason="interrupted: Ctrl-C or a stop signal")
             raise
         except Exception as exc:
+            full = disk_full(exc)
+            if full is not None:
+                stop_for_a_full_disk(ctx, trial, run_for_the_record(), full)
+                raise
             reason = f"{exc.__class__.__name__}: {exc}"
             trial.set_user_attr(REASON_ATTR, reason)
             ctx.checkpoints.discard(*done_with)
