@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -412,3 +414,32 @@ def test_a_full_disk_is_recognised_behind_the_errors_that_report_it() -> None:
     assert disk_full(wrapped) is not None and disk_full(wrapped).errno == errno.ENOSPC
     assert disk_full(raised(RuntimeError("x"), during=OSError(errno.EACCES, "denied"))) is None
     assert disk_full(ValueError("no")) is None
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(folder: Path, size: str) -> Iterator[None]:
+    """A real file system of `size` at `folder` for a while; skips where mounting is not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def test_a_real_full_file_system_under_the_checkpoints_stops_the_study_cleanly(in_tmp: Path) -> None:
+    write_spec(in_tmp, SPEC)
+    spec = load_spec(in_tmp / "spec.yaml")
+    checkpoints = in_tmp / ".autocnn" / spec.name / "checkpoints"
+    with tiny_tmpfs(checkpoints, "16k"):  # smaller than one checkpoint of the first trial
+        result = run_study(spec, StudyOptions(), SilentReporter())
+    assert result.stopped_reason is not None
+    assert result.stopped_reason.startswith(f"disk full writing {checkpoints}/"), result.stopped_reason
+    study = open_study(spec, storage_url(spec))
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+    assert all(run.info.status != "RUNNING" for run in runs_by_number(spec.name).values())
+    again = run_study(spec, StudyOptions(), SilentReporter())  # the same folder, on the roomy disk again
+    assert again.stopped_reason is None
+    assert_consistent(in_tmp)
