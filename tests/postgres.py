@@ -29,9 +29,11 @@ def temporary_database() -> Iterator[str]:
     admin = admin_connection()
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
+    admin.close()
     try:
         yield f"{SERVER}/{name}"
     finally:
+        admin = admin_connection()  # a new one: the test may have restarted the server
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()

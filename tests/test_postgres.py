@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,3 +37,32 @@ def test_each_process_keeps_a_small_pool_of_checked_recycled_connections(databas
     pool = open_storage(database).engine.pool
     assert pool.size() == SERVER_POOL["pool_size"] and pool._max_overflow == SERVER_POOL["max_overflow"]
     assert pool._pre_ping is True and pool._recycle == SERVER_POOL["pool_recycle"]
+
+
+def restart_postgresql() -> None:
+    """The server restarted as its service would be: every open connection is cut."""
+    done = subprocess.run(["pg_ctlcluster", "15", "main", "restart"], capture_output=True, text=True)
+    if done.returncode != 0:
+        done = subprocess.run(["service", "postgresql", "restart"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_postgresql_restarting_under_a_running_study_loses_nothing(in_tmp: Path, database: str) -> None:
+    from tests.test_resume import SPEC, assert_consistent, wait_for
+
+    spec_dict = {**SPEC, "study": {**SPEC["study"], "storage": database}}
+    write_spec(in_tmp, spec_dict)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autocnn", "study", "spec.yaml"],
+        cwd=in_tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    wait_for(in_tmp / ".autocnn" / "digits-test" / "checkpoints" / "trial-1.pt", proc)
+    restart_postgresql()
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    study, runs = assert_consistent(in_tmp)
+    assert all(run.info.status != "RUNNING" for run in runs.values())

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # stay under the server's connection limit; every connection is checked before use and renewed
 # after half an hour, so one idle through a long trial is never found dropped by a firewall or
 # the server.
+SERVER_OUTAGE_S = 60.0  # how long a worker waits for a restarting database server
+SERVER_RETRY_S = 0.5
 SERVER_POOL: dict[str, Any] = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800}
 
 
@@ -53,10 +55,33 @@ def open_storage(url: str) -> Any:
 
     db = sqlite_path(url)
     if db is None:
-        return _first_to_create_tables_wins(lambda: open_rdb(dict(SERVER_POOL)))
+        storage = _first_to_create_tables_wins(lambda: open_rdb(dict(SERVER_POOL)))
+        wait_for_the_server_to_return(storage.engine)
+        return storage
     with folder_lock(db.parent):
         enable_wal(db)
         return open_rdb({"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}})
+
+
+def wait_for_the_server_to_return(engine: Any, patience_s: float = SERVER_OUTAGE_S) -> None:
+    """A database server that restarts (an upgrade, a failover, a crash) refuses connections for
+    a few seconds and cuts the open ones; the pool's pre-ping finds the cut ones when they are next
+    used, and this makes each new connection keep trying for up to `patience_s` instead of failing
+    the trial that happened to ask first (optuna#5600)."""
+    from sqlalchemy import event
+
+    def connect_patiently(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        refused = dialect.loaded_dbapi.OperationalError  # the driver's own: the server is not there yet
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except refused:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(SERVER_RETRY_S)
+
+    event.listen(engine, "do_connect", connect_patiently)
 
 
 def _first_to_create_tables_wins(open_rdb: Callable[[], Any], attempts: int = 3) -> Any:
