@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
     from autocnn.tracking.tracker import Tracker
 
-# A complete trial's softmax outputs on val at its best epoch, float16, in the val split's order.
+# A complete trial's softmax outputs on val at its best epoch, float32 (float16 ties flip argmaxes),
+# in the val split's order.
 VAL_PROBS_ARTIFACT = "predictions/val_probs.npy"
 
 
@@ -159,7 +160,7 @@ def run_trial(ctx: TrialContext, trial: optuna.Trial, config: TrialConfig, run_i
     evaluation = trainer.best_eval or trainer.evaluate(val)
     _log_evaluation(ctx, run_id, evaluation, data)
     # Every complete trial's val probabilities: an ensemble is chosen from them without retraining.
-    ctx.tracker.log_array(run_id, evaluation.probs.astype(np.float16), VAL_PROBS_ARTIFACT)
+    ctx.tracker.log_array(run_id, evaluation.probs.astype(np.float32), VAL_PROBS_ARTIFACT)
     best = float(trainer.best_value)  # type: ignore[arg-type]
     if not is_multi_objective(ctx.spec):
         if is_new_best(trial, best, ctx.objective):
