@@ -230,19 +230,32 @@ def test_select_members_reads_the_saved_predictions(shipped: Shipped) -> None:
 
 
 @pytest.mark.slow
-def test_the_finalize_command_takes_ensemble_and_refuses_it_beside_a_trial(shipped: Shipped) -> None:
+def test_the_finalize_command_takes_ensemble_and_tta_and_refuses_ensemble_beside_a_trial(
+    shipped: Shipped, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import autocnn
+
     spec_path = str(shipped.study.spec_path)
     uri = shipped.study.tracking_uri
     runner = CliRunner()
     refused = runner.invoke(app, ["finalize", spec_path, "--ensemble", "2", "--trial", "0", "--tracking-uri", uri])
     assert refused.exit_code == 2 and "--ensemble 2 with --trial" in refused.output
-    out = shipped.study.root / "cli-ensemble"
-    ran = runner.invoke(app, ["finalize", spec_path, "--ensemble", "3", "--tracking-uri", uri, "--out", str(out)])
-    assert ran.exit_code == 0, ran.output
-    assert "ensemble selection over 3 trials" in ran.output
-    assert ("ensemble against the best single trial" in ran.output) or ("ships alone" in ran.output)
     with pytest.raises(ExportError, match="--ensemble 0"):
         check_options(FinalizeOptions(ensemble=0))
+    asked: list[FinalizeOptions] = []
+
+    def finalized(_spec: object, options: FinalizeOptions, say: object) -> FinalizeResult:
+        asked.append(options)
+        return shipped.result  # what the module's ensemble finalize returned, shown by the command
+
+    monkeypatch.setattr(autocnn, "finalize", finalized, raising=False)
+    ran = runner.invoke(
+        app, ["finalize", spec_path, "--ensemble", "3", "--tta", "--tracking-uri", uri], env={"COLUMNS": "200"}
+    )
+    assert ran.exit_code == 0, ran.output
+    assert asked[0].ensemble == 3 and asked[0].tta is True
+    assert "ensemble members (forward selection on val predictions)" in ran.output
+    assert "ensemble against the best single trial" in ran.output and "trial 2 alone" in ran.output
 
 
 @pytest.mark.slow

@@ -33,6 +33,10 @@ SPEC = digits_spec_dict(
     data={"image_size": 32},
     train={"epochs": 4},
 )
+# For faults that need no trial long enough to interrupt mid-epoch: seconds per trial.
+LIGHT_SPEC = digits_spec_dict(
+    study={"trials": 3, "pruner": "none", "sampler": "random"}, data={"image_size": 16}, train={"epochs": 2}
+)
 
 
 def start_study(folder: Path) -> subprocess.Popen:
@@ -169,7 +173,7 @@ def test_a_full_disk_stops_the_study_naming_the_file_and_loses_no_trial(
 ) -> None:
     """torch.save reports ENOSPC as a RuntimeError raised while handling the OSError: injected
     here exactly so, at trial 1's first checkpoint write (a tmpfs cannot be mounted everywhere)."""
-    write_spec(in_tmp, SPEC)
+    write_spec(in_tmp, LIGHT_SPEC)
     real = Checkpoints._save_into
     failed: list[Path] = []
 
@@ -430,7 +434,7 @@ def tiny_tmpfs(folder: Path, size: str) -> Iterator[None]:
 
 
 def test_a_real_full_file_system_under_the_checkpoints_stops_the_study_cleanly(in_tmp: Path) -> None:
-    write_spec(in_tmp, SPEC)
+    write_spec(in_tmp, LIGHT_SPEC)
     spec = load_spec(in_tmp / "spec.yaml")
     checkpoints = in_tmp / ".autocnn" / spec.name / "checkpoints"
     with tiny_tmpfs(checkpoints, "16k"):  # smaller than one checkpoint of the first trial
