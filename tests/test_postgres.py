@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,18 +46,11 @@ def restart_postgresql() -> None:
 
 
 def test_postgresql_restarting_under_a_running_study_loses_nothing(in_tmp: Path, database: str) -> None:
-    from tests.test_resume import SPEC, assert_consistent, wait_for
+    from tests.test_resume import SPEC, assert_consistent, start_study, wait_for
 
     spec_dict = {**SPEC, "study": {**SPEC["study"], "storage": database}}
     write_spec(in_tmp, spec_dict)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autocnn", "study", "spec.yaml"],
-        cwd=in_tmp,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    proc = start_study(in_tmp)
     wait_for(in_tmp / ".autocnn" / "digits-test" / "checkpoints" / "trial-1.pt", proc)
     restart_postgresql()
     output, _ = proc.communicate(timeout=300)
