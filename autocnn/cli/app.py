@@ -389,10 +389,14 @@ def predict(
     top: Annotated[int, typer.Option(min=1, help="How many labels to show per image.")] = 3,
     torch: Annotated[bool, typer.Option("--torch", help="Run the PyTorch weights instead of ONNX.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Also write each image beside its Grad-CAM heat map (top label).")
+    ] = False,
+    explain_dir: Annotated[Path, typer.Option(help="Folder for the --explain pictures.")] = Path("explanations"),
 ) -> None:
     """Top-k labels with probabilities for images; unreadable files are reported and skipped.
 
-    Example: autocnn predict models/digits/ img1.png photos/ --top 3
+    Example: autocnn predict models/digits/ img1.png photos/ --top 3 --explain
     """
     import json
 
@@ -401,10 +405,12 @@ def predict(
 
     with user_errors():
         predictor = Predictor(model_dir, backend="torch" if torch else "onnx")
-        result = predict_files(predictor, paths, top=top)
+        result = predict_files(predictor, paths, top=top, explain_dir=explain_dir if explain else None)
     errors = _console(stderr=True)
     for path, reason in result.skipped:
         errors.print(f"[yellow]skipped:[/] {path}: {reason}", highlight=False)
+    if explain and result.predictions:  # on stderr: --json's stdout stays one JSON document
+        errors.print(f"explanations: {len(result.predictions)} Grad-CAM pictures in {explain_dir}", highlight=False)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
     elif result.predictions:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from autocnn.models.folder import (
     Preprocessing,
     normalize,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
 
 BATCH = 64
 
@@ -69,6 +72,7 @@ class Predictor:
             self.pre = Preprocessing(int(pre["image_size"]), tuple(pre["mean"]), tuple(pre["std"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ExportError(f"{folder / PREPROCESS_FILE}: expected image_size, mean and std ({exc})") from None
+        self._model: nn.Module | None = None
         self._run = self._load_torch() if backend == "torch" else self._load_onnx()
 
     def _load_onnx(self) -> Any:
@@ -81,7 +85,25 @@ class Predictor:
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})[0]
 
+    def torch_model(self) -> nn.Module:
+        """The PyTorch model in eval mode: the one predicting with backend "torch", else rebuilt
+        from weights.pt (Grad-CAM needs its gradients; ONNX Runtime has none)."""
+        if self._model is None:
+            self._model = self._build_torch()
+        return self._model
+
     def _load_torch(self) -> Any:
+        import torch
+
+        model = self.torch_model()
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model(torch.from_numpy(x)).float().numpy()
+
+        return run
+
+    def _build_torch(self) -> nn.Module:
         import torch
 
         from autocnn.models.build import build_model
@@ -109,13 +131,7 @@ class Predictor:
             model = TestTimeAugmented(
                 model, flip=bool(views["flip"]), crops=bool(views["crops"]), image_size=self.pre.image_size
             )
-        model.eval()
-
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return model(torch.from_numpy(x)).float().numpy()
-
-        return run
+        return model.eval()
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 at `image_size` -> (N, classes) logits, in batches."""
@@ -130,12 +146,11 @@ class Predictor:
 class Prediction:
     path: str
     top: list[tuple[str, float]]
+    explanation: str | None = None  # the Grad-CAM picture written for it, with `explain_dir`
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.path,
-            "top": [{"label": lab, "probability": p} for lab, p in self.top],
-        }
+        found = {"file": self.path, "top": [{"label": lab, "probability": p} for lab, p in self.top]}
+        return found | ({"explanation": self.explanation} if self.explanation else {})
 
 
 @dataclass
@@ -165,8 +180,14 @@ def expand_inputs(inputs: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:
             yield item, "no such file or folder"
 
 
-def predict_files(predictor: Predictor, inputs: Sequence[str | Path], *, top: int = 3) -> PredictResult:
-    """Decode every readable image like training did, predict in batches, keep the top-k."""
+def predict_files(
+    predictor: Predictor, inputs: Sequence[str | Path], *, top: int = 3, explain_dir: str | Path | None = None
+) -> PredictResult:
+    """Decode every readable image like training did, predict in batches, keep the top-k.
+
+    With `explain_dir`, also write one PNG per image there: the image as the model saw it beside
+    its Grad-CAM heat map for the top label (autocnn.outputs.explain); each prediction names its file.
+    """
     result = PredictResult()
     paths: list[Path] = []
     images: list[np.ndarray] = []
@@ -183,7 +204,37 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], *, top: in
         return result
     probs = softmax(predictor.logits(np.stack(images)).astype(np.float64))
     k = max(1, min(top, len(predictor.labels)))
-    for path, row in zip(paths, probs, strict=True):
+    pictures = (
+        explanation_files(predictor, paths, np.stack(images), probs.argmax(axis=1), Path(explain_dir))
+        if explain_dir is not None
+        else [None] * len(paths)
+    )
+    for path, row, picture in zip(paths, probs, pictures, strict=True):
         best = np.argsort(-row, kind="stable")[:k]
-        result.predictions.append(Prediction(str(path), [(predictor.labels[i], float(row[i])) for i in best]))
+        top_k = [(predictor.labels[i], float(row[i])) for i in best]
+        result.predictions.append(Prediction(str(path), top_k, None if picture is None else str(picture)))
     return result
+
+
+def explanation_files(
+    predictor: Predictor, paths: Sequence[Path], images: np.ndarray, classes: np.ndarray, folder: Path
+) -> list[Path]:
+    """<folder>/<image name>.gradcam.png per image (numbered when two images share a name)."""
+    from autocnn.outputs.explain import heat_maps, side_by_side, write_png
+
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"{folder}: not a folder; name a folder for the explanations")
+    inputs = normalize(images, predictor.pre.mean, predictor.pre.std)
+    maps = heat_maps(predictor.torch_model(), inputs, [int(c) for c in classes])
+    written: list[Path] = []
+    for path, image, heat in zip(paths, images, maps, strict=True):
+        target = folder / f"{path.stem}.gradcam.png"
+        n = 2
+        while target in written:
+            target = folder / f"{path.stem}-{n}.gradcam.png"
+            n += 1
+        try:
+            written.append(write_png(side_by_side(image, heat), target))
+        except OSError as exc:
+            raise ExportError(f"{target}: cannot write the explanation ({exc.strerror or exc})") from None
+    return written

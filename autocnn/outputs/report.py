@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autocnn.errors import StudyError
+from autocnn.outputs.explain_report import explain_html
 from autocnn.outputs.html import figure_html, fmt, table
 from autocnn.outputs.pareto_report import has_front, pareto_html
 from autocnn.search.results import count_states, leaderboard
@@ -53,6 +54,7 @@ SECTIONS = {
     "intermediate": "Intermediate values (pruning)",
     "curves": "Learning curves of the top trials",
     "confusion": "Confusion matrix of the best trial",
+    "explain": "Where the model looks (Grad-CAM)",
 }
 # Only in a study with several objectives or constraints, after the model families; and once
 # `autocnn finalize` has shipped a model, at the end.
@@ -565,6 +567,7 @@ def build_report(
         "confusion": confusion_html(tracker, best),
     }
     finals = tracker.final_runs(spec.name)
+    sections["explain"] = explain_html(spec, study, tracker, best.number if best else None, finals)
     if finals:
         sections["shipped"] = shipped_html(finals)
     summary = [
