@@ -279,6 +279,7 @@ def finalize_tables(result: FinalizeResult) -> list[Table]:
     scores.add_section()
     scores.add_row(f"accuracy ({s.n_images} images)", "", "", f"{s.accuracy:.4f}", "")
     scores.add_row("macro-F1", "", "", f"{s.macro_f1:.4f}", "")
+    scores.add_row("balanced accuracy", "", "", f"{s.balanced_accuracy:.4f}", "")
     exports = Table(title="exported models", title_justify="left")
     for column in ("file", f"{s.split} accuracy", "size MB", "check"):
         exports.add_column(column, justify="left" if column in ("file", "check") else "right")

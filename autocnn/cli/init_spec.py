@@ -33,7 +33,7 @@ CACHE_BYTES = 3e9  # decoded images are kept in memory as uint8: N x size x size
 SIZE_SAMPLE = 200  # image headers read to find the typical size
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 SMALL_PER_CLASS, LARGE_PER_CLASS = 150, 1500  # images per class: freeze below, fine-tune above
-IMBALANCED = 1.5  # largest / smallest class: macro-F1 rather than accuracy
+IMBALANCED = 1.5  # largest / smallest class: macro-F1, and class weights and a balanced sampler searched
 MAX_BACKBONES = 3  # searched side by side; more would leave each too few trials of the budget
 # A pretrained backbone's input on a CPU: the largest of these whose trials fit the budget, never
 # below the last: ImageNet features computed on upsampled 32 px images are mostly lost (a study that
@@ -249,6 +249,7 @@ class Choices:
     augment: dict[str, Any] = field(default_factory=dict)
     augment_note: str = ""
     header: list[str] = field(default_factory=list)
+    class_balance: dict[str, Any] = field(default_factory=dict)  # train.class_weights / train.sampler, if any
 
 
 def pick_image_size(profile: DataProfile, machine: Machine) -> tuple[int, str]:
@@ -513,7 +514,16 @@ def choose(
         augment=augment,
         augment_note=augment_note,
         header=_header(profile, machine),
+        class_balance=class_balance_space(imbalanced),
     )
+
+
+def class_balance_space(imbalanced: bool) -> dict[str, Any]:
+    """Imbalanced classes: the loss weighted by inverse class frequency first (the default trial
+    takes it), unweighted as the alternative, and a class-even batch sampler searched beside it."""
+    if not imbalanced:
+        return {}
+    return {"class_weights": {"choices": ["balanced", "none"]}, "sampler": {"choices": ["shuffle", "balanced"]}}
 
 
 def _header(profile: DataProfile, machine: Machine) -> list[str]:
@@ -572,7 +582,13 @@ def render(choices: Choices, *, schema: str | None = None) -> str:
         _line(2, "lr", {"low": 1.0e-4, "high": 3.0e-3, "log": True}),
         _line(2, "weight_decay", {"low": 1.0e-6, "high": 5.0e-2, "log": True}),
     ]
-    lines += [_line(2, "label_smoothing", {"choices": [0.0, 0.1]}), "models:"]
+    lines.append(_line(2, "label_smoothing", {"choices": [0.0, 0.1]}))
+    for key, value in choices.class_balance.items():
+        note = (
+            "rare classes weigh as much as common ones" if key == "class_weights" else "or batches draw classes evenly"
+        )
+        lines.append(_line(2, key, value, note))
+    lines.append("models:")
     lines.append(_line(2, "custom_cnn", None, f"depth sized to {choices.image_size} px images"))
     lines += [_line(4, key, value) for key, value in choices.custom_cnn.items()]
     lines += [f"  # {note}" for note in choices.backbone_note]

@@ -37,6 +37,7 @@ class Scores:
     n_images: int
     accuracy: float
     macro_f1: float
+    balanced_accuracy: float  # the mean of per-class recalls
     per_class: dict[str, Any]
     per_class_text: str
     labels: np.ndarray
@@ -63,7 +64,7 @@ def torch_logits(model: nn.Module, images: np.ndarray, pre: Preprocessing, *, ba
 
 
 def score(split: str, labels: np.ndarray, logits: np.ndarray, classes: list[str]) -> Scores:
-    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
     from autocnn.figures import per_class_table
 
@@ -74,6 +75,7 @@ def score(split: str, labels: np.ndarray, logits: np.ndarray, classes: list[str]
         n_images=len(labels),
         accuracy=float(accuracy_score(labels, preds)),
         macro_f1=float(f1_score(labels, preds, average="macro", labels=list(range(len(classes))), zero_division=0)),
+        balanced_accuracy=float(balanced_accuracy_score(labels, preds)),
         per_class=table,
         per_class_text=text,
         labels=labels,
@@ -133,6 +135,7 @@ def write_metrics(out: Path, about: dict[str, Any], scores: Scores, facts: dict[
         "n_images": scores.n_images,
         "accuracy": scores.accuracy,
         "macro_f1": scores.macro_f1,
+        "balanced_accuracy": scores.balanced_accuracy,
         **facts,
         "classes": scores.classes,
         "per_class": scores.per_class,

@@ -33,12 +33,23 @@ def macro_f1(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(f1_score(labels, probs.argmax(axis=1), average="macro", zero_division=0))
 
 
+def balanced_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
+    return float(balanced_accuracy_score(labels, probs.argmax(axis=1)))
+
+
 def negative_log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
     picked = probs[np.arange(len(labels)), labels]
     return float(np.log(np.clip(picked, 1e-12, None)).mean())
 
 
-SCORERS: dict[str, Scorer] = {"val_accuracy": accuracy, "val_macro_f1": macro_f1, "val_loss": negative_log_loss}
+SCORERS: dict[str, Scorer] = {
+    "val_accuracy": accuracy,
+    "val_macro_f1": macro_f1,
+    "val_balanced_accuracy": balanced_accuracy,
+    "val_loss": negative_log_loss,
+}
 
 
 def scorer_for(metric: str) -> Scorer:

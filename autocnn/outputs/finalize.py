@@ -396,7 +396,11 @@ def log_final_run(
     run_id = tracker.start_final_run(parent.info.run_id if parent is not None else None, tags, config.flat())
     try:
         split = scores.split
-        metrics = {f"{split}_accuracy": scores.accuracy, f"{split}_macro_f1": scores.macro_f1}
+        metrics = {
+            f"{split}_accuracy": scores.accuracy,
+            f"{split}_macro_f1": scores.macro_f1,
+            f"{split}_balanced_accuracy": scores.balanced_accuracy,
+        }
         metrics.update({k.replace("accuracy", f"{split}_accuracy"): v for k, v in facts.items()})
         if top_k is not None:
             metrics.update(topk_mean=top_k.picked.mean, topk_std=top_k.picked.std)

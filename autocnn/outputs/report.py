@@ -43,7 +43,7 @@ FACT_KEYS: dict[str, tuple[str, ...]] = {
         "latency_ms_batch1",
     ),
 }
-CURVE_KEYS = ("val_accuracy", "val_macro_f1", "val_loss", "train_loss", "train_accuracy")
+CURVE_KEYS = ("val_accuracy", "val_macro_f1", "val_balanced_accuracy", "val_loss", "train_loss", "train_accuracy")
 N_CURVES = 5  # learning curves of the top trials
 SECTIONS = {
     "leaderboard": "Leaderboard",

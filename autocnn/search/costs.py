@@ -69,11 +69,12 @@ def objective_values(
 ) -> list[float]:
     """One value per objective: validation metrics at the best epoch, the recorded costs, and
     the int8 model's val accuracy when asked for. `best` is the training metric's best value."""
-    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
     scored = {
         "val_accuracy": float(accuracy_score(evaluation.labels, evaluation.preds)),
         "val_macro_f1": float(f1_score(evaluation.labels, evaluation.preds, average="macro", zero_division=0)),
+        "val_balanced_accuracy": float(balanced_accuracy_score(evaluation.labels, evaluation.preds)),
         "val_loss": float(evaluation.loss),
         primary(spec).metric: best,
         **{str(k): float(v) for k, v in (trial.user_attrs.get(COSTS_ATTR) or {}).items()},

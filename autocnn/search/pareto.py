@@ -35,7 +35,16 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
     ">": operator.gt,
 }
-QUANTITIES = ("val_accuracy", "val_macro_f1", "val_loss", "int8_accuracy", "latency_ms", "params", "size_mb")
+QUANTITIES = (
+    "val_accuracy",
+    "val_macro_f1",
+    "val_balanced_accuracy",
+    "val_loss",
+    "int8_accuracy",
+    "latency_ms",
+    "params",
+    "size_mb",
+)
 _TOKEN = re.compile(r"\s*(<=|>=|<|>|[A-Za-z_][A-Za-z0-9_]*|[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)")
 MAX_RULE = 500  # characters: a rule is a sentence, not a program
 

@@ -38,6 +38,7 @@ T = TypeVar("T")
 METRICS: dict[str, str] = {
     "val_accuracy": "maximize",
     "val_macro_f1": "maximize",
+    "val_balanced_accuracy": "maximize",  # the mean of per-class recalls: every class counts the same
     "val_loss": "minimize",
 }
 

@@ -109,7 +109,7 @@ class StudySpec(StrictModel):
     # None: DEFAULT_TRIALS, or with a timeout and no trials, as many as the time allows.
     trials: TrialCount | None = None
     timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)] | None = None
-    metric: Literal["val_accuracy", "val_macro_f1", "val_loss"] = "val_accuracy"
+    metric: Literal["val_accuracy", "val_macro_f1", "val_balanced_accuracy", "val_loss"] = "val_accuracy"
     sampler: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
     pruner: Literal["none", "median", "hyperband", "successive_halving"] = "median"
     storage: StorageUrl | None = None
@@ -120,7 +120,16 @@ class StudySpec(StrictModel):
     objectives: (
         Annotated[
             list[
-                Literal["val_accuracy", "val_macro_f1", "val_loss", "int8_accuracy", "latency_ms", "params", "size_mb"]
+                Literal[
+                    "val_accuracy",
+                    "val_macro_f1",
+                    "val_balanced_accuracy",
+                    "val_loss",
+                    "int8_accuracy",
+                    "latency_ms",
+                    "params",
+                    "size_mb",
+                ]
             ],
             Field(min_length=1, max_length=MAX_OBJECTIVES),
         ]
@@ -139,7 +148,8 @@ class StudySpec(StrictModel):
             raise _sub_error("objectives", f"each objective at most once, got {', '.join(repeated)} twice")
         if not any(name not in COSTS for name in objectives):
             raise _sub_error(
-                "objectives", "needs a quality objective (val_accuracy, val_macro_f1, val_loss or int8_accuracy)"
+                "objectives",
+                "needs a quality objective (val_accuracy, val_macro_f1, val_balanced_accuracy, val_loss or int8_accuracy)",
             )
         if "metric" in self.model_fields_set:
             raise _sub_error(
@@ -188,6 +198,10 @@ class TrainSpec(StrictModel):
     label_smoothing: searchable(Probability) = 0.0
     # auto: mixed precision on CUDA and on CPUs with native bf16; not `on`/`off`, which YAML reads as booleans
     precision: choosable(Literal["auto", "mixed", "fp32"]) = "auto"
+    # Imbalanced classes: the training loss weighs each class by n / (classes x its count) ...
+    class_weights: choosable(Literal["none", "balanced"]) = "none"
+    # ... and/or each batch draws classes evenly (with replacement), the epoch keeping its length.
+    sampler: choosable(Literal["shuffle", "balanced"]) = "shuffle"
 
 
 class CustomCNNSpace(StrictModel):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from autocnn.models.catalog import CUSTOM_CNN, Preprocess
 from autocnn.training.budget import judge_floor_steps
-from autocnn.training.config import AugmentConfig, StudySettings, TimmConfig, TrialConfig
+from autocnn.training.config import BALANCED, AugmentConfig, StudySettings, TimmConfig, TrialConfig
 from autocnn.training.transfer import probe_applies
 
 if TYPE_CHECKING:
@@ -135,26 +135,62 @@ def augmentation_pipeline(augment: AugmentConfig, *, image_size: int, seed: int)
 
 
 def train_batches(
-    augment: AugmentConfig, split: Split, pre: Preprocess, *, batch_size: int, seed: int, device: torch.device
+    augment: AugmentConfig,
+    split: Split,
+    pre: Preprocess,
+    *,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    balanced: bool = False,
 ) -> tuple[Any, Any]:
     """(batches, augmentation pipeline or None): augmented when `augment` turns any op on."""
     pipeline = augmentation_pipeline(augment, image_size=pre.image_size, seed=seed)
-    return image_batches(pipeline, split, pre, batch_size=batch_size, seed=seed, device=device), pipeline
+    batches = image_batches(pipeline, split, pre, batch_size=batch_size, seed=seed, device=device, balanced=balanced)
+    return batches, pipeline
 
 
 def image_batches(
-    pipeline: Any, split: Split, pre: Preprocess, *, batch_size: int, seed: int, device: torch.device
+    pipeline: Any,
+    split: Split,
+    pre: Preprocess,
+    *,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    balanced: bool = False,
 ) -> Any:
-    """Shuffled training batches of images, through `pipeline` when there is one."""
+    """Shuffled training batches of images, through `pipeline` when there is one; `balanced` draws
+    classes evenly (train.sampler)."""
     from autocnn.training.loop import TensorBatches
 
     if pipeline is None:
-        return TensorBatches(split, pre, batch_size=batch_size, shuffle=True, seed=seed, device=device)
+        return TensorBatches(
+            split, pre, batch_size=batch_size, shuffle=True, seed=seed, device=device, balanced=balanced
+        )
     from autocnn.training import augment as aug
 
     return aug.AugmentedBatches(
-        split, pre, pipeline, batch_size=batch_size, seed=seed, num_workers=aug.N_WORKERS, device=device
+        split,
+        pre,
+        pipeline,
+        batch_size=batch_size,
+        seed=seed,
+        num_workers=aug.N_WORKERS,
+        device=device,
+        balanced=balanced,
     )
+
+
+def balanced_sampling(config: TrialConfig) -> bool:
+    return config.train.sampler == BALANCED
+
+
+def trainer_class_weights(config: TrialConfig, split: Split, num_classes: int) -> torch.Tensor | None:
+    """train.class_weights over the images this trial trains on (a refit's train + val included)."""
+    from autocnn.training.sampling import loss_weights
+
+    return loss_weights(config.train.class_weights, split.labels, num_classes)
 
 
 @dataclass
@@ -264,7 +300,9 @@ def assemble_trial(
             device=device,
             probe=probe,
         )
-    train = image_batches(pipeline, split, pre, batch_size=batch, seed=seeds.batches, device=device)
+    train = image_batches(
+        pipeline, split, pre, batch_size=batch, seed=seeds.batches, device=device, balanced=balanced_sampling(config)
+    )
     val = TensorBatches(data.val, pre, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device)
     timm = config.model_config if isinstance(config.model_config, TimmConfig) else None
     groups = parameter_groups(
@@ -273,7 +311,14 @@ def assemble_trial(
         backbone_lr_mult=timm.backbone_lr_mult if timm else None,
         layer_decay=timm.layer_decay if timm else 1.0,
     )
-    trainer = Trainer(model, settings, steps_per_epoch=len(train), device=device, param_groups=groups)
+    trainer = Trainer(
+        model,
+        settings,
+        steps_per_epoch=len(train),
+        device=device,
+        param_groups=groups,
+        class_weights=trainer_class_weights(config, split, data.num_classes),
+    )
     return AssembledTrial(config, pre, settings, trainer.model, train, val, pipeline, trainer, path, probe)
 
 
@@ -346,7 +391,13 @@ def assemble_on_features(
     train_features, train_source = training_features(study, config, features, path, on, split, pipeline)
     val_features, val_source = split_features(study, config, features, on, data.val)
     train = FeatureBatches(
-        train_features, split.labels, batch_size=batch, shuffle=True, seed=seeds.batches, device=device
+        train_features,
+        split.labels,
+        batch_size=batch,
+        shuffle=True,
+        seed=seeds.batches,
+        device=device,
+        balanced=balanced_sampling(config),
     )
     val = FeatureBatches(
         val_features, data.val.labels, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device
@@ -354,7 +405,13 @@ def assemble_on_features(
     head = FeatureHead(model)
     groups = _decay_twins("head", [p for p in head.parameters() if p.requires_grad], settings.lr)
     trainer = Trainer(
-        head, settings, steps_per_epoch=len(train), device=device, param_groups=groups, channels_last=False
+        head,
+        settings,
+        steps_per_epoch=len(train),
+        device=device,
+        param_groups=groups,
+        channels_last=False,
+        class_weights=trainer_class_weights(config, split, data.num_classes),
     )
     path = replace(path, source=describe_sources(train_source, val_source))
     return AssembledTrial(config, pre, settings, model, train, val, pipeline, trainer, path, probe)

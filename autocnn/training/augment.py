@@ -24,6 +24,8 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, Sampler  # noqa: E402
 from torch.utils.data import Dataset as TorchDataset  # noqa: E402
 
+from autocnn.training.sampling import epoch_order  # noqa: E402
+
 if TYPE_CHECKING:
     from autocnn.data.arrays import Split
     from autocnn.models.catalog import Preprocess
@@ -186,8 +188,10 @@ N_WORKERS = 0
 class _EpochOrder(Sampler):
     """Yields (epoch, batch number, indices) in the order TensorBatches draws for that epoch."""
 
-    def __init__(self, n: int, *, batch_size: int, seed: int, drop_last: bool) -> None:
-        self.n, self.batch_size, self.seed, self.drop_last = n, batch_size, seed, drop_last
+    def __init__(self, labels: np.ndarray, *, batch_size: int, seed: int, drop_last: bool, balanced: bool) -> None:
+        self.labels = torch.from_numpy(labels)
+        self.n, self.batch_size, self.seed, self.drop_last = len(labels), batch_size, seed, drop_last
+        self.balanced = balanced
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -195,7 +199,7 @@ class _EpochOrder(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        order = torch.randperm(self.n, generator=gen)
+        order = epoch_order(self.labels, gen, balanced=self.balanced)
         for b in range(len(self)):
             yield self.epoch, b, order[b * self.batch_size : (b + 1) * self.batch_size]
 
@@ -241,10 +245,11 @@ class AugmentedBatches:
         seed: int = 0,
         num_workers: int = 0,
         device: torch.device | None = None,
+        balanced: bool = False,
     ) -> None:
         self.device = device or torch.device("cpu")
         drop_last = len(split) > batch_size  # a last batch of 1 breaks BatchNorm in training
-        self.order = _EpochOrder(len(split), batch_size=batch_size, seed=seed, drop_last=drop_last)
+        self.order = _EpochOrder(split.labels, batch_size=batch_size, seed=seed, drop_last=drop_last, balanced=balanced)
         self.loader = DataLoader(
             _AugmentedImages(split, pipeline, seed=seed),
             sampler=self.order,

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from autocnn.spec.objectives import Objective
 
 MODEL_PARAM = "model"
+BALANCED = "balanced"  # train.class_weights and train.sampler: every class counts the same
 Section = TypeVar("Section")
 
 
@@ -38,6 +39,8 @@ class TrainConfig:
     early_stopping: int
     label_smoothing: float
     precision: str
+    class_weights: str = "none"  # "balanced": the loss weighs classes by inverse frequency
+    sampler: str = "shuffle"  # "balanced": batches draw every class equally often
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ import torch
 
 from autocnn.data.arrays import Split
 from autocnn.models.catalog import CUSTOM_CNN, Preprocess
+from autocnn.training.sampling import epoch_order
 
 if TYPE_CHECKING:
     from torch import nn
@@ -421,12 +422,14 @@ class FeatureBatches:
         shuffle: bool,
         seed: int = 0,
         device: torch.device | None = None,
+        balanced: bool = False,
     ) -> None:
         self.device = device or torch.device("cpu")
         self.features = features.to(self.device)
         self.labels = torch.from_numpy(labels).to(self.device)
         self.batch_size = batch_size
         self.shuffle = shuffle
+        self.balanced = balanced  # as TensorBatches: the same class-even draw
         self.seed = seed
         self.epoch = 0
         self.drop_last = shuffle and len(self.labels) > batch_size  # as TensorBatches: no batch of 1
@@ -441,7 +444,7 @@ class FeatureBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         gen = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        order = epoch_order(self.labels, gen, balanced=self.balanced) if self.shuffle else torch.arange(n)
         if self.features.dim() == 3:
             view = torch.randint(self.features.shape[0], (n,), generator=gen).to(self.device)
             pick = lambda idx: self.features[view[idx], idx]  # noqa: E731

@@ -19,6 +19,7 @@ from torch import nn
 
 from autocnn.data.arrays import Split
 from autocnn.models.catalog import Preprocess
+from autocnn.training.sampling import epoch_order
 
 if TYPE_CHECKING:
     from autocnn.spec.objectives import Objective
@@ -73,6 +74,7 @@ class EpochMetrics:
     val_loss: float
     val_accuracy: float
     val_macro_f1: float
+    val_balanced_accuracy: float
     lr: float  # the last optimizer group's: the head's, or the whole model's
     epoch_seconds: float
     train_images_per_s: float
@@ -137,11 +139,13 @@ class TensorBatches:
         shuffle: bool,
         seed: int = 0,
         device: torch.device | None = None,
+        balanced: bool = False,
     ) -> None:
         self.images = torch.from_numpy(split.images).permute(0, 3, 1, 2)
         self.labels = torch.from_numpy(split.labels)
         self.batch_size = batch_size
         self.shuffle = shuffle
+        self.balanced = balanced  # shuffle only: draw classes evenly (autocnn.training.sampling)
         self.seed = seed
         self.device = device or torch.device("cpu")
         self.epoch = 0
@@ -163,7 +167,7 @@ class TensorBatches:
         n = len(self.labels)
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-            order = torch.randperm(n, generator=gen)
+            order = epoch_order(self.labels, gen, balanced=self.balanced)
         else:
             order = torch.arange(n)
         for i in range(len(self)):
@@ -184,6 +188,7 @@ class Trainer:
         device: torch.device,
         param_groups: list[dict[str, Any]] | None = None,
         channels_last: bool = True,
+        class_weights: torch.Tensor | None = None,
     ) -> None:
         self.settings = settings
         self.device = device
@@ -196,7 +201,9 @@ class Trainer:
         groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         self.optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
         self.scheduler, self.step_per_batch = _build_scheduler(self.optimizer, settings, steps_per_epoch)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+        # Training's loss alone is weighted (train.class_weights); validation judges unweighted.
+        weight = class_weights.to(device) if class_weights is not None else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=settings.label_smoothing)
         self.epoch = 0
         self.best_value: float | None = None
         self.best_epoch = 0
@@ -264,7 +271,7 @@ class Trainer:
 
     def fit(self, train: Iterable, val: Iterable) -> Iterator[EpochMetrics]:
         """Train from the current epoch to `epochs`, yielding metrics; stops early on a plateau."""
-        from sklearn.metrics import accuracy_score, f1_score
+        from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
         while self.epoch < self.settings.epochs:
             start = time.perf_counter()
@@ -283,6 +290,7 @@ class Trainer:
                 val_loss=ev.loss,
                 val_accuracy=float(accuracy_score(ev.labels, ev.preds)),
                 val_macro_f1=float(f1_score(ev.labels, ev.preds, average="macro", zero_division=0)),
+                val_balanced_accuracy=float(balanced_accuracy_score(ev.labels, ev.preds)),
                 lr=lr,
                 epoch_seconds=time.perf_counter() - start,
                 train_images_per_s=seen / max(train_seconds, 1e-9),
