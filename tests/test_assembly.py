@@ -35,6 +35,8 @@ CASES: dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {
         ("early_stopping", {}, {"early_stopping": 2}),
         ("label_smoothing", {}, {"label_smoothing": 0.1}),
         ("precision", {"precision": "fp32"}, {"precision": "mixed"}),
+        ("class_weights", {}, {"class_weights": "balanced"}),
+        ("sampler", {}, {"sampler": "balanced"}),
     ],
     "custom_cnn": [
         ("depth", {}, {"depth": 2}),
@@ -145,6 +147,8 @@ def fingerprint(spec: Spec) -> dict[str, Any]:
         "groups": [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in trainer.optimizer.param_groups],
         "scheduler": type(trainer.scheduler).__name__,
         "loss": trainer.criterion.label_smoothing,
+        "loss_weights": None if trainer.criterion.weight is None else trainer.criterion.weight.tolist(),
+        "first_batch": next(iter(trial.train))[1].tolist(),
         "autocast": str(trainer.amp_dtype),
         "augmentation": None if trial.augmentation is None else augment.describe(trial.augmentation),
         "feature_path": None if trial.path is None else (trial.path.name, trial.path.views),

@@ -304,3 +304,100 @@ def test_the_report_shows_the_shipped_ensemble_beside_its_best_single_trial(ship
     assert outcome is not None
     assert f"{outcome.ensemble.accuracy:.4f}".rstrip("0").rstrip(".") in section
     assert f"{outcome.single.accuracy:.4f}".rstrip("0").rstrip(".") in section
+
+
+# --------------------------------------------------------------------------- distillation
+
+
+def test_soft_targets_mix_the_softened_teacher_with_the_label() -> None:
+    from autocnn.outputs.distill import fastest, soft_targets, soften
+
+    teacher = np.array([[0.8, 0.15, 0.05], [0.1, 0.1, 0.8]])
+    np.testing.assert_allclose(soften(teacher, 1.0), teacher, rtol=1e-6)
+    warm = soften(teacher, 2.0)
+    assert warm[0, 0] < 0.8 and warm[0, 2] > 0.05  # a temperature above 1 spreads the mass
+    targets = soft_targets(teacher, np.array([1, 2]), temperature=2.0, teacher_share=0.5)
+    assert targets.dtype == np.float32 and np.allclose(targets.sum(axis=1), 1.0)
+    np.testing.assert_allclose(targets[0], 0.5 * warm[0] + 0.5 * np.array([0, 1, 0]), rtol=1e-5)
+    assert targets[0].argmax() == 1  # the label keeps its say where the teacher disagrees
+    with pytest.raises(ValueError, match="for 2 images, labels for 3"):
+        soft_targets(teacher, np.array([0, 1, 2]))
+    assert fastest({5: 2.0, 3: 1.0, 8: 1.0}) == 3  # a tie goes to the earlier, better trial
+
+
+@pytest.mark.slow
+def test_a_refit_against_soft_targets_learns_them(shipped: Shipped) -> None:
+    """A teacher that puts 40% of every image on the next class: the taught refit follows it, the
+    refit on the labels alone does not."""
+    from autocnn.outputs.distill import soft_targets
+    from autocnn.outputs.finalize import model_preprocessing, retrain
+    from autocnn.search.space import config_from_params
+
+    spec = shipped.study.spec
+    trial = open_study(spec, storage_url(spec)).trials[0]
+    config = config_from_params(spec, trial.params)
+    data = DataCache(spec.data, seed=spec.seed).get(spec.data.image_size)
+    labels = np.concatenate([data.train.labels, data.val.labels])
+    teacher = 0.6 * np.eye(10)[labels] + 0.4 * np.eye(10)[(labels + 1) % 10]
+    targets = soft_targets(teacher, labels, temperature=1.0, teacher_share=1.0)
+    pre = model_preprocessing(spec, config)
+    images = torch.from_numpy(normalize(np.concatenate([data.train.images, data.val.images]), pre.mean, pre.std))
+
+    def next_class_mass(model: nn.Module) -> float:
+        with torch.no_grad():
+            probs = model.eval()(images).softmax(dim=1).numpy()
+        return float(probs[np.arange(len(labels)), (labels + 1) % 10].mean())
+
+    taught = retrain(spec, trial, config, data, refit=True, targets=targets).model
+    alone = retrain(spec, trial, config, data, refit=True).model
+    assert next_class_mass(taught) > next_class_mass(alone) + 0.1
+
+
+@pytest.mark.slow
+def test_distill_ships_the_fastest_trial_taught_by_the_ensemble(shipped: Shipped) -> None:
+    from autocnn.outputs.finalize import choose_student, finalize, trial_latencies
+    from autocnn.outputs.predict import Predictor
+
+    spec = shipped.study.spec
+    uri = shipped.study.tracking_uri
+    out = shipped.study.root / "student"
+    said: list[str] = []
+    result = finalize(spec, FinalizeOptions(tracking_uri=uri, distill=True, out_dir=out), said.append)
+    outcome = result.distill
+    assert outcome is not None and result.weights_from == "distilled on train+val"
+    study = open_study(spec, storage_url(spec))
+    cache = DataCache(spec.data, seed=spec.seed)
+    # the student is the fastest of the study's trials, as predict would run them
+    latencies = trial_latencies(spec, list(study.trials), 10)
+    assert latencies[outcome.student_trial] == min(latencies.values())
+    assert result.trial == outcome.student_trial and outcome.student_reason.startswith("the fastest of the 3 best")
+    # what ships is the student: one custom CNN that predict runs, scored as reported
+    info = json.loads((out / "model.json").read_text())
+    assert info["model"] == "custom_cnn"
+    _, test = eval_split(cache.get(spec.data.image_size))
+    logits = Predictor(out).logits(test.images)
+    assert float((logits.argmax(1) == test.labels).mean()) == pytest.approx(result.scores.accuracy)
+    assert outcome.student.accuracy == result.scores.accuracy
+    assert outcome.teacher.size_mb > outcome.student.size_mb and outcome.alone.size_mb == outcome.student.size_mb
+    # recorded in MLflow and shown by the report
+    run = MlflowClient(uri).get_run(result.run_id)
+    assert run.data.tags["autocnn.distilled_from"] == ",".join(map(str, outcome.teacher_trials))
+    assert {"teacher_test_accuracy", "alone_test_accuracy", "student_latency_ms"} <= set(run.data.metrics)
+    assert choose_student(spec, study, cache, 1, said.append)[0].number == 1
+    refused = CliRunner().invoke(
+        app, ["finalize", str(shipped.study.spec_path), "--student", "1", "--tracking-uri", uri]
+    )
+    assert refused.exit_code == 2 and "--student 1 without --distill" in refused.output
+    from autocnn.outputs.report import build_report
+
+    page = build_report(spec, tracking_uri=uri, out=shipped.study.root / "d.html").path.read_text()
+    assert "taught by the ensemble of trials" in page and "the same trial, trained alone" in page
+
+
+def test_distill_refuses_what_it_cannot_combine() -> None:
+    with pytest.raises(ExportError, match="--student 2 without --distill"):
+        check_options(FinalizeOptions(student=2))
+    with pytest.raises(ExportError, match="--distill with --trial"):
+        check_options(FinalizeOptions(distill=True, tta=True))
+    with pytest.raises(ExportError, match="--distill with --no-refit"):
+        check_options(FinalizeOptions(distill=True, refit=False))

@@ -11,9 +11,17 @@ import numpy as np
 class Split:
     images: np.ndarray  # (N, H, W, 3) uint8
     labels: np.ndarray  # (N,) int64
+    # (N, classes) float32 probabilities that training's loss aims at instead of `labels` (a
+    # teacher's soft labels when distilling); everything else (sampling, weights, scores) reads `labels`.
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def loss_targets(self) -> np.ndarray:
+        """What the training loss compares predictions with: soft targets if any, else the labels."""
+        return self.labels if self.targets is None else self.targets
 
 
 @dataclass(frozen=True)

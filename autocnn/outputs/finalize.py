@@ -6,6 +6,9 @@ train + val by default (val has picked the config and its epoch count; its image
 learning from), the trial's own saved weights with `--no-refit`, or trained again on train with
 `--retrain`. The model is evaluated once on the test split, logged to a `final` MLflow run nested
 under the study, registered under the study's name, and exported with outputs.bundle.
+
+`--ensemble K` ships several trials as one model; `--distill` ships the study's fastest good trial
+trained on such an ensemble's soft labels (autocnn.outputs.distill), beside the same trial refit alone.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ Say = Callable[[str], None]
 TRIAL_WEIGHTS = "trial weights"
 RETRAINED = "retrained on train"
 REFIT = "refit on train+val"
+DISTILLED = "distilled on train+val"
 TRADE_OFF_FILE = "trade_off.json"  # the Pareto pick: rule, values, constraints, the front
 
 
@@ -57,6 +61,8 @@ class FinalizeOptions:
     pick: str | None = None  # a rule choosing from the Pareto front (autocnn.search.pareto)
     ensemble: int = 1  # ship up to this many trials together, chosen on their val predictions
     tta: bool = False  # judge test-time augmentation on val; ship it where it helps beyond noise
+    distill: bool = False  # ship a fast trial trained on an ensemble's soft labels
+    student: int | None = None  # the trial --distill teaches (default: the fastest of the best)
 
     @property
     def compares(self) -> bool:
@@ -86,6 +92,17 @@ def check_options(options: FinalizeOptions) -> None:
         raise ExportError(
             f"--ensemble {options.ensemble} with --trial, --top-k, --seeds or --pick: the ensemble picks its trials; "
             "give one"
+        )
+    if options.student is not None and not options.distill:
+        raise ExportError(f"--student {options.student} without --distill: the student is what --distill trains")
+    if options.distill and (options.trial is not None or options.compares or options.pick is not None or options.tta):
+        raise ExportError(
+            "--distill with --trial, --top-k, --seeds, --pick or --tta: --distill ships the student "
+            "(--student N to choose it); give one"
+        )
+    if options.distill and options.weights_from != REFIT:
+        raise ExportError(
+            "--distill with --no-refit or --retrain: the student learns the teacher's soft labels on train + val"
         )
 
 
@@ -190,6 +207,36 @@ class EnsembleOutcome:
         }
 
 
+@dataclass(frozen=True)
+class DistillOutcome:
+    """The shipped student beside its teacher and beside the same trial refit on the labels alone."""
+
+    split: str
+    student_trial: int
+    student_reason: str  # why this trial: the fastest of the best, or --student
+    teacher_trials: tuple[int, ...]
+    teacher_weights: tuple[float, ...]
+    temperature: float
+    teacher_share: float
+    teacher: Shipped
+    alone: Shipped
+    student: Shipped
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "student_trial": self.student_trial,
+            "student_reason": self.student_reason,
+            "teacher_trials": list(self.teacher_trials),
+            "teacher_weights": list(self.teacher_weights),
+            "temperature": self.temperature,
+            "teacher_share": self.teacher_share,
+            "teacher": self.teacher.as_dict(),
+            "alone": self.alone.as_dict(),
+            "student": self.student.as_dict(),
+        }
+
+
 @dataclass
 class FinalizeResult:
     study: str
@@ -211,6 +258,7 @@ class FinalizeResult:
     trade_off: dict[str, Any] | None = None  # the pick from the Pareto front, in a multi-objective study
     ensemble: EnsembleOutcome | None = None  # only when --ensemble shipped several trials
     tta: TtaChoice | None = None  # only with --tta: the policy judged on val, kept or not
+    distill: DistillOutcome | None = None  # only with --distill: the student beside its teacher and alone
 
 
 def model_preprocessing(spec: Spec, config: TrialConfig) -> Preprocessing:
@@ -258,8 +306,12 @@ def retrain(
     *,
     refit: bool,
     seed: int = 0,
+    targets: np.ndarray | None = None,
 ) -> Retrained:
-    """Train the trial's config again, seeded as the trial was (seed 0) or offset; refit also learns from val."""
+    """Train the trial's config again, seeded as the trial was (seed 0) or offset; refit also learns from val.
+
+    `targets` (a refit only): soft labels for train + val, in that order, that the loss aims at.
+    """
     from autocnn.training.assembly import assemble_trial, train_settings, trial_seeds
     from autocnn.training.features import process_cache
 
@@ -271,6 +323,7 @@ def retrain(
         train_split = Split(
             np.concatenate([data.train.images, data.val.images]),
             np.concatenate([data.train.labels, data.val.labels]),
+            targets,
         )
     # Augmented exactly as the trial was, if it was; a frozen backbone on the study's cached features.
     assembled = assemble_trial(
@@ -393,6 +446,9 @@ def log_final_run(
         tags["autocnn.ensemble"] = ",".join(str(m["trial"]) for m in ensemble["members"])
     if tta is not None:
         tags["autocnn.tta"] = tta["policy"]
+    distill = extra.get("distill")
+    if distill is not None:
+        tags["autocnn.distilled_from"] = ",".join(str(t) for t in distill["teacher_trials"])
     run_id = tracker.start_final_run(parent.info.run_id if parent is not None else None, tags, config.flat())
     try:
         split = scores.split
@@ -413,6 +469,11 @@ def log_final_run(
                 single_latency_ms=ensemble["single"]["latency_ms"],
             )
             metrics[f"single_{split}_accuracy"] = ensemble["single"]["accuracy"]
+        if distill is not None:
+            for row in ("teacher", "alone"):
+                metrics[f"{row}_{split}_accuracy"] = distill[row]["accuracy"]
+                metrics[f"{row}_latency_ms"] = distill[row]["latency_ms"]
+            metrics["student_latency_ms"] = distill["student"]["latency_ms"]
         if tta is not None and f"{split}_accuracy_without" in tta:
             metrics[f"{split}_accuracy_without_tta"] = tta[f"{split}_accuracy_without"]
         for name, record in extra.items():
@@ -556,6 +617,8 @@ def finalize(spec: Spec, options: FinalizeOptions | None = None, say: Say | None
         options.tracking_uri or spec.mlflow.tracking_uri or default_tracking_uri(),
         spec.experiment_name,
     )
+    if options.distill:
+        return finalize_distilled(spec, study, cache, tracker, options, say, warnings)
     if options.ensemble > 1:
         selection = select_members(spec, study, cache, tracker, options.ensemble, say, warnings)
         if len(selection.trials) > 1:
@@ -614,6 +677,7 @@ def ship(
     *,
     top_k: TopK | None = None,
     selection: Selection | None = None,
+    lesson: Lesson | None = None,
 ) -> FinalizeResult:
     """TTA where it helps, one evaluation, the bundle, ONNX + int8, the `final` run and registry."""
     from autocnn.models.onnx import export_and_check
@@ -651,6 +715,10 @@ def ship(
         name = "ensemble" + ("" if tta is None or tta.policy == "none" else f" + TTA ({tta.policy})")
         outcome = ensemble_outcome(primary(spec).metric, cache, shipment, selection, scores, out / ONNX_FILE, name)
         about["ensemble"] = outcome.as_dict()
+    distilled = None
+    if lesson is not None:
+        distilled = distill_outcome(cache, shipment, lesson, scores, out / ONNX_FILE)
+        about["distill"] = distilled.as_dict()
     if tta is not None:
         tta = with_latency(tta, shipment.model, out / ONNX_FILE, pre)
         about["tta"] = tta.as_dict()
@@ -665,7 +733,7 @@ def ship(
     if tracker.find_study_run(spec.name) is None:
         warnings.append(f"no MLflow run for study '{spec.name}': the final run stands on its own")
     say("logging the final run to MLflow and registering the model")
-    extra = {key: about[key] for key in ("ensemble", "tta") if key in about}
+    extra = {key: about[key] for key in ("ensemble", "tta", "distill") if key in about}
     run_id, version = log_final_run(
         tracker, spec, trial, shipment.lead.config, model, scores, facts, out, shipment.how, top_k, extra=extra
     )
@@ -689,6 +757,7 @@ def ship(
         trade_off=chosen,
         ensemble=outcome,
         tta=tta,
+        distill=distilled,
     )
 
 
@@ -833,6 +902,20 @@ def finalize_ensemble(
     warnings: list[str],
 ) -> FinalizeResult:
     """Each member refit as a single trial would be, then one module, shipped as one model."""
+    shipment = ensemble_shipment(spec, study, cache, tracker, selection, options, say)
+    return ship(spec, study, cache, tracker, shipment, options, say, warnings, selection=selection)
+
+
+def ensemble_shipment(
+    spec: Spec,
+    study: optuna.Study,
+    cache: DataCache,
+    tracker: Tracker,
+    selection: Selection,
+    options: FinalizeOptions,
+    say: Say,
+) -> Shipment:
+    """The selected trials, each given its final weights, as one module and its rebuild record."""
     from autocnn.models.ensemble import ENSEMBLE, Ensemble, ensemble_preprocessing, member_description
 
     members = []
@@ -856,8 +939,7 @@ def finalize_ensemble(
         "study": spec.name,
         "trial": members[0].trial.number,
     }
-    shipment = Shipment(ensemble, pre, data, how, members, rebuild)
-    return ship(spec, study, cache, tracker, shipment, options, say, warnings, selection=selection)
+    return Shipment(ensemble, pre, data, how, members, rebuild)
 
 
 def ensemble_outcome(
@@ -895,11 +977,157 @@ def shipped_row(
     return Shipped(name, val_score, scores.accuracy, scores.macro_f1, latency, size)
 
 
+# --------------------------------------------------------------------------- a fast student, taught
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """What a distilled shipment is compared with: its teacher, and the student trained alone."""
+
+    teacher: Shipment
+    selection: Selection
+    alone: nn.Module
+    student_value: float  # the student trial's own study value (val, before any refit)
+    student_reason: str
+
+
+def finalize_distilled(
+    spec: Spec,
+    study: optuna.Study,
+    cache: DataCache,
+    tracker: Tracker,
+    options: FinalizeOptions,
+    say: Say,
+    warnings: list[str],
+) -> FinalizeResult:
+    """The teacher (an ensemble of the best trials, each refit), the student refit alone, then the
+    student trained on the teacher's soft labels and shipped; all three scored once on the same split."""
+    from autocnn.outputs.distill import TEACHER_K, TEACHER_SHARE, TEMPERATURE, soft_targets
+
+    k = options.ensemble if options.ensemble > 1 else TEACHER_K
+    selection = select_members(spec, study, cache, tracker, k, say, warnings)
+    teacher = ensemble_shipment(spec, study, cache, tracker, selection, options, say)
+    student, reason = choose_student(spec, study, cache, options.student, say)
+    config = config_from_params(spec, student.params)
+    pre = model_preprocessing(spec, config)
+    data = cache.get(pre.image_size)
+    say(f"the student alone: trial {student.number} refit on the labels")
+    alone, _ = obtain_model(spec, student, config, data, pre, tracker, options, say)
+    labels = np.concatenate([data.train.labels, data.val.labels])
+    targets = soft_targets(teacher_probs(teacher, cache), labels)
+    say(
+        f"distilling: trial {student.number} refit on train+val against the teacher's soft labels "
+        f"(temperature {TEMPERATURE:g}, {TEACHER_SHARE:.0%} teacher, {1 - TEACHER_SHARE:.0%} label)"
+    )
+    model = retrain(spec, student, config, data, refit=True, targets=targets).model
+    shipment = Shipment(model, pre, data, DISTILLED, [Member(student, config, pre, model, 1.0)])
+    value = primary(spec).of(student)
+    lesson = Lesson(teacher, selection, alone, float("nan") if value is None else value, reason)
+    return ship(spec, study, cache, tracker, shipment, options, say, warnings, lesson=lesson)
+
+
+def choose_student(
+    spec: Spec, study: optuna.Study, cache: DataCache, number: int | None, say: Say
+) -> tuple[optuna.trial.FrozenTrial, str]:
+    """`--student N`, or the fastest of the study's best complete trials, timed as `predict` runs them."""
+    from autocnn.outputs.distill import STUDENT_POOL, fastest
+    from autocnn.search.results import complete_trials, ranked
+
+    objective = primary(spec)
+    if number is not None:
+        return pick_trial(study, objective, number), f"trial {number}, as --student asked"
+    pool = ranked(complete_trials(study), objective)[:STUDENT_POOL]
+    if not pool:
+        return pick_trial(study, objective, None), "the best trial"  # raises the study's own error
+    latencies = trial_latencies(spec, pool, cache.get(spec.data.image_size).num_classes)
+    chosen = next(t for t in pool if t.number == fastest(latencies))
+    reason = (
+        f"the fastest of the {len(pool)} best trials: {latencies[chosen.number]:.2f} ms per image "
+        f"(the best trial, {pool[0].number}: {latencies[pool[0].number]:.2f} ms)"
+    )
+    say(f"student: trial {chosen.number}, {reason}")
+    return chosen, reason
+
+
+def trial_latencies(spec: Spec, trials: list[optuna.trial.FrozenTrial], num_classes: int) -> dict[int, float]:
+    """ONNX Runtime latency per trial, best first: the study's recorded cost where it measured one,
+    else timed here, once per architecture and input size."""
+    from autocnn.models.build import build_model
+    from autocnn.models.onnx import onnx_latency_ms
+    from autocnn.search.costs import trial_costs
+
+    timed: dict[str, float] = {}
+    out = {}
+    for trial in trials:
+        recorded = trial_costs(trial).get("latency_ms")
+        if recorded is not None:
+            out[trial.number] = recorded
+            continue
+        config = config_from_params(spec, trial.params)
+        pre = model_preprocessing(spec, config)
+        key = json.dumps([config.model, config.model_params, pre.image_size], sort_keys=True, default=str)
+        if key not in timed:
+            model = build_model(
+                config.model,
+                config.model_params,
+                num_classes=num_classes,
+                image_size=pre.image_size,
+                load_weights=False,
+            )
+            timed[key] = onnx_latency_ms(model.eval(), image_size=pre.image_size)
+        out[trial.number] = timed[key]
+    return out
+
+
+def teacher_probs(teacher: Shipment, cache: DataCache) -> np.ndarray:
+    """The teacher's probabilities for train + val (the refit's images, in its order), each image
+    at the teacher's own input size."""
+    from autocnn.outputs.predict import softmax
+
+    data = cache.get(teacher.pre.image_size)
+    images = np.concatenate([data.train.images, data.val.images])
+    return softmax(torch_logits(teacher.model, images, teacher.pre))
+
+
+def distill_outcome(
+    cache: DataCache, shipment: Shipment, lesson: Lesson, scores: Scores, onnx_file: Path
+) -> DistillOutcome:
+    """The student, its teacher and the student alone, scored once on the same evaluation split."""
+    from autocnn.outputs.distill import TEACHER_SHARE, TEMPERATURE
+
+    teacher = lesson.teacher
+    split, teacher_split = eval_split(cache.get(teacher.pre.image_size))
+    teacher_scores = score(
+        split, teacher_split.labels, torch_logits(teacher.model, teacher_split.images, teacher.pre), scores.classes
+    )
+    _, student_split = eval_split(shipment.data)
+    alone_scores = score(
+        split, student_split.labels, torch_logits(lesson.alone, student_split.images, shipment.pre), scores.classes
+    )
+    number = shipment.lead.trial.number
+    return DistillOutcome(
+        split=split,
+        student_trial=number,
+        student_reason=lesson.student_reason,
+        teacher_trials=lesson.selection.trials,
+        teacher_weights=lesson.selection.weights,
+        temperature=TEMPERATURE,
+        teacher_share=TEACHER_SHARE,
+        teacher=shipped_row(
+            "teacher (ensemble)", lesson.selection.val_score, teacher_scores, teacher.model, teacher.pre
+        ),
+        alone=shipped_row(f"trial {number} alone", lesson.student_value, alone_scores, lesson.alone, shipment.pre),
+        student=shipped_row(
+            f"trial {number} distilled", lesson.student_value, scores, shipment.model, shipment.pre, onnx_file=onnx_file
+        ),
+    )
+
+
 def _split_warnings(split: str, how: str) -> list[str]:
     if split == "test":
         return []
     out = ["no test split (split.test is 0 and no test/ folder): evaluated on val, labelled as such"]
-    if how == REFIT:
+    if how in (REFIT, DISTILLED):
         out.append(
             "the refit trained on val too (--no-refit keeps the trial's weights): these val numbers are optimistic"
         )

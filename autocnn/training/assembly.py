@@ -398,6 +398,7 @@ def assemble_on_features(
         seed=seeds.batches,
         device=device,
         balanced=balanced_sampling(config),
+        targets=split.targets,
     )
     val = FeatureBatches(
         val_features, data.val.labels, batch_size=max(VAL_BATCH_MIN, batch), shuffle=False, device=device

@@ -208,17 +208,17 @@ class _AugmentedImages(TorchDataset):
     """Indexed by a whole batch key, so one call augments a batch: no per-image collate."""
 
     def __init__(self, split: Split, pipeline: A.Compose | None, *, seed: int) -> None:
-        self.images, self.labels = split.images, split.labels
+        self.images, self.targets = split.images, split.loss_targets
         self.pipeline, self.seed = pipeline, seed
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.targets)
 
     def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, batch, idx = key
         index = idx.numpy()
         images = augment_batch(self.pipeline, self.images[index], seed=batch_seed(self.seed, epoch, batch))
-        return torch.from_numpy(images), torch.from_numpy(self.labels[index])
+        return torch.from_numpy(images), torch.from_numpy(self.targets[index])
 
 
 def _init_worker(_worker_id: int) -> None:

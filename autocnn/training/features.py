@@ -423,10 +423,13 @@ class FeatureBatches:
         seed: int = 0,
         device: torch.device | None = None,
         balanced: bool = False,
+        targets: np.ndarray | None = None,
     ) -> None:
         self.device = device or torch.device("cpu")
         self.features = features.to(self.device)
         self.labels = torch.from_numpy(labels).to(self.device)
+        # What the batches carry to the loss: soft targets when distilling, else the labels.
+        self.targets = self.labels if targets is None else torch.from_numpy(targets).to(self.device)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.balanced = balanced  # as TensorBatches: the same class-even draw
@@ -453,4 +456,4 @@ class FeatureBatches:
         order = order.to(self.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield pick(idx), self.labels[idx]
+            yield pick(idx), self.targets[idx]

@@ -143,6 +143,7 @@ class TensorBatches:
     ) -> None:
         self.images = torch.from_numpy(split.images).permute(0, 3, 1, 2)
         self.labels = torch.from_numpy(split.labels)
+        self.targets = torch.from_numpy(split.loss_targets)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.balanced = balanced  # shuffle only: draw classes evenly (autocnn.training.sampling)
@@ -173,7 +174,7 @@ class TensorBatches:
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             x = self.images[idx].to(self.device, non_blocking=True).float()
-            yield (x - self.shift) * self.scale, self.labels[idx].to(self.device, non_blocking=True)
+            yield (x - self.shift) * self.scale, self.targets[idx].to(self.device, non_blocking=True)
 
 
 class Trainer:
@@ -238,7 +239,8 @@ class Trainer:
             if self.step_per_batch and self.scheduler is not None:
                 self.scheduler.step()
             total += loss.detach() * len(y)
-            correct += (logits.detach().argmax(dim=1) == y).sum()
+            hard = y.argmax(dim=1) if y.dim() == 2 else y  # soft targets: their most likely class
+            correct += (logits.detach().argmax(dim=1) == hard).sum()
             seen += len(y)
             self.steps += 1
         mean_loss = float(total) / max(seen, 1)
