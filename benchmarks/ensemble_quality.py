@@ -14,10 +14,13 @@ Fixed here, before any run:
   from the same images and is scored once on the same test images:
   1. the best single trial (finalize's default);
   2. `--ensemble K`: forward selection on the trials' saved val predictions, members refit;
-  3. `--tta`: the best single trial, with test-time augmentation where val says it helps.
+  3. `--tta`: the best single trial, with test-time augmentation where val says it helps;
+  4. `--distill --ensemble K`: the fastest of the 10 best trials refit on the ensemble's soft labels,
+     reported beside the same trial refit alone.
   Latency: one image through ONNX Runtime on this machine's CPU, batch 1, the shipped file.
-- Target, on mean test accuracy over seeds per regime: the ensemble >= the best single trial + 1 pp.
-  The TTA rows report what was kept and its effect; distillation is not measured here.
+- Targets, on mean test accuracy over seeds per regime: the ensemble >= the best single trial + 1 pp;
+  the distilled student within 1 pp of the ensemble at <= 1/3 of its latency (mean latency ratio).
+  The TTA rows report what was kept and its effect.
 
 Writes benchmarks/ensemble_quality.md and .json (or the work folder's, with --quick).
 """
@@ -48,6 +51,8 @@ DEFAULT_BUDGET_S = 120.0
 QUICK_BUDGET_S = 20.0
 ENSEMBLE_K = 3
 OVER_SINGLE = 0.01
+STUDENT_WITHIN = 0.01  # of the ensemble's test accuracy
+STUDENT_LATENCY_SHARE = 1 / 3  # of the ensemble's latency
 
 Log = Callable[[str], None]
 
@@ -71,6 +76,8 @@ class StudyRecord:
     single: Shipped = field(default_factory=Shipped)
     ensemble: Shipped = field(default_factory=Shipped)
     tta: Shipped = field(default_factory=Shipped)
+    distill: Shipped = field(default_factory=Shipped)  # the student, taught
+    alone: Shipped = field(default_factory=Shipped)  # the same trial refit on the labels alone
     error: str | None = None
 
 
@@ -113,6 +120,14 @@ def run_study_and_variants(record: StudyRecord, spec_path: Path, k: int, log: Lo
         tta, record.tta = finalize_variant(spec, uri, folder / "tta", tta=True)
         record.tta.what = tta.tta.reason() if tta.tta is not None else "not judged"
         log(f"    tta: {record.tta.what}, test accuracy {tta.scores.accuracy:.3f}")
+        student, record.distill = finalize_variant(spec, uri, folder / "distill", distill=True, ensemble=k)
+        lesson = student.distill
+        if lesson is not None:
+            record.distill.what = f"trial {lesson.student_trial} ({student.model}) taught by {lesson.teacher_trials}"
+            record.alone = Shipped(
+                lesson.alone.accuracy, lesson.alone.latency_ms, None, f"trial {lesson.student_trial}"
+            )
+        log(f"    distill: {record.distill.what}, test accuracy {student.scores.accuracy:.3f}")
 
 
 def ensemble_text(result: Any) -> str:
@@ -152,18 +167,40 @@ def mean_of(records: Sequence[StudyRecord], regime: str, variant: str) -> float 
     return statistics.fmean(values) if values else None
 
 
-def targets(regimes: Sequence[str], records: Sequence[StudyRecord]) -> list[sq.Target]:
-    return [
-        sq.Target(
-            name,
-            f"ensemble >= best single + {OVER_SINGLE * 100:.0f} pp",
-            mean_of(records, name, "ensemble"),
-            mean_of(records, name, "single"),
-            OVER_SINGLE,
-            "best single",
-        )
-        for name in regimes
+def latency_share(records: Sequence[StudyRecord], regime: str) -> float | None:
+    """The student's latency over the ensemble's, averaged over the regime's studies."""
+    shares = [
+        r.distill.latency_ms / r.ensemble.latency_ms
+        for r in records
+        if r.regime == regime and not r.error and r.distill.latency_ms and r.ensemble.latency_ms
     ]
+    return statistics.fmean(shares) if shares else None
+
+
+def targets(regimes: Sequence[str], records: Sequence[StudyRecord]) -> list[sq.Target]:
+    out = []
+    for name in regimes:
+        out.append(
+            sq.Target(
+                name,
+                f"ensemble >= best single + {OVER_SINGLE * 100:.0f} pp",
+                mean_of(records, name, "ensemble"),
+                mean_of(records, name, "single"),
+                OVER_SINGLE,
+                "best single",
+            )
+        )
+        out.append(
+            sq.Target(
+                name,
+                f"distilled student >= ensemble - {STUDENT_WITHIN * 100:.0f} pp",
+                mean_of(records, name, "distill"),
+                mean_of(records, name, "ensemble"),
+                -STUDENT_WITHIN,
+                "ensemble",
+            )
+        )
+    return out
 
 
 def _cell(shipped: Shipped) -> str:
@@ -179,32 +216,40 @@ def render(payload: dict[str, Any], records: Sequence[StudyRecord]) -> str:
         "",
         sq.source_line(payload["source"]),
         "",
-        "| regime | seed | trials | best single (test acc, latency) | ensemble | TTA | "
-        "ensemble members (trial x weight) | TTA decision | finalize s (single / ensemble / TTA) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| regime | seed | trials | best single (test acc, latency) | ensemble | TTA | distilled student | "
+        "student alone | ensemble members (trial x weight) | TTA decision | student | "
+        "finalize s (single / ensemble / TTA / distill) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         if r.error:
-            lines.append(f"| {r.regime} | {r.seed} | failed: {r.error} | | | | | | |")
+            lines.append(f"| {r.regime} | {r.seed} | failed: {r.error} | | | | | | | | | |")
             continue
         trials = ", ".join(f"{n} {s.lower()}" for s, n in r.trials.items())
         seconds = " / ".join(
-            f"{v.seconds:.0f}" if v.seconds is not None else "—" for v in (r.single, r.ensemble, r.tta)
+            f"{v.seconds:.0f}" if v.seconds is not None else "—" for v in (r.single, r.ensemble, r.tta, r.distill)
         )
         lines.append(
             f"| {r.regime} | {r.seed} | {trials} | {r.single.what}: {_cell(r.single)} | {_cell(r.ensemble)} | "
-            f"{_cell(r.tta)} | {r.ensemble.what} | {r.tta.what} | {seconds} |"
+            f"{_cell(r.tta)} | {_cell(r.distill)} | {_cell(r.alone)} | {r.ensemble.what} | {r.tta.what} | "
+            f"{r.distill.what} | {seconds} |"
         )
     lines += [
         "",
-        "| regime | mean test accuracy: single / ensemble / TTA | target | figure | |",
+        "| regime | mean test accuracy: single / ensemble / TTA / student / student alone | target | figure | |",
         "|---|---|---|---|---|",
     ]
     for target in targets(payload["regimes"], records):
-        means = " / ".join(sq.fmt(mean_of(records, target.regime, v)) for v in ("single", "ensemble", "tta"))
+        variants = ("single", "ensemble", "tta", "distill", "alone")
+        means = " / ".join(sq.fmt(mean_of(records, target.regime, v)) for v in variants)
         lines.append(
             f"| {target.regime} | {means} | {target.what} | {sq.target_figure(target)} | {sq.verdict(target.met)} |"
         )
+    lines += ["", "| regime | student latency / ensemble latency (mean over seeds) | target | |", "|---|---|---|---|"]
+    for name in payload["regimes"]:
+        share = latency_share(records, name)
+        met = None if share is None else share <= STUDENT_LATENCY_SHARE
+        lines.append(f"| {name} | {sq.fmt(share, '.2f')} | <= 0.33 | {sq.verdict(met)} |")
     lines += [
         "",
         "- Each row is one study; its three variants are finalized from it, each refit on train + val, and "
@@ -214,8 +259,11 @@ def render(payload: dict[str, Any], records: Sequence[StudyRecord]) -> str:
         "replacement on the trials' saved val predictions). TTA: `autocnn finalize --tta` (views judged on val "
         "with the trial's own weights, kept only beyond the noise).",
         "- Latency: one image through ONNX Runtime (CPU, batch 1) on the shipped model.onnx.",
-        "- Differences that remain: the ensemble's and TTA's finalizes cost more time than the single one's "
-        "(the table's last column); the study's budget is the same for all three.",
+        "- Distillation: `autocnn finalize --distill --ensemble K`: the fastest of the study's 10 best trials refit "
+        "on train + val against the ensemble's soft labels (temperature 2, half teacher, half label); 'student "
+        "alone' is the same trial refit on the labels, from the same finalize.",
+        "- Differences that remain: the ensemble's, TTA's and distillation's finalizes cost more time than the "
+        "single one's (the table's last column); the study's budget is the same for all of them.",
     ]
     return "\n".join(lines) + "\n"
 

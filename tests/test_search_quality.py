@@ -427,14 +427,19 @@ def test_ensemble_targets_hold_the_ensemble_to_the_best_single_trial_plus_one_po
         record.single = eq.Shipped(single, 0.5, 10.0, "trial 3 (custom_cnn)")
         record.ensemble = eq.Shipped(ensemble, 1.1, 25.0, "3 x0.67 + 5 x0.33")
         record.tta = eq.Shipped(single, 0.5, 12.0, "not kept")
+        record.distill = eq.Shipped(ensemble - 0.005, 0.3, 30.0, "trial 1 (custom_cnn) taught by (3, 5)")
+        record.alone = eq.Shipped(single - 0.02, 0.3, None, "trial 1")
         return record
 
     records = [study("fmnist-50-scratch", 0, 0.80, 0.82), study("fmnist-50-scratch", 1, 0.80, 0.80)]
     records += [study("fmnist-200-scratch", 0, 0.85, 0.85), study("fmnist-200-scratch", 1, 0.0, 0.0, "boom")]
     regimes = ["fmnist-50-scratch", "fmnist-200-scratch"]
-    fifty, two_hundred = eq.targets(regimes, records)
+    fifty, fifty_student, two_hundred, _ = eq.targets(regimes, records)
     assert fifty.met is True and fifty.autocnn == pytest.approx(0.81)  # 0.81 >= 0.80 + 0.01
     assert two_hundred.met is False  # the failed seed leaves one study: 0.85 < 0.85 + 0.01
+    assert fifty_student.met is True and fifty_student.autocnn == pytest.approx(0.805)  # within 1 pp
+    assert eq.latency_share(records, "fmnist-50-scratch") == pytest.approx(0.3 / 1.1)
     text = eq.render({"source": SOURCE | {"ensemble": 3}, "regimes": regimes}, records)
     assert "| fmnist-50-scratch | 0 | 4 complete | trial 3 (custom_cnn): 0.800, 0.50 ms | 0.820, 1.10 ms |" in text
     assert "failed: boom" in text and "**not met**" in text and "+1.0 pp" in text
+    assert "| fmnist-50-scratch | 0.27 | <= 0.33 | met |" in text
