@@ -48,6 +48,7 @@ _API = {
     "FinalizeOptions": "autocnn.outputs.finalize",
     "Predictor": "autocnn.outputs.predict",
     "predict_files": "autocnn.outputs.predict",
+    "find_label_issues": "autocnn.outputs.labels",
     "AutocnnError": "autocnn.errors",
 }
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "__version__",
     "build_report",
     "finalize",
+    "find_label_issues",
     "load_spec",
     "predict_files",
     "run_study",
@@ -69,6 +71,7 @@ __all__ = [
 if TYPE_CHECKING:
     from autocnn.errors import AutocnnError
     from autocnn.outputs.finalize import FinalizeOptions, finalize
+    from autocnn.outputs.labels import find_label_issues
     from autocnn.outputs.predict import Predictor, predict_files
     from autocnn.outputs.report import build_report
     from autocnn.search.options import StudyOptions

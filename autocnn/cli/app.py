@@ -214,6 +214,14 @@ def validate(
     probe: Annotated[
         bool, typer.Option("--probe/--no-probe", help="Time a few training steps per model family for the plan.")
     ] = True,
+    labels: Annotated[
+        bool,
+        typer.Option(
+            "--labels",
+            help="Also list the train/val images most likely mislabelled (confident learning on cross-validated "
+            "predictions); writes reports/<name>-labels.csv and .png.",
+        ),
+    ] = False,
 ) -> None:
     """Check a spec and its data, print the search space and the plan; writes no study (a dataset by name
     or missing pretrained weights are fetched into their caches on first use).
@@ -244,6 +252,19 @@ def validate(
     for table in [*check_tables(report), class_counts_table(checks), plan_table(plan)]:
         console.print(table)
     console.print(f"[green]ok:[/] {spec} is valid ({len(report.params)} searched parameters)")
+    if labels:
+        _check_labels(loaded, cache, console)
+
+
+def _check_labels(loaded: Any, cache: Any, console: Any) -> None:
+    """`validate --labels`: the flagged images as a table, and where the CSV and contact sheet went."""
+    from autocnn.cli.console import label_issues_table
+    from autocnn.outputs.labels import find_label_issues
+
+    with user_errors():
+        found = find_label_issues(loaded, cache, say=lambda text: console.print(text, style="dim", markup=False))
+    console.print(label_issues_table(found))
+    console.print(f"contact sheet: {found.png_path}; every flagged image: {found.csv_path}", soft_wrap=True)
 
 
 @app.command()

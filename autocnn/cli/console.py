@@ -19,6 +19,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from autocnn.data.checks import DataChecks
     from autocnn.outputs.finalize import EnsembleOutcome, FinalizeResult, TopK
+    from autocnn.outputs.labels import LabelIssues
     from autocnn.outputs.predict import PredictResult
     from autocnn.outputs.tta import TtaChoice
     from autocnn.search.checks import CheckReport
@@ -379,4 +380,21 @@ def predictions_table(result: PredictResult) -> Table:
     table.add_column("top labels (probability)")
     for p in result.predictions:
         table.add_row(p.path, ", ".join(f"{label} ({prob:.3f})" for label, prob in p.top))
+    return table
+
+
+def label_issues_table(found: LabelIssues, *, limit: int = 20) -> Table:
+    """The images whose given label the out-of-sample classifier finds least likely, first."""
+    title = f"possible label errors: {len(found.issues)} of {found.n_images} train + val images flagged"
+    shown = found.issues[:limit]
+    rest = f"; the other {len(found.issues) - len(shown)} in the CSV" if len(found.issues) > len(shown) else ""
+    caption = (
+        f"features: {found.features}; out-of-sample accuracy on the given labels {found.accuracy:.3f}"
+        f" ({found.folds}-fold){rest}"
+    )
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for column in ("file", "given", "suggested", "p(given)"):
+        table.add_column(column, justify="right" if column == "p(given)" else "left", overflow="fold")
+    for issue in shown:
+        table.add_row(issue.item, issue.given, issue.suggested, f"{issue.p_given:.3f}")
     return table

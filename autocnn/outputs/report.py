@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from autocnn.errors import StudyError
 from autocnn.outputs.explain_report import explain_html
 from autocnn.outputs.html import figure_html, fmt, table
+from autocnn.outputs.labels import labels_html
 from autocnn.outputs.pareto_report import has_front, pareto_html
 from autocnn.search.results import count_states, leaderboard
 from autocnn.spec.objectives import Objective, primary
@@ -54,6 +55,7 @@ SECTIONS = {
     "intermediate": "Intermediate values (pruning)",
     "curves": "Learning curves of the top trials",
     "confusion": "Confusion matrix of the best trial",
+    "labels": "Possible label errors (autocnn validate --labels)",
     "explain": "Where the model looks (Grad-CAM)",
 }
 # Only in a study with several objectives or constraints, after the model families; and once
@@ -565,6 +567,7 @@ def build_report(
         },
         "curves": curves_html(trials, metric),
         "confusion": confusion_html(tracker, best),
+        "labels": labels_html(spec.name),
     }
     finals = tracker.final_runs(spec.name)
     sections["explain"] = explain_html(spec, study, tracker, best.number if best else None, finals)
