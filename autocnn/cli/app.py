@@ -366,6 +366,17 @@ def finalize(
             "ship it only where it helps beyond noise.",
         ),
     ] = False,
+    distill: Annotated[
+        bool,
+        typer.Option(
+            "--distill",
+            help="Ship the fastest of the best trials trained on an ensemble's soft labels (--ensemble K members, "
+            "3 by default), beside the ensemble and the same trial alone.",
+        ),
+    ] = False,
+    student: Annotated[
+        int | None, typer.Option(help="With --distill: the trial to teach (default: the fastest of the 10 best).")
+    ] = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
@@ -391,6 +402,8 @@ def finalize(
         pick=pick,
         ensemble=ensemble,
         tta=tta,
+        distill=distill,
+        student=student,
     )
     console = _console()
     with user_errors():

@@ -18,7 +18,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from autocnn.data.checks import DataChecks
-    from autocnn.outputs.finalize import EnsembleOutcome, FinalizeResult, TopK
+    from autocnn.outputs.finalize import DistillOutcome, EnsembleOutcome, FinalizeResult, TopK
     from autocnn.outputs.labels import LabelIssues
     from autocnn.outputs.predict import PredictResult
     from autocnn.outputs.tta import TtaChoice
@@ -304,6 +304,8 @@ def finalize_tables(result: FinalizeResult) -> list[Table]:
         first += ensemble_tables(result.ensemble)
     if result.tta is not None:
         first.append(tta_table(result.tta))
+    if result.distill is not None:
+        first.append(distill_table(result.distill))
     return [*first, scores, exports]
 
 
@@ -353,6 +355,26 @@ def ensemble_tables(outcome: EnsembleOutcome) -> list[Table]:
             f"{row.size_mb:.2f}",
         )
     return [members, compared]
+
+
+def distill_table(outcome: DistillOutcome) -> Table:
+    """The shipped student beside its teacher and beside the same trial trained on the labels alone."""
+    split = outcome.split
+    table = Table(
+        title=f"distilled student (trial {outcome.student_trial}) against its teacher and itself alone",
+        title_justify="left",
+        caption=f"student: {outcome.student_reason}; teacher: trials {', '.join(map(str, outcome.teacher_trials))}; "
+        f"{split}: once, after the refits",
+        caption_justify="left",
+    )
+    columns = ("model", f"{split} accuracy", f"{split} macro-F1", "latency ms", "size MB")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in (outcome.teacher, outcome.alone, outcome.student):
+        table.add_row(
+            row.name, f"{row.accuracy:.4f}", f"{row.macro_f1:.4f}", f"{row.latency_ms:.2f}", f"{row.size_mb:.2f}"
+        )
+    return table
 
 
 def top_k_table(top_k: TopK) -> Table:

@@ -443,12 +443,15 @@ def shipped_html(runs: Sequence[Any]) -> str:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))
         ensemble = tags.get("autocnn.ensemble")
         tta = tags.get("autocnn.tta")
+        teacher = tags.get("autocnn.distilled_from")
         shipped = f"ensemble of trials {ensemble}" if ensemble else f"trial {tags.get('autocnn.trial', '?')}"
         shipped += f" ({tags.get('autocnn.model', '?')})" if not ensemble else ""
         if tta and tta != "none":
             shipped += f" + TTA ({tta})"
+        if teacher:
+            shipped += f", taught by the ensemble of trials {teacher}"
         how = tags.get("autocnn.weights_from", "")
-        latency = metrics.get("ensemble_latency_ms")
+        latency = metrics.get("ensemble_latency_ms") or metrics.get("student_latency_ms")
         rows.append(
             [
                 when,
@@ -472,6 +475,19 @@ def shipped_html(runs: Sequence[Any]) -> str:
                     "—",
                 ]
             )
+        if teacher:
+            for row, label in (("teacher", "its teacher, the ensemble"), ("alone", "the same trial, trained alone")):
+                rows.append(
+                    [
+                        "",
+                        f"&nbsp;&nbsp;{label}",
+                        "",
+                        fmt(metrics.get(f"{row}_{split}_accuracy")),
+                        "—",
+                        fmt(metrics.get(f"{row}_latency_ms"), 2),
+                        "—",
+                    ]
+                )
         if f"{split}_accuracy_without_tta" in metrics:
             rows.append(
                 [
@@ -486,7 +502,8 @@ def shipped_html(runs: Sequence[Any]) -> str:
             )
     note = (
         "<p class=note>Scored once on the evaluation split after the refit. An ensemble's val choice and "
-        "TTA's val judgement are in the final run's ensemble.json and tta.json.</p>"
+        "TTA's val judgement are in the final run's ensemble.json and tta.json; a distilled student's comparison "
+        "in distill.json.</p>"
     )
     header = ["finalized", "shipped", "weights", "accuracy", "macro-F1", "latency ms", "int8 accuracy"]
     return table(header, rows) + note
