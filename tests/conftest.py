@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,18 @@ def write_images(folder: Path, label: int, n: int, *, size: int = 24, suffix: st
         Image.fromarray(img).save(path)
         paths.append(path)
     return paths
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_tables_from_a_template() -> Iterator[None]:
+    """New MLflow SQLite stores get their tables from one migrated template (tests/mlflow_store.py)."""
+    import mlflow.store.db.utils as db_utils
+
+    from tests import mlflow_store
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(db_utils, "_initialize_tables", mlflow_store.initialize_tables)
+        yield
 
 
 @pytest.fixture

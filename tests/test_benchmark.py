@@ -18,6 +18,7 @@ from benchmarks.startup_cost import twenty_classes_spec
 from benchmarks.synthetic import synthetic_images, write_class_folders
 from benchmarks.timed_study import EpochStamp, TimingReporter, TrialRunner, trial_timing
 from benchmarks.trial_loop import CASES, alternating_rounds, loop_spec
+from tests.mlflow_store import seed_store
 
 TINY = bare_loop.LoopCase("tiny", "custom_cnn", {"depth": 2, "width": 4}, 16, batch_size=8)
 
@@ -292,6 +293,8 @@ TINY_FEATURES = feature_cache.FeatureCacheCase(
 
 @pytest.mark.slow
 def test_feature_cache_item_times_both_paths_and_both_studies(tmp_path: Path) -> None:
+    for key in ("cache", "no_cache"):  # each study's MLflow tables made beforehand (tests/mlflow_store.py)
+        seed_store(tmp_path / f"study-{key}")
     item = feature_cache.measure_feature_cache(tmp_path, TINY_FEATURES)
     epochs, studies = item.raw["epochs"], item.raw["studies"]
     assert len(epochs["full"]["epoch_seconds"]) == 1 and len(epochs["cached"]["epoch_seconds"]) == 2

@@ -25,6 +25,7 @@ from autocnn.search.study import run_study
 from autocnn.spec.load import load_spec
 from autocnn.tracking.tracker import STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
 from tests.conftest import digits_spec_dict, write_spec
+from tests.mlflow_store import seed_store
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +41,8 @@ LIGHT_SPEC = digits_spec_dict(
 
 
 def start_study(folder: Path) -> subprocess.Popen:
+    """`autocnn study spec.yaml` in `folder`, its MLflow store's tables ready (tests/mlflow_store.py)."""
+    seed_store(folder)
     return subprocess.Popen(
         [sys.executable, "-m", "autocnn", "study", "spec.yaml"],
         cwd=folder,

@@ -26,6 +26,7 @@ from autocnn.spec.schema import Spec
 from autocnn.tracking.tracker import RUN_STATUS, STATE_TAG, TRIAL_TAG, Tracker, default_tracking_uri
 from tests.conftest import digits_spec_dict, write_spec
 from tests.local_servers import free_port, wait_until_answering
+from tests.mlflow_store import seed_store
 from tests.postgres import temporary_database
 
 # A trial's MLflow run status for its Optuna state; a trial whose worker was killed is FAIL in
@@ -164,13 +165,15 @@ def is_running(pid: int) -> bool:
 
 def start_workers_until_both_train(folder: Path, spec: Spec) -> tuple[subprocess.Popen, list[int]]:
     """`autocnn study --workers 2` on a 2-trial study, once both workers train a trial (an epoch
-    reported: past the trial's setup, as in test_resume): the starter, and the workers' pids."""
+    reported: past the trial's setup, as in test_resume): the starter, and the workers' pids.
+    The default MLflow store's tables are made beforehand (tests/mlflow_store.py)."""
+    seed_store(folder)
     starter = start_worker(folder, "--workers", "2", log=folder / "starter.log")
     deadline = time.monotonic() + 240
     running: list[optuna.trial.FrozenTrial] = []
     while len(running) < 2:
         assert starter.poll() is None and time.monotonic() < deadline, (folder / "starter.log").read_text()
-        time.sleep(0.5)
+        time.sleep(0.2)
         if not (folder / f"{spec.name}.optuna.db").exists():
             continue  # opening it here would make it before the starter does
         try:  # through autocnn's storage, which waits for the starter to finish making its tables
@@ -189,7 +192,7 @@ def assert_stopped_to_resume(spec: Spec, pids: list[int]) -> optuna.Study:
     deadline = time.monotonic() + 120
     while any(is_running(pid) for pid in pids):  # each stops the graceful way, its trial queued
         assert time.monotonic() < deadline, f"workers {pids} outlived their starter"
-        time.sleep(0.5)
+        time.sleep(0.1)
     study = open_study(spec, storage_url(spec))
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
     queued_from = {t.user_attrs.get(RESUME_FROM_ATTR) for t in study.trials if t.state.name == "WAITING"}
@@ -198,8 +201,10 @@ def assert_stopped_to_resume(spec: Spec, pids: list[int]) -> optuna.Study:
     return study
 
 
-# Long enough (6 s or more each) that neither ends between the test seeing both run and its signal.
-TWO_SLOW_TRIALS = digits_spec_dict(study={"trials": 2, "pruner": "none"}, data={"image_size": 32}, train={"epochs": 20})
+# Long enough (3 s or more each; the two workers reach their first epoch within an epoch or two of
+# each other) that neither ends between the test seeing both run and its signal; no longer, since
+# the resume trains what is left of both.
+TWO_SLOW_TRIALS = digits_spec_dict(study={"trials": 2, "pruner": "none"}, data={"image_size": 32}, train={"epochs": 10})
 
 
 @pytest.mark.slow
