@@ -30,3 +30,26 @@ def test_epoch_metrics_are_sent_in_few_batches_and_all_arrive_by_the_trials_end(
     assert sum(batches) == 60 and len(batches) <= 3  # the first epoch at once, the rest together
     history = tracker._client.get_metric_history(run_id, "val_accuracy")
     assert sorted((m.step, m.value) for m in history) == [(s, s / 100) for s in range(1, 31)]
+
+
+@pytest.mark.parametrize("callers", [None, "sqlite:///elsewhere.db"])
+def test_logging_a_model_leaves_the_callers_tracking_uri_and_environment_as_they_were(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, callers: str | None
+) -> None:
+    """A study logs its best model through MLflow's fluent API; the tracking URI it points that at
+    must not stay in MLFLOW_TRACKING_URI, which every later subprocess would inherit."""
+    import os
+
+    import mlflow
+    import torch
+
+    if callers is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", callers)
+    before = mlflow.get_tracking_uri()
+    tracker = Tracker(default_tracking_uri(in_tmp / "store"), "fluent-test")
+    parent = tracker.open_study_run("fluent-test", spec_text="name: fluent-test\n", storage="sqlite:///x.db")
+    uri = tracker.log_model(parent, torch.nn.Linear(2, 2))
+    assert uri and os.environ.get("MLFLOW_TRACKING_URI") == callers
+    assert mlflow.get_tracking_uri() == before

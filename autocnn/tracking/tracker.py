@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ ROLE_TAG = "autocnn.role"
 STUDY_TAG = "autocnn.study"
 TRIAL_TAG = "optuna.trial_number"
 STATE_TAG = "optuna.trial_state"
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"  # what mlflow.set_tracking_uri writes for child processes
 REASON_TAG = "autocnn.reason"  # why a trial was pruned, failed or interrupted
 
 # Optuna trial state -> MLflow run status.
@@ -302,15 +304,24 @@ class Tracker:
     @contextlib.contextmanager
     def _fluent_api(self) -> Iterator[None]:
         """MLflow's model logging and registry calls read the process-wide tracking URI: point it at
-        this tracker's store for the call only, and put the caller's back afterwards."""
-        import mlflow
+        this tracker's store for the call only, and put the caller's back afterwards.
 
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.tracking_uri)
+        `set_tracking_uri` also writes MLFLOW_TRACKING_URI into the environment, which child
+        processes inherit: setting back the URI `get_tracking_uri` resolves would pin an unset one to
+        this directory's default store for every later subprocess. MLflow's own helper restores
+        the unset state; the variable is then put back as the caller had it.
+        """
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        variable = os.environ.get(TRACKING_URI_VARIABLE)
         try:
-            yield
+            with _use_tracking_uri(self.tracking_uri):
+                yield
         finally:
-            mlflow.set_tracking_uri(previous)
+            if variable is None:
+                os.environ.pop(TRACKING_URI_VARIABLE, None)
+            else:
+                os.environ[TRACKING_URI_VARIABLE] = variable
 
     def start_final_run(self, parent_id: str | None, tags: dict[str, str], params: dict[str, Any]) -> str:
         """The run of a finalized model, nested under the study's run when there is one."""
