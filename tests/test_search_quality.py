@@ -3,6 +3,7 @@ regime runs, the specs it hands autocnn, its baselines, its verdicts and its res
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -443,3 +444,32 @@ def test_ensemble_targets_hold_the_ensemble_to_the_best_single_trial_plus_one_po
     assert "| fmnist-50-scratch | 0 | 4 complete | trial 3 (custom_cnn): 0.800, 0.50 ms | 0.820, 1.10 ms |" in text
     assert "failed: boom" in text and "**not met**" in text and "+1.0 pp" in text
     assert "| fmnist-50-scratch | 0.27 | <= 0.33 | met |" in text
+
+
+# --------------------------------------------------------------------------- faults under load (soak)
+
+
+def test_the_soak_page_counts_faults_and_shows_every_lost_trial() -> None:
+    from benchmarks import soak
+
+    faults = [
+        soak.Fault(9.0, "kill", "101"),
+        soak.Fault(20.0, "freeze", "102", "7 s"),
+        soak.Fault(60.0, "database", "server"),
+    ]
+    outcome = soak.Outcome(
+        states={"COMPLETE": 40, "PRUNED": 12, "FAIL": 2, "WAITING": 1},
+        retried=1,
+        resumed_and_finished=1,
+        waiting=1,
+        lost=["trial 7 left RUNNING"],
+        faulted_attempt_s=31.0,
+        finished_per_minute=10.4,
+    )
+    source = {"command": "benchmarks/soak.py", "machine": SOURCE["machine"], "workers": 4, "minutes": 5.0, "seed": 0}
+    text = soak.render(
+        {"source": source | {"total_seconds": 400.0}, "faults": [asdict(f) for f in faults], "outcome": asdict(outcome)}
+    )
+    assert "| 3 | 1 | 1 | 1 |" in text  # faults: all, kills, freezes, database restarts
+    assert "| 10.4 | 40 complete, 2 fail, 12 pruned, 1 waiting | 1 | 1 | 1 | 31 | **1** |" in text
+    assert "- lost: trial 7 left RUNNING" in text
