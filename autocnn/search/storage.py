@@ -60,7 +60,32 @@ def open_storage(url: str) -> Any:
         return storage
     with folder_lock(db.parent):
         enable_wal(db)
-        return open_rdb({"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}})
+        storage = open_rdb({"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}})
+    take_the_write_lock_first(storage.engine)
+    return storage
+
+
+def take_the_write_lock_first(engine: Any) -> None:
+    """Every SQLite transaction starts with BEGIN IMMEDIATE (SQLAlchemy's recipe for pysqlite).
+
+    Optuna reads a trial's state, then writes it: a queued trial becomes RUNNING only if it is
+    still WAITING. SQLite ignores SELECT ... FOR UPDATE, and pysqlite begins a transaction only at
+    the write, so two workers asking at once could both read WAITING and both run the same trial
+    (seen: two MLflow runs of one trial, then "Cannot tell a COMPLETE trial"). Taking the write
+    lock at the start makes the read and the write one step; the busy timeout lets the other
+    process wait its turn. The pool's connections, made before, are dropped to take the settings.
+    """
+    from sqlalchemy import event
+
+    def no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite emits no BEGIN of its own
+
+    def begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", no_implicit_begin)
+    event.listen(engine, "begin", begin_immediate)
+    engine.dispose()
 
 
 def wait_for_the_server_to_return(engine: Any, patience_s: float = SERVER_OUTAGE_S) -> None:
