@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from autocnn.errors import StudyError
 from autocnn.search.costs import trial_costs
+from autocnn.spec.fields import OBJECTIVES
 from autocnn.spec.objectives import Objective
 
 if TYPE_CHECKING:
@@ -35,16 +36,7 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
     ">": operator.gt,
 }
-QUANTITIES = (
-    "val_accuracy",
-    "val_macro_f1",
-    "val_balanced_accuracy",
-    "val_loss",
-    "int8_accuracy",
-    "latency_ms",
-    "params",
-    "size_mb",
-)
+QUANTITIES = tuple(OBJECTIVES)  # what a --pick rule can name: every objective a study can have
 _TOKEN = re.compile(r"\s*(<=|>=|<|>|[A-Za-z_][A-Za-z0-9_]*|[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)")
 MAX_RULE = 500  # characters: a rule is a sentence, not a program
 
