@@ -252,7 +252,7 @@ def render(payload: dict[str, Any], records: Sequence[StudyRecord]) -> str:
         lines.append(f"| {name} | {sq.fmt(share, '.2f')} | <= 0.33 | {sq.verdict(met)} |")
     lines += [
         "",
-        "- Each row is one study; its three variants are finalized from it, each refit on train + val, and "
+        "- Each row is one study; its four variants are finalized from it, each refit on train + val, and "
         "scored once on the same test images. The ensemble's best single member is the single variant's trial, "
         "refit the same way.",
         f"- Ensemble: `autocnn finalize --ensemble {payload['source']['ensemble']}` (forward selection with "
