@@ -102,19 +102,16 @@ def test_a_tracking_server_killed_mid_trial_and_restarted_loses_nothing(in_tmp: 
     assert study.returncode == 0, out
     spec = load_spec(spec_path)
     trials = open_study(spec, storage_url(spec)).trials
-    server = start_server(store, port, log)  # read back what the server kept
-    try:
-        tracker = Tracker(uri, spec.experiment_name)
-        parent = tracker.find_study_run(spec.name)
-        runs = {int(r.data.tags[TRIAL_TAG]): r for r in tracker.trial_runs(parent.info.run_id)}
-        assert sorted(runs) == [t.number for t in trials]  # one to one
-        assert [t.state.name for t in trials] == ["COMPLETE"] * 2
-        client = MlflowClient(uri)
-        for trial in trials:
-            run = runs[trial.number]
-            assert run.info.status == "FINISHED" and run.data.tags[STATE_TAG] == "COMPLETE"
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
-            assert steps == [1, 2], (trial.number, steps)  # every epoch's metric arrived, once
-        assert parent.info.status != "RUNNING"
-    finally:
-        kill_server(server)
+    stored = f"sqlite:///{store / 'mlflow.db'}"  # what the server kept, read from its own store
+    tracker = Tracker(stored, spec.experiment_name)
+    parent = tracker.find_study_run(spec.name)
+    runs = {int(r.data.tags[TRIAL_TAG]): r for r in tracker.trial_runs(parent.info.run_id)}
+    assert sorted(runs) == [t.number for t in trials]  # one to one
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    client = MlflowClient(stored)
+    for trial in trials:
+        run = runs[trial.number]
+        assert run.info.status == "FINISHED" and run.data.tags[STATE_TAG] == "COMPLETE"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        assert steps == [1, 2], (trial.number, steps)  # every epoch's metric arrived, once
+    assert parent.info.status != "RUNNING"
