@@ -53,3 +53,26 @@ def test_logging_a_model_leaves_the_callers_tracking_uri_and_environment_as_they
     uri = tracker.log_model(parent, torch.nn.Linear(2, 2))
     assert uri and os.environ.get("MLFLOW_TRACKING_URI") == callers
     assert mlflow.get_tracking_uri() == before
+
+
+def test_an_orphan_closed_by_another_worker_at_the_same_moment_is_left_to_it(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    ours = Tracker(default_tracking_uri(), "orphan-test")
+    parent = ours.open_study_run("orphan-test", spec_text="name: orphan-test\n", storage="sqlite:///x.db")
+    run_id = ours.start_trial(parent, 0, {"model": "custom_cnn"}, {"train": {}})
+    theirs = Tracker(default_tracking_uri(), "orphan-test")
+    end_trial = ours.end_trial
+
+    def collides(run: str, state: str, *, reason: str | None = None) -> None:
+        theirs.end_trial(run, state, reason=reason)  # the other worker wins the race ...
+        raise MlflowException("duplicate key value violates unique constraint")  # ... our insert loses
+
+    monkeypatch.setattr(ours, "end_trial", collides)
+    assert ours.close_orphan(run_id, "killed: its process died") is False
+    assert ours._client.get_run(run_id).info.status == "KILLED"
+    monkeypatch.setattr(ours, "end_trial", end_trial)
+    other = ours.start_trial(parent, 1, {"model": "custom_cnn"}, {"train": {}})
+    assert ours.close_orphan(other, "killed: its process died") is True

@@ -392,8 +392,7 @@ def close_orphan_runs(study: optuna.Study, tracker: Tracker, parent_id: str) -> 
         if trial is None or trial.state.name == "RUNNING":
             continue
         reason = trial.user_attrs.get(REASON_ATTR, "its process died")
-        tracker.end_trial(run.info.run_id, "INTERRUPTED", reason=f"killed: {reason}")
-        closed += 1
+        closed += tracker.close_orphan(run.info.run_id, f"killed: {reason}")
     return closed
 
 

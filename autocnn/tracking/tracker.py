@@ -236,6 +236,23 @@ class Tracker:
             self._client.log_text(run_id, reason, "reason.txt")
         self._client.set_terminated(run_id, status=RUN_STATUS[state])
 
+    def close_orphan(self, run_id: str, reason: str) -> bool:
+        """End a run whose trial ended without it; False when another worker closed it first.
+
+        Every worker closes orphans after each trial, so two may close the same run at once: the
+        second's tag insert then collides with the first's (a duplicate key on a database-backed
+        server). The run is read again: closed means done, still open means one more try.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.end_trial(run_id, "INTERRUPTED", reason=reason)
+        except MlflowException:
+            if self._client.get_run(run_id).info.status != "RUNNING":
+                return False
+            self.end_trial(run_id, "INTERRUPTED", reason=reason)
+        return True
+
     def log_figure(self, run_id: str, figure: Any, path: str) -> None:
         self._client.log_figure(run_id, figure, path)
 
