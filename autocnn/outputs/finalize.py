@@ -223,18 +223,7 @@ class DistillOutcome:
     student: Shipped
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "split": self.split,
-            "student_trial": self.student_trial,
-            "student_reason": self.student_reason,
-            "teacher_trials": list(self.teacher_trials),
-            "teacher_weights": list(self.teacher_weights),
-            "temperature": self.temperature,
-            "teacher_share": self.teacher_share,
-            "teacher": self.teacher.as_dict(),
-            "alone": self.alone.as_dict(),
-            "student": self.student.as_dict(),
-        }
+        return asdict(self)
 
 
 @dataclass
