@@ -249,7 +249,7 @@ class Choices:
     augment: dict[str, Any] = field(default_factory=dict)
     augment_note: str = ""
     header: list[str] = field(default_factory=list)
-    class_balance: dict[str, Any] = field(default_factory=dict)  # train.class_weights / train.sampler, if any
+    class_balance: dict[str, Any] = field(default_factory=dict)  # train.class_weights, if any
 
 
 def pick_image_size(profile: DataProfile, machine: Machine) -> tuple[int, str]:
@@ -519,11 +519,14 @@ def choose(
 
 
 def class_balance_space(imbalanced: bool) -> dict[str, Any]:
-    """Imbalanced classes: the loss weighted by inverse class frequency first (the default trial
-    takes it), unweighted as the alternative, and a class-even batch sampler searched beside it."""
+    """Imbalanced classes: the loss weighted by inverse class frequency, fixed rather than searched.
+
+    A handful of validation images per rare class is too few for the search to tell a weighted trial
+    from an unweighted one, so a searched choice ships the unweighted loss about as often as not;
+    fixed, every trial lifts the rare classes."""
     if not imbalanced:
         return {}
-    return {"class_weights": {"choices": ["balanced", "none"]}, "sampler": {"choices": ["shuffle", "balanced"]}}
+    return {"class_weights": "balanced"}
 
 
 def _header(profile: DataProfile, machine: Machine) -> list[str]:
@@ -584,10 +587,7 @@ def render(choices: Choices, *, schema: str | None = None) -> str:
     ]
     lines.append(_line(2, "label_smoothing", {"choices": [0.0, 0.1]}))
     for key, value in choices.class_balance.items():
-        note = (
-            "rare classes weigh as much as common ones" if key == "class_weights" else "or batches draw classes evenly"
-        )
-        lines.append(_line(2, key, value, note))
+        lines.append(_line(2, key, value, "rare classes weigh as much as common ones"))
     lines.append("models:")
     lines.append(_line(2, "custom_cnn", None, f"depth sized to {choices.image_size} px images"))
     lines += [_line(4, key, value) for key, value in choices.custom_cnn.items()]
