@@ -15,8 +15,8 @@ Fixed here, before any run:
   1. the best single trial (finalize's default);
   2. `--ensemble K`: forward selection on the trials' saved val predictions, members refit;
   3. `--tta`: the best single trial, with test-time augmentation where val says it helps;
-  4. `--distill --ensemble K`: the fastest of the 10 best trials refit on the ensemble's soft labels,
-     reported beside the same trial refit alone.
+  4. `--distill --ensemble K`: the fastest trial within one standard error of the best on val, refit
+     on the ensemble's soft labels, reported beside the same trial refit alone.
   Latency: one image through ONNX Runtime on this machine's CPU, batch 1, the shipped file.
 - Targets, on mean test accuracy over seeds per regime: the ensemble >= the best single trial + 1 pp;
   the distilled student within 1 pp of the ensemble at <= 1/3 of its latency (mean latency ratio).
@@ -259,8 +259,9 @@ def render(payload: dict[str, Any], records: Sequence[StudyRecord]) -> str:
         "replacement on the trials' saved val predictions). TTA: `autocnn finalize --tta` (views judged on val "
         "with the trial's own weights, kept only beyond the noise).",
         "- Latency: one image through ONNX Runtime (CPU, batch 1) on the shipped model.onnx.",
-        "- Distillation: `autocnn finalize --distill --ensemble K`: the fastest of the study's 10 best trials refit "
-        "on train + val against the ensemble's soft labels (temperature 2, half teacher, half label); 'student "
+        "- Distillation: `autocnn finalize --distill --ensemble K`: the fastest trial within one standard error of "
+        "the best on val, refit on train + val against the ensemble's soft labels (temperature 2, half teacher, half "
+        "label; on val, the members' search-time predictions); 'student "
         "alone' is the same trial refit on the labels, from the same finalize.",
         "- Differences that remain: the ensemble's, TTA's and distillation's finalizes cost more time than the "
         "single one's (the table's last column); the study's budget is the same for all of them.",

@@ -325,6 +325,16 @@ def test_soft_targets_mix_the_softened_teacher_with_the_label() -> None:
     assert fastest({5: 2.0, 3: 1.0, 8: 1.0}) == 3  # a tie goes to the earlier, better trial
 
 
+def test_the_student_is_chosen_among_the_trials_near_the_best() -> None:
+    from autocnn.outputs.distill import near_the_best
+
+    accuracies = {4: 0.90, 7: 0.88, 2: 0.86, 9: 0.70}
+    assert near_the_best(accuracies, maximize=True, within=0.021) == [4, 7]
+    assert near_the_best(accuracies, maximize=True, within=0.0) == [4]
+    assert near_the_best({1: 0.30, 2: 0.35, 3: 0.50}, maximize=False, within=0.05) == [1, 2]  # val_loss
+    assert near_the_best({}, maximize=True, within=1.0) == []
+
+
 @pytest.mark.slow
 def test_a_refit_against_soft_targets_learns_them(shipped: Shipped) -> None:
     """A teacher that puts 40% of every image on the next class: the taught refit follows it, the
@@ -355,8 +365,9 @@ def test_a_refit_against_soft_targets_learns_them(shipped: Shipped) -> None:
 
 @pytest.mark.slow
 def test_distill_ships_the_fastest_trial_taught_by_the_ensemble(shipped: Shipped) -> None:
-    from autocnn.outputs.finalize import choose_student, finalize, trial_latencies
+    from autocnn.outputs.finalize import choose_student, finalize, held_out_val_probs, trial_latencies
     from autocnn.outputs.predict import Predictor
+    from autocnn.training.budget import standard_error
 
     spec = shipped.study.spec
     uri = shipped.study.tracking_uri
@@ -367,10 +378,25 @@ def test_distill_ships_the_fastest_trial_taught_by_the_ensemble(shipped: Shipped
     assert outcome is not None and result.weights_from == "distilled on train+val"
     study = open_study(spec, storage_url(spec))
     cache = DataCache(spec.data, seed=spec.seed)
-    # the student is the fastest of the study's trials, as predict would run them
-    latencies = trial_latencies(spec, list(study.trials), 10)
+    # the student is the fastest, as predict would run them, of the trials within one standard
+    # error of the best val accuracy
+    val = cache.get(spec.data.image_size).val
+    error = standard_error("val_accuracy", study.best_value, len(val))
+    near = [t for t in study.trials if t.value >= study.best_value - error]
+    latencies = trial_latencies(spec, near, 10)
     assert latencies[outcome.student_trial] == min(latencies.values())
-    assert result.trial == outcome.student_trial and outcome.student_reason.startswith("the fastest of the 3 best")
+    assert result.trial == outcome.student_trial
+    assert outcome.student_reason.startswith(f"the fastest of the {len(near)} trials within one standard error")
+    # the teacher's val probabilities are its members' search-time ones, mixed by their weights
+    tracker = Tracker(uri, spec.experiment_name)
+    selection = Selection(outcome.teacher_trials, outcome.teacher_weights, 0.0, 0, 0.0, 1)
+    held_out = held_out_val_probs(study, tracker, selection, len(val))
+    assert held_out is not None and np.allclose(held_out.sum(axis=1), 1.0, atol=1e-5)
+    saved = [saved_val_probs(tracker, study.trials[n], len(val)) for n in outcome.teacher_trials]
+    np.testing.assert_allclose(
+        held_out, sum(w * p for w, p in zip(outcome.teacher_weights, saved, strict=True)), atol=1e-6
+    )
+    assert any("search-time predictions" in line for line in said)
     # what ships is the student: one custom CNN that predict runs, scored as reported
     info = json.loads((out / "model.json").read_text())
     assert info["model"] == "custom_cnn"

@@ -370,12 +370,15 @@ def finalize(
         bool,
         typer.Option(
             "--distill",
-            help="Ship the fastest of the best trials trained on an ensemble's soft labels (--ensemble K members, "
+            help="Ship the fastest trial near the best, trained on an ensemble's soft labels (--ensemble K members, "
             "3 by default), beside the ensemble and the same trial alone.",
         ),
     ] = False,
     student: Annotated[
-        int | None, typer.Option(help="With --distill: the trial to teach (default: the fastest of the 10 best).")
+        int | None,
+        typer.Option(
+            help="With --distill: the trial to teach (default: the fastest within one standard error of the best)."
+        ),
     ] = None,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,

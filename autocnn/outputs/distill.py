@@ -6,9 +6,16 @@ much of the ensemble's gain at the student's own cost: the soft labels say which
 are nearly right, which a one-hot label cannot.
 
 The teacher's probabilities are computed once, on the images the student trains on, each at the
-teacher's own input size; they are softened by a temperature and mixed with the given labels, so
-a teacher that is confidently wrong on an image cannot overrule its label alone. The mix is the
-student's cross-entropy target, with the trial's own augmentation, schedule and epochs.
+teacher's own input size. A teacher refit on those same images is nearly one-hot on them, which
+teaches no more than the labels; so on the val images, the teacher's probabilities are the mix of
+its members' saved val predictions from the search, made before those members saw val. They are
+softened by a temperature and mixed with the given labels, so a teacher that is confidently wrong
+on an image cannot overrule its label alone. The mix is the student's cross-entropy target, with
+the trial's own augmentation, schedule and epochs.
+
+The student is the fastest trial that scores within one standard error of the best on val (the
+one-standard-error rule): distillation closes gaps of a point or two, not the distance from a
+model the study already ranked well below the best.
 """
 
 from __future__ import annotations
@@ -18,8 +25,7 @@ import numpy as np
 TEMPERATURE = 2.0  # softens the teacher's probabilities: p^(1/T), renormalised
 TEACHER_SHARE = 0.5  # the target is this much teacher, the rest the given label
 TEACHER_K = 3  # ensemble members when --distill is given without --ensemble
-STUDENT_POOL = 10  # the student is the fastest of this many best trials: distillation closes gaps of
-# a few points, not the distance from a model the study already ranked far down
+STUDENT_POOL = 10  # the student is chosen among this many best trials
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -51,3 +57,11 @@ def fastest(latencies: dict[int, float]) -> int:
         raise ValueError("no candidate students")
     order = list(latencies)
     return min(order, key=lambda trial: (latencies[trial], order.index(trial)))
+
+
+def near_the_best(values: dict[int, float], *, maximize: bool, within: float) -> list[int]:
+    """The trials whose value is at most `within` worse than the best one's, in the dict's order."""
+    if not values:
+        return []
+    best = max(values.values()) if maximize else min(values.values())
+    return [t for t, v in values.items() if (best - v if maximize else v - best) <= within]

@@ -62,7 +62,7 @@ class FinalizeOptions:
     ensemble: int = 1  # ship up to this many trials together, chosen on their val predictions
     tta: bool = False  # judge test-time augmentation on val; ship it where it helps beyond noise
     distill: bool = False  # ship a fast trial trained on an ensemble's soft labels
-    student: int | None = None  # the trial --distill teaches (default: the fastest of the best)
+    student: int | None = None  # the trial --distill teaches (default: the fastest near the best)
 
     @property
     def compares(self) -> bool:
@@ -213,7 +213,7 @@ class DistillOutcome:
 
     split: str
     student_trial: int
-    student_reason: str  # why this trial: the fastest of the best, or --student
+    student_reason: str  # why this trial: the fastest near the best, or --student
     teacher_trials: tuple[int, ...]
     teacher_weights: tuple[float, ...]
     temperature: float
@@ -1003,7 +1003,12 @@ def finalize_distilled(
     say(f"the student alone: trial {student.number} refit on the labels")
     alone, _ = obtain_model(spec, student, config, data, pre, tracker, options, say)
     labels = np.concatenate([data.train.labels, data.val.labels])
-    targets = soft_targets(teacher_probs(teacher, cache), labels)
+    probs = teacher_probs(teacher, cache)
+    held_out = held_out_val_probs(study, tracker, selection, len(data.val))
+    if held_out is not None:
+        probs[len(data.train) :] = held_out
+        say("the teacher's val probabilities: its members' search-time predictions, made before they saw val")
+    targets = soft_targets(probs, labels)
     say(
         f"distilling: trial {student.number} refit on train+val against the teacher's soft labels "
         f"(temperature {TEMPERATURE:g}, {TEACHER_SHARE:.0%} teacher, {1 - TEACHER_SHARE:.0%} label)"
@@ -1018,9 +1023,11 @@ def finalize_distilled(
 def choose_student(
     spec: Spec, study: optuna.Study, cache: DataCache, number: int | None, say: Say
 ) -> tuple[optuna.trial.FrozenTrial, str]:
-    """`--student N`, or the fastest of the study's best complete trials, timed as `predict` runs them."""
-    from autocnn.outputs.distill import STUDENT_POOL, fastest
+    """`--student N`, or the fastest trial within one standard error of the best on val, timed as
+    `predict` runs them."""
+    from autocnn.outputs.distill import STUDENT_POOL, fastest, near_the_best
     from autocnn.search.results import complete_trials, ranked
+    from autocnn.training.budget import standard_error
 
     objective = primary(spec)
     if number is not None:
@@ -1028,10 +1035,16 @@ def choose_student(
     pool = ranked(complete_trials(study), objective)[:STUDENT_POOL]
     if not pool:
         return pick_trial(study, objective, None), "the best trial"  # raises the study's own error
-    latencies = trial_latencies(spec, pool, cache.get(spec.data.image_size).num_classes)
-    chosen = next(t for t in pool if t.number == fastest(latencies))
+    data = cache.get(spec.data.image_size)
+    values = {t.number: v for t in pool if (v := objective.of(t)) is not None}
+    error = standard_error(objective.metric, values[pool[0].number], len(data.val))
+    near = near_the_best(values, maximize=objective.maximize, within=error)
+    candidates = [t for t in pool if t.number in near]
+    latencies = trial_latencies(spec, candidates, data.num_classes)
+    chosen = next(t for t in candidates if t.number == fastest(latencies))
     reason = (
-        f"the fastest of the {len(pool)} best trials: {latencies[chosen.number]:.2f} ms per image "
+        f"the fastest of the {len(candidates)} trials within one standard error ({error:.4f}) of the best "
+        f"{objective.metric}: {latencies[chosen.number]:.2f} ms per image "
         f"(the best trial, {pool[0].number}: {latencies[pool[0].number]:.2f} ms)"
     )
     say(f"student: trial {chosen.number}, {reason}")
@@ -1076,6 +1089,18 @@ def teacher_probs(teacher: Shipment, cache: DataCache) -> np.ndarray:
     data = cache.get(teacher.pre.image_size)
     images = np.concatenate([data.train.images, data.val.images])
     return softmax(torch_logits(teacher.model, images, teacher.pre))
+
+
+def held_out_val_probs(study: optuna.Study, tracker: Tracker, selection: Selection, n_val: int) -> np.ndarray | None:
+    """The teacher's val probabilities from before it saw val: its members' saved search-time
+    predictions, mixed by the selection's weights; None when a member saved none."""
+    from autocnn.outputs.ensemble import mixed
+
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    probs = [saved_val_probs(tracker, trials[number], n_val) for number in selection.trials]
+    if any(p is None for p in probs):
+        return None
+    return mixed([p for p in probs if p is not None], selection.weights)
 
 
 def distill_outcome(
