@@ -402,6 +402,45 @@ def test_a_stop_during_a_trials_setup_queues_it_again_and_leaves_no_run_running(
     assert len(runs_by_number(spec.name)) == len(study.trials)  # one MLflow run per trial, still
 
 
+class FailedByAnotherWorker(SilentReporter):
+    """After the first epoch of trial `number`, does what another worker's heartbeat check does to a
+    trial whose worker was stopped past the grace period (SIGSTOP, a laptop lid): fails it and
+    queues its retry. This worker then continues as one does after SIGCONT."""
+
+    def __init__(self, spec: object, number: int) -> None:
+        self.spec, self.number = spec, number
+        self.epochs: dict[int, list[int]] = {}
+
+    def epoch_done(self, number: int, metrics: object, metric: str) -> None:
+        from optuna.trial import TrialState
+
+        from autocnn.search.resume import enqueue_retry
+
+        self.epochs.setdefault(number, []).append(metrics.epoch)  # type: ignore[attr-defined]
+        if number == self.number and len(self.epochs[number]) == 1:
+            other = open_study(self.spec, storage_url(self.spec))  # type: ignore[arg-type]
+            other.tell(number, state=TrialState.FAIL)
+            enqueue_retry(other, other.trials[number])
+
+
+def test_a_worker_resumed_after_its_trial_was_retried_elsewhere_leaves_it_to_the_retry(in_tmp: Path) -> None:
+    write_spec(in_tmp, LIGHT_SPEC)
+    spec = load_spec(in_tmp / "spec.yaml")
+    reporter = FailedByAnotherWorker(spec, 1)
+    result = run_study(spec, StudyOptions(), reporter)  # no "Cannot tell a FAIL trial" escapes
+
+    assert result.counts["COMPLETE"] == 3
+    study = open_study(spec, storage_url(spec))
+    assert study.trials[1].state.name == "FAIL" and reporter.epochs[1] == [1]  # it stopped at once
+    (retry,) = [t for t in study.trials if t.user_attrs.get(RETRY_OF_ATTR) == 1]
+    assert retry.state.name == "COMPLETE" and retry.params == study.trials[1].params
+    assert reporter.epochs[retry.number][0] == 2  # from trial 1's checkpoint, which the worker left alone
+    runs = runs_by_number(spec.name)
+    assert sorted(runs) == [t.number for t in study.trials]
+    assert runs[1].info.status == "KILLED" and "another worker" in runs[1].data.tags["autocnn.reason"]
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+
+
 def test_a_full_disk_is_recognised_behind_the_errors_that_report_it() -> None:
     from autocnn.files import disk_full
 

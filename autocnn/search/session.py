@@ -28,7 +28,7 @@ from autocnn.search.resume import (
 )
 from autocnn.search.space import study_settings
 from autocnn.search.storage import open_storage, storage_url, stored_trials
-from autocnn.search.trial import TrialContext, make_objective
+from autocnn.search.trial import TrialContext, TrialEndedElsewhere, make_objective
 from autocnn.spec.objectives import is_multi_objective, primary, study_objectives
 from autocnn.spec.schema import DEFAULT_TRIALS, Spec
 
@@ -364,7 +364,15 @@ def optimize(
         callbacks.append(optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     ctx.deadline = None if timeout is None else time.monotonic() + timeout
     with graceful_interrupts():
-        study.optimize(make_objective(ctx), timeout=timeout, catch=(Exception,), callbacks=callbacks)
+        while True:
+            left = None if ctx.deadline is None else ctx.deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            try:
+                study.optimize(make_objective(ctx), timeout=left, catch=(Exception,), callbacks=callbacks)
+                return
+            except TrialEndedElsewhere:
+                continue  # its retry is queued: this worker may well be the one to run it
 
 
 class RecoverDeadWorkers:

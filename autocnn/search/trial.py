@@ -254,6 +254,15 @@ def stop_for_a_full_disk(ctx: TrialContext, trial: optuna.Trial, run_id: str, er
     trial.study.stop()
 
 
+class TrialEndedElsewhere(BaseException):
+    """This worker's trial was ended by another one while this one was stopped (SIGSTOP, a laptop
+    lid): its retry continues it. A BaseException, so that Optuna neither tells the finished trial
+    again nor records it as this worker's failure; `optimize` goes on with the next trial."""
+
+
+ENDED_ELSEWHERE = "ended by another worker while this one was stopped; its retry continues it"
+
+
 def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[float]]:
     import optuna
 
@@ -283,6 +292,13 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[f
             value = run_trial(ctx, trial, config, run_id)
             if not all(math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
                 raise ValueError(f"objective value is {value}")
+            trial.set_user_attr(OWNER_ATTR, owner_id())  # still this worker's trial, or it ends here
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # The checkpoint stays: the retry resumes from it. The trial's attributes are no longer
+            # this worker's to write.
+            ctx.tracker.end_trial(run_for_the_record(), "INTERRUPTED", reason=ENDED_ELSEWHERE)
+            ctx.reporter.message(f"trial {trial.number}: {ENDED_ELSEWHERE}")
+            raise TrialEndedElsewhere(trial.number) from None
         except optuna.TrialPruned as exc:
             ctx.checkpoints.discard(*done_with)
             ctx.tracker.end_trial(run_for_the_record(), "PRUNED", reason=str(exc) or None)
