@@ -1,7 +1,7 @@
 """benchmarks/results.md and results.json: one table per measurement, every target beside its figure.
 
-search_quality.py owns a section of the same results.md between its own markers; `write_results`
-rewrites the file around that section, never through it.
+search_quality.py and soak.py each own a section of the same results.md between their own markers;
+`write_results` rewrites the file around those sections, never through them.
 """
 
 from __future__ import annotations
@@ -12,8 +12,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SECTION_START = "<!-- search-quality:start -->"
-SECTION_END = "<!-- search-quality:end -->"
+
+def section_markers(name: str) -> tuple[str, str]:
+    """The comment lines that open and close a script's own section of results.md."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+SECTION_START, SECTION_END = section_markers("search-quality")
+SOAK_START, SOAK_END = section_markers("soak")
+MARKED_SECTIONS = ("search-quality", "soak")
 MACHINE_KEYS = (
     "cpu",
     "cores",
@@ -115,26 +122,30 @@ def write_results(out: Path, info: dict[str, Any], items: Sequence[Item], *, com
 # --------------------------------------------------------------------------- the marked section
 
 
-def marked_span(text: str) -> tuple[int, int] | None:
-    """Where the section lies, markers included; None without a start marker followed by an end one."""
-    start = text.find(SECTION_START)
-    end = text.find(SECTION_END, start) if start >= 0 else -1
-    return None if end < 0 else (start, end + len(SECTION_END))
+def marked_span(text: str, name: str = "search-quality") -> tuple[int, int] | None:
+    """Where section `name` lies, markers included; None without a start marker followed by an end one."""
+    start_marker, end_marker = section_markers(name)
+    start = text.find(start_marker)
+    end = text.find(end_marker, start) if start >= 0 else -1
+    return None if end < 0 else (start, end + len(end_marker))
 
 
-def splice_section(text: str, section: str) -> str:
+def splice_section(text: str, section: str, name: str = "search-quality") -> str:
     """Replace the marked span in place, or append the section; the rest of the text is untouched."""
-    span = marked_span(text)
+    span = marked_span(text, name)
     if span is not None:
         return text[: span[0]] + section + text[span[1] :]
     return (text.rstrip("\n") + "\n\n" if text.strip() else "") + section + "\n"
 
 
 def keep_marked_section(previous: str, text: str) -> str:
-    """`text` with the previous file's marked section carried over: results.md is rewritten as a
-    whole, and must not drop an hour of search-quality results."""
-    span = marked_span(previous)
-    return text if span is None else splice_section(text, previous[span[0] : span[1]])
+    """`text` with the previous file's marked sections carried over: results.md is rewritten as a
+    whole, and must not drop an hour of search-quality results or a soak run."""
+    for name in MARKED_SECTIONS:
+        span = marked_span(previous, name)
+        if span is not None:
+            text = splice_section(text, previous[span[0] : span[1]], name)
+    return text
 
 
 # --------------------------------------------------------------------------- merging a partial run
@@ -172,7 +183,9 @@ def splice_item(text: str, item: Item) -> str:
     and sections added by hand stay where they were."""
     section = "\n".join(item_section(item)).rstrip() + "\n\n"
     lines = text.splitlines(keepends=True)
-    headings = [i for i, line in enumerate(lines) if line.startswith(("## ", SECTION_START))]
+    headings = [
+        i for i, line in enumerate(lines) if line.startswith(("## ", *(section_markers(n)[0] for n in MARKED_SECTIONS)))
+    ]
     ends = [*headings[1:], len(lines)]
     at = headings[0] if headings else len(lines)
     for start, end in zip(headings, ends, strict=True):

@@ -19,7 +19,8 @@ Fixed here, before any run:
   time spent in attempts that a fault ended (an upper bound of the time lost: their retries resume
   from the last checkpoint).
 
-Writes benchmarks/soak.md and .json (or the work folder's, with --work).
+Writes benchmarks/soak.md and .json, and its section of benchmarks/results.md (or the work folder's,
+with --work).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere: import this chec
 
 # ruff: noqa: E402 - the imports below need the path set-up above
 from benchmarks.machine import autocnn_command, machine_info
+from benchmarks.results import SOAK_END, SOAK_START, splice_section
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 FAULT_EVERY_S = (8.0, 20.0)
@@ -232,13 +234,30 @@ def count(spec_path: Path, folder: Path, minutes: float) -> Outcome:
 # --------------------------------------------------------------------------- the page
 
 
+TITLE = "Soak: workers on PostgreSQL under kills, freezes and a database restart"
+
+
 def render(payload: dict[str, Any]) -> str:
+    """soak.md: the figures, then every fault with its time and worker."""
+    faults = payload["faults"]
+    lines = [f"# {TITLE}", "", *figures(payload)]
+    lines += ["", "| at s | fault | worker | detail |", "|---|---|---|---|"]
+    lines += [f"| {f['at_s']:.0f} | {f['kind']} | {f['target']} | {f['detail']} |" for f in faults]
+    return "\n".join(lines) + "\n"
+
+
+def render_section(payload: dict[str, Any]) -> str:
+    """results.md's soak section, markers included, the fault list left to soak.md."""
+    lines = [SOAK_START, f"## {TITLE}", "", *figures(payload), "- Every fault, with its time: [soak.md](soak.md)."]
+    return "\n".join(lines) + "\n" + SOAK_END
+
+
+def figures(payload: dict[str, Any]) -> list[str]:
+    """Where and how it ran, the faults by kind, and what became of the trials."""
     source, outcome, faults = payload["source"], payload["outcome"], payload["faults"]
     info = source["machine"]
     kinds = {kind: sum(1 for f in faults if f["kind"] == kind) for kind in ("kill", "freeze", "database")}
     lines = [
-        "# Soak: workers on PostgreSQL under kills, freezes and a database restart",
-        "",
         f"Produced by `{source['command']}` on {info['date']} in {source['total_seconds']:.0f} s, one run on one "
         f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, commit {info.get('commit', '?')}. "
         f"{source['workers']} workers for {source['minutes']:g} minutes, fault seed {source['seed']}.",
@@ -260,10 +279,7 @@ def render(payload: dict[str, Any]) -> str:
         "- Faulted attempts: the time of attempts a fault ended; an upper bound of the time lost, as their "
         "retries resume from the last epoch's checkpoint.",
     ]
-    lines += [f"- lost: {item}" for item in outcome["lost"]]
-    lines += ["", "| at s | fault | worker | detail |", "|---|---|---|---|"]
-    lines += [f"| {f['at_s']:.0f} | {f['kind']} | {f['target']} | {f['detail']} |" for f in faults]
-    return "\n".join(lines) + "\n"
+    return lines + [f"- lost: {item}" for item in outcome["lost"]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "soak.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     text = render(payload)
     (out / "soak.md").write_text(text)
+    results = out / "results.md"
+    results.write_text(splice_section(results.read_text() if results.exists() else "", render_section(payload), "soak"))
     print(text)
     return 1 if outcome.lost else 0
 

@@ -40,14 +40,18 @@ def test_markdown_and_json_show_every_target_and_verdict(tmp_path: Path) -> None
     assert data["machine"]["cores"] == 2 and data["items"][0]["rows"][0]["met"] is True
 
 
-def test_rewriting_results_md_keeps_the_search_quality_section_where_it_was(tmp_path: Path) -> None:
+def test_rewriting_results_md_keeps_the_search_quality_and_soak_sections_where_they_were(tmp_path: Path) -> None:
     section = f"{results.SECTION_START}\nsearch figures\n{results.SECTION_END}"
+    soak = f"{results.SOAK_START}\nsoak figures\n{results.SOAK_END}"
     out = tmp_path / "results.md"
-    out.write_text(f"# Benchmark results\n\nstale\n\n{section}\n")
+    out.write_text(f"# Benchmark results\n\nstale\n\n{section}\n\n{soak}\n")
     results.write_results(out, {"date": "today"}, [results.Item(2, "Fresh")], command="benchmarks/run.py")
     text = out.read_text()
-    assert "stale" not in text and text.count(results.SECTION_START) == 1
-    assert text.index("## 2. Fresh") < text.index(section)
+    assert "stale" not in text and text.count(results.SECTION_START) == 1 and text.count(results.SOAK_START) == 1
+    assert text.index("## 2. Fresh") < text.index(section) < text.index(soak)
+    newer = f"{results.SOAK_START}\nnewer soak\n{results.SOAK_END}"
+    out.write_text(results.splice_section(text, newer, "soak"))  # what soak.py does after its run
+    assert out.read_text() == text.replace(soak, newer)
 
 
 # --------------------------------------------------------------------------- timing

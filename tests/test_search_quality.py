@@ -473,3 +473,9 @@ def test_the_soak_page_counts_faults_and_shows_every_lost_trial() -> None:
     assert "| 3 | 1 | 1 | 1 |" in text  # faults: all, kills, freezes, database restarts
     assert "| 10.4 | 40 complete, 2 fail, 12 pruned, 1 waiting | 1 | 1 | 1 | 31 | **1** |" in text
     assert "- lost: trial 7 left RUNNING" in text
+    assert "| 60 | database | server |" in text  # every fault, with its time
+    section = soak.render_section(
+        {"source": source | {"total_seconds": 400.0}, "faults": [asdict(f) for f in faults], "outcome": asdict(outcome)}
+    )
+    assert section.startswith(soak.SOAK_START) and section.endswith(soak.SOAK_END)
+    assert "| 10.4 | 40 complete" in section and "| 60 | database" not in section
