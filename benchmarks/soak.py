@@ -135,17 +135,24 @@ class Workers:
         process.wait()
         self.start_one()
 
-    def stop_all(self) -> None:
-        for process in self.alive():
+    def stop_all(self) -> list[float | None]:
+        """SIGTERM to every live worker; the seconds each took to exit, None where it had to be
+        killed after STOP_WAIT_S: a slow stop shows here, and the worker's log says what it did."""
+        running = self.alive()
+        for process in running:
             process.send_signal(signal.SIGCONT)
             process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_WAIT_S
-        for process in self.processes:
-            try:
-                process.wait(timeout=max(deadline - time.monotonic(), 1.0))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        sent = time.monotonic()
+        exited: dict[int, float] = {}
+        while len(exited) < len(running) and time.monotonic() - sent < STOP_WAIT_S:
+            for process in running:
+                if process.pid not in exited and process.poll() is not None:
+                    exited[process.pid] = time.monotonic() - sent
+            time.sleep(0.1)
+        for process in self.alive():
+            process.kill()
+            process.wait()
+        return [exited.get(process.pid) for process in running]
 
 
 def run_faults(workers: Workers, seconds: float, rng: random.Random, log: Log) -> list[Fault]:
@@ -279,7 +286,22 @@ def figures(payload: dict[str, Any]) -> list[str]:
         "- Faulted attempts: the time of attempts a fault ended; an upper bound of the time lost, as their "
         "retries resume from the last epoch's checkpoint.",
     ]
-    return lines + [f"- lost: {item}" for item in outcome["lost"]]
+    lines += [f"- lost: {item}" for item in outcome["lost"]]
+    return lines + stop_lines(payload.get("stops", []))
+
+
+def stop_lines(stops: list[float | None]) -> list[str]:
+    """How long the graceful stop at the end took each worker: a slow one is a promise broken."""
+    if not stops:
+        return []
+    timed = sorted(s for s in stops if s is not None)
+    killed = len(stops) - len(timed)
+    line = f"- Stop: SIGTERM to the {len(stops)} live workers at the end; "
+    if timed:
+        line += f"exited after {', '.join(f'{s:.1f}' for s in timed)} s (slowest {timed[-1]:.1f} s)"
+    if killed:
+        line += f"{'; ' if timed else ''}{killed} still running after {STOP_WAIT_S:.0f} s, killed"
+    return [line + "."]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         workers = Workers(spec, work, args.workers)
         faults = run_faults(workers, args.minutes * 60, random.Random(args.seed), log)
         log("stopping every worker (SIGTERM)")
-        workers.stop_all()
+        stops = workers.stop_all()
         finished = count(spec, work, args.minutes).states
         target = finished.get("COMPLETE", 0) + finished.get("PRUNED", 0)
         log(f"one more `autocnn study --trials {target}`: recovers dead trials, closes orphaned runs")
@@ -329,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "total_seconds": time.perf_counter() - started,
     }
-    payload = {"source": source, "faults": [asdict(f) for f in faults], "outcome": asdict(outcome)}
+    payload = {"source": source, "faults": [asdict(f) for f in faults], "outcome": asdict(outcome), "stops": stops}
     out = REPO / "benchmarks" if args.work is None else work
     (out / "soak.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     text = render(payload)

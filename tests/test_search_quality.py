@@ -475,7 +475,13 @@ def test_the_soak_page_counts_faults_and_shows_every_lost_trial() -> None:
     assert "- lost: trial 7 left RUNNING" in text
     assert "| 60 | database | server |" in text  # every fault, with its time
     section = soak.render_section(
-        {"source": source | {"total_seconds": 400.0}, "faults": [asdict(f) for f in faults], "outcome": asdict(outcome)}
+        {
+            "source": source | {"total_seconds": 400.0},
+            "faults": [asdict(f) for f in faults],
+            "outcome": asdict(outcome),
+            "stops": [2.25, None, 0.5],
+        }
     )
+    assert "SIGTERM to the 3 live workers at the end; exited after 0.5, 2.2 s (slowest 2.2 s); 1 still" in section
     assert section.startswith(soak.SOAK_START) and section.endswith(soak.SOAK_END)
     assert "| 10.4 | 40 complete" in section and "| 60 | database" not in section
