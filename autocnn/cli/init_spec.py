@@ -33,7 +33,7 @@ CACHE_BYTES = 3e9  # decoded images are kept in memory as uint8: N x size x size
 SIZE_SAMPLE = 200  # image headers read to find the typical size
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 SMALL_PER_CLASS, LARGE_PER_CLASS = 150, 1500  # images per class: freeze below, fine-tune above
-IMBALANCED = 1.5  # largest / smallest class: macro-F1, and class weights and a balanced sampler searched
+IMBALANCED = 1.5  # largest / smallest class: macro-F1 and balanced class weights
 MAX_BACKBONES = 3  # searched side by side; more would leave each too few trials of the budget
 # A pretrained backbone's input on a CPU: the largest of these whose trials fit the budget, never
 # below the last: ImageNet features computed on upsampled 32 px images are mostly lost (a study that
