@@ -109,6 +109,19 @@ def wait_for_the_server_to_return(engine: Any, patience_s: float = SERVER_OUTAGE
     event.listen(engine, "do_connect", connect_patiently)
 
 
+def lost_the_connection(error: BaseException) -> bool:
+    """Whether `error` is, or was raised during, the database server cutting a connection while it
+    was in use (a restart, a failover): not the trial's fault, and the next connection works."""
+    from sqlalchemy.exc import DBAPIError
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _first_to_create_tables_wins(open_rdb: Callable[[], Any], attempts: int = 3) -> Any:
     """Workers started together on an empty database server all try to create Optuna's tables;
     all but one fail with "already exists" (a table, a type, a unique key). Those open it again

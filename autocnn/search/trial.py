@@ -30,6 +30,7 @@ from autocnn.search.resume import (
     owner_id,
 )
 from autocnn.search.space import sample_config, study_settings
+from autocnn.search.storage import lost_the_connection
 from autocnn.spec.objectives import Objective, is_multi_objective, primary
 from autocnn.spec.schema import Spec
 from autocnn.training.budget import BUDGET_ATTR, auto_epochs, steps_per_epoch
@@ -254,6 +255,17 @@ def stop_for_a_full_disk(ctx: TrialContext, trial: optuna.Trial, run_id: str, er
     trial.study.stop()
 
 
+def retry_after_a_lost_connection(ctx: TrialContext, trial: optuna.Trial, run_id: str, error: Exception) -> None:
+    """The database server cut the connection mid-call (a restart): the trial is queued to continue
+    from its last checkpoint, as after a stop signal, and the study goes on on a new connection."""
+    reason = f"the database connection was cut: {error.__class__.__name__}"
+    trial.set_user_attr(REASON_ATTR, reason)
+    enqueue_retry(trial.study, trial)  # type: ignore[arg-type]
+    ctx.tracker.end_trial(run_id, "INTERRUPTED", reason=reason)
+    ctx.reporter.message(f"trial {trial.number}: {reason}; queued again to resume from its checkpoint")
+    ctx.reporter.trial_finished(trial.number, "FAIL", None)
+
+
 class TrialEndedElsewhere(BaseException):
     """This worker's trial was ended by another one while this one was stopped (SIGSTOP, a laptop
     lid): its retry continues it. A BaseException, so that Optuna neither tells the finished trial
@@ -314,6 +326,9 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[f
             full = disk_full(exc)
             if full is not None:
                 stop_for_a_full_disk(ctx, trial, run_for_the_record(), full)
+                raise
+            if lost_the_connection(exc):
+                retry_after_a_lost_connection(ctx, trial, run_for_the_record(), exc)
                 raise
             reason = f"{exc.__class__.__name__}: {exc}"
             trial.set_user_attr(REASON_ATTR, reason)
