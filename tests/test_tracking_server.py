@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from autocnn.spec.load import load_spec
 from autocnn.tracking.tracker import STATE_TAG, TRIAL_TAG, Tracker
 from tests.conftest import digits_spec_dict, write_spec
 from tests.local_servers import free_port, wait_until_answering
+from tests.mlflow_store import template
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +78,7 @@ def wait_for_a_running_trial(spec_path: Path, study_proc: subprocess.Popen, numb
 def test_a_tracking_server_killed_mid_trial_and_restarted_loses_nothing(in_tmp: Path) -> None:
     store = in_tmp / "server"
     store.mkdir()
+    shutil.copyfile(template(), store / "mlflow.db")  # its tables made, as a server's store would be
     log = in_tmp / "server.log"
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -91,8 +94,7 @@ def test_a_tracking_server_killed_mid_trial_and_restarted_loses_nothing(in_tmp: 
     )
     try:
         wait_for_a_running_trial(spec_path, study, 0)
-        kill_server(server)  # mid-trial: its epochs' metrics have nowhere to go
-        time.sleep(3)
+        kill_server(server)  # mid-trial: its epochs' metrics have nowhere to go while it starts again
         server = start_server(store, port, log)
         out, _ = study.communicate(timeout=600)
     finally:
