@@ -370,6 +370,25 @@ def _fail(study: optuna.Study, number: int) -> bool:
     return True
 
 
+def recover_own_trials(study: optuna.Study, tracker: Tracker, reason: str) -> list[int]:
+    """Fail and queue again the trials this process still holds RUNNING when none of them can be
+    running (Optuna's loop was cut short, e.g. by a database connection cut while it told a trial
+    its result); their MLflow runs are closed to match, whatever they said."""
+    from optuna.trial import TrialState
+
+    me = owner_id()
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(OWNER_ATTR) != me or not _fail(study, trial.number):
+            continue
+        recovered.append(trial.number)
+        if not has_retry(study, trial.number):
+            enqueue_retry(study, trial)
+        if "mlflow_run_id" in trial.user_attrs:
+            tracker.close_orphan(trial.user_attrs["mlflow_run_id"], f"killed: {reason}")
+    return recovered
+
+
 def others_running(study: optuna.Study) -> list[str]:
     """The workers, other than this process, that run one of the study's trials now."""
     from optuna.trial import TrialState

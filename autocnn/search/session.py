@@ -25,9 +25,10 @@ from autocnn.search.resume import (
     others_running,
     owner_id,
     recover_dead_trials,
+    recover_own_trials,
 )
 from autocnn.search.space import study_settings
-from autocnn.search.storage import open_storage, storage_url, stored_trials
+from autocnn.search.storage import lost_the_connection, open_storage, storage_url, stored_trials
 from autocnn.search.trial import TrialContext, TrialEndedElsewhere, make_objective
 from autocnn.spec.objectives import is_multi_objective, primary, study_objectives
 from autocnn.spec.schema import DEFAULT_TRIALS, Spec
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from autocnn.tracking.tracker import Tracker
 
 MAX_FAILS_IN_A_ROW = 5
+# Database connections cut under Optuna's own calls (between trials) that one run rides out; more
+# is a server that keeps going away, and the study stops with its error.
+MAX_CONNECTION_CUTS = 10
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # Optuna study attribute: the study's MLflow parent run
 PARENT_RUN_WAIT_S = 120.0  # how long a worker waits for the study's creator to record it
 CREATOR_ATTR = "autocnn_creator"  # Optuna study attribute: the autocnn process that created it
@@ -363,6 +367,7 @@ def optimize(
     if target is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(target, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     ctx.deadline = None if timeout is None else time.monotonic() + timeout
+    cuts = 0
     with graceful_interrupts():
         while True:
             left = None if ctx.deadline is None else ctx.deadline - time.monotonic()
@@ -373,6 +378,13 @@ def optimize(
                 return
             except TrialEndedElsewhere:
                 continue  # its retry is queued: this worker may well be the one to run it
+            except Exception as exc:
+                cuts += 1
+                if not lost_the_connection(exc) or cuts > MAX_CONNECTION_CUTS:
+                    raise
+                reason = "the database connection was cut between trials"
+                for number in recover_own_trials(study, ctx.tracker, reason):
+                    ctx.reporter.message(f"trial {number}: {reason}; queued again")
 
 
 class RecoverDeadWorkers:
