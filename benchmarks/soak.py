@@ -73,6 +73,7 @@ class Outcome:
     faulted_attempt_s: float = 0.0
     finished_per_minute: float = 0.0
     mlflow_runs: int = 0
+    crashed: list[str] = field(default_factory=list)  # workers that ended on their own: must stay empty
 
 
 # --------------------------------------------------------------------------- the database
@@ -114,6 +115,8 @@ class Workers:
         self.logs = folder / "workers"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.started = 0
+        self.killed: set[int] = set()
+        self.crashed: list[str] = []  # a worker that ended by itself, with its log's last line
         for _ in range(count):
             self.start_one()
 
@@ -130,7 +133,18 @@ class Workers:
     def alive(self) -> list[subprocess.Popen]:
         return [p for p in self.processes if p.poll() is None]
 
+    def replace_the_crashed(self) -> None:
+        """A worker that ended on its own (no fault ended it) crashed: noted, and replaced."""
+        for number, process in enumerate(self.processes, start=1):
+            if process.pid in self.killed or process.poll() is None:
+                continue
+            self.killed.add(process.pid)
+            lines = (self.logs / f"worker-{number}.log").read_text().strip().splitlines() or [""]
+            self.crashed.append(f"worker {process.pid} exited with {process.returncode}: {lines[-1][:200]}")
+            self.start_one()
+
     def kill(self, process: subprocess.Popen) -> None:
+        self.killed.add(process.pid)
         process.kill()
         process.wait()
         self.start_one()
@@ -163,6 +177,7 @@ def run_faults(workers: Workers, seconds: float, rng: random.Random, log: Log) -
     frozen: list[tuple[float, subprocess.Popen]] = []
     next_fault = start + rng.uniform(*FAULT_EVERY_S)
     while (now := time.monotonic()) - start < seconds:
+        workers.replace_the_crashed()
         for thaw_at, process in list(frozen):
             if now >= thaw_at:
                 process.send_signal(signal.SIGCONT)
@@ -287,6 +302,9 @@ def figures(payload: dict[str, Any]) -> list[str]:
         "retries resume from the last epoch's checkpoint.",
     ]
     lines += [f"- lost: {item}" for item in outcome["lost"]]
+    crashed = outcome.get("crashed", [])
+    lines.append(f"- Workers that crashed (ended on their own, then replaced): **{len(crashed)}**. Target: 0.")
+    lines += [f"- crashed: {item}" for item in crashed]
     return lines + stop_lines(payload.get("stops", []))
 
 
@@ -341,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=600,
         )
         outcome = count(spec, work, args.minutes)
+        outcome.crashed = workers.crashed
     finally:
         admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     source = {
@@ -359,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     results = out / "results.md"
     results.write_text(splice_section(results.read_text() if results.exists() else "", render_section(payload), "soak"))
     print(text)
-    return 1 if outcome.lost else 0
+    return 1 if outcome.lost or outcome.crashed else 0
 
 
 if __name__ == "__main__":

@@ -463,6 +463,7 @@ def test_the_soak_page_counts_faults_and_shows_every_lost_trial() -> None:
         resumed_and_finished=1,
         waiting=1,
         lost=["trial 7 left RUNNING"],
+        crashed=["worker 103 exited with 1: StorageInternalError"],
         faulted_attempt_s=31.0,
         finished_per_minute=10.4,
     )
@@ -473,6 +474,7 @@ def test_the_soak_page_counts_faults_and_shows_every_lost_trial() -> None:
     assert "| 3 | 1 | 1 | 1 |" in text  # faults: all, kills, freezes, database restarts
     assert "| 10.4 | 40 complete, 2 fail, 12 pruned, 1 waiting | 1 | 1 | 1 | 31 | **1** |" in text
     assert "- lost: trial 7 left RUNNING" in text
+    assert "crashed (ended on their own, then replaced): **1**" in text and "worker 103 exited with 1" in text
     assert "| 60 | database | server |" in text  # every fault, with its time
     section = soak.render_section(
         {
