@@ -359,7 +359,8 @@ def optimize(
     study: optuna.Study, ctx: TrialContext, *, timeout: float | None, target: int | None, streak: FailStreak
 ) -> None:
     """Optuna's loop until `target` trials are complete or pruned (failed ones do not count) or
-    the time is spent; Ctrl-C, SIGTERM or SIGHUP ends it gracefully."""
+    the time is spent; Ctrl-C, SIGTERM or SIGHUP ends it gracefully. A trial another worker ended
+    while this one was frozen, or a database connection cut between trials, does not end it."""
     import optuna
     from optuna.trial import TrialState
 
