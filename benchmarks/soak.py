@@ -115,7 +115,7 @@ class Workers:
         self.logs = folder / "workers"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.started = 0
-        self.killed: set[int] = set()
+        self.ended: set[int] = set()  # pids whose end is accounted for: killed by a fault, or noted as crashed
         self.crashed: list[str] = []  # a worker that ended by itself, with its log's last line
         for _ in range(count):
             self.start_one()
@@ -136,15 +136,15 @@ class Workers:
     def replace_the_crashed(self) -> None:
         """A worker that ended on its own (no fault ended it) crashed: noted, and replaced."""
         for number, process in enumerate(self.processes, start=1):
-            if process.pid in self.killed or process.poll() is None:
+            if process.pid in self.ended or process.poll() is None:
                 continue
-            self.killed.add(process.pid)
+            self.ended.add(process.pid)
             lines = (self.logs / f"worker-{number}.log").read_text().strip().splitlines() or [""]
             self.crashed.append(f"worker {process.pid} exited with {process.returncode}: {lines[-1][:200]}")
             self.start_one()
 
     def kill(self, process: subprocess.Popen) -> None:
-        self.killed.add(process.pid)
+        self.ended.add(process.pid)
         process.kill()
         process.wait()
         self.start_one()

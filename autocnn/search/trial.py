@@ -242,14 +242,21 @@ def _log_evaluation(ctx: TrialContext, run_id: str, ev: Any, data: Dataset) -> N
     ctx.tracker.log_text(run_id, text, "per_class_metrics.txt")
 
 
+def queue_again(ctx: TrialContext, trial: optuna.Trial, run_id: str, reason: str) -> None:
+    """A trial ended by something not its fault (a stop signal, a full disk, a cut connection):
+    the same parameters are queued to continue from its checkpoint, which is kept, and its run is
+    closed with the reason."""
+    trial.set_user_attr(REASON_ATTR, reason)
+    enqueue_retry(trial.study, trial)  # type: ignore[arg-type]
+    ctx.tracker.end_trial(run_id, "INTERRUPTED", reason=reason)
+
+
 def stop_for_a_full_disk(ctx: TrialContext, trial: optuna.Trial, run_id: str, error: OSError) -> None:
     """A full disk is not the trial's fault, and the next trial would meet it too: the trial is
     queued to continue from its last whole checkpoint, and the study stops, naming the file."""
     where = error.filename or "a file"
     reason = f"disk full writing {where}: free some space, then run `autocnn study` again; trial {trial.number} continues from its last checkpoint"
-    trial.set_user_attr(REASON_ATTR, f"disk full writing {where}")
-    enqueue_retry(trial.study, trial)  # type: ignore[arg-type]
-    ctx.tracker.end_trial(run_id, "INTERRUPTED", reason=f"disk full writing {where}")
+    queue_again(ctx, trial, run_id, f"disk full writing {where}")
     ctx.reporter.trial_finished(trial.number, "FAIL", None)
     ctx.stop_reason = reason
     trial.study.stop()
@@ -259,9 +266,7 @@ def retry_after_a_lost_connection(ctx: TrialContext, trial: optuna.Trial, run_id
     """The database server cut the connection mid-call (a restart): the trial is queued to continue
     from its last checkpoint, as after a stop signal, and the study goes on on a new connection."""
     reason = f"the database connection was cut: {error.__class__.__name__}"
-    trial.set_user_attr(REASON_ATTR, reason)
-    enqueue_retry(trial.study, trial)  # type: ignore[arg-type]
-    ctx.tracker.end_trial(run_id, "INTERRUPTED", reason=reason)
+    queue_again(ctx, trial, run_id, reason)
     ctx.reporter.message(f"trial {trial.number}: {reason}; queued again to resume from its checkpoint")
     ctx.reporter.trial_finished(trial.number, "FAIL", None)
 
@@ -317,10 +322,7 @@ def make_objective(ctx: TrialContext) -> Callable[[optuna.Trial], float | list[f
             ctx.reporter.trial_finished(trial.number, "PRUNED", None)
             raise
         except KeyboardInterrupt:
-            # Keep the checkpoint: the same parameters are queued and continue from it on resume.
-            trial.set_user_attr(REASON_ATTR, "interrupted: Ctrl-C or a stop signal")
-            enqueue_retry(trial.study, trial)  # type: ignore[arg-type]
-            ctx.tracker.end_trial(run_for_the_record(), "INTERRUPTED", reason="interrupted: Ctrl-C or a stop signal")
+            queue_again(ctx, trial, run_for_the_record(), "interrupted: Ctrl-C or a stop signal")
             raise
         except Exception as exc:
             full = disk_full(exc)
